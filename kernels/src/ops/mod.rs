@@ -1,0 +1,377 @@
+//! The kernel families of the catalog and the launch checks they share.
+//!
+//! Every family module turns validated attributes into an [`Op`]: a label
+//! (`binary@1 (add)`), named inputs, a shape rule and a compute function.
+//! [`Checked`] wraps an `Op` into a [`Bound`] kernel and enforces, in one
+//! place, the invariants the crate docs promise:
+//!
+//! - `check` refuses a wrong input count, an input of rank above
+//!   [`MAX_RANK`] or of more bytes than the host can address, and an output
+//!   meta that would be either (rank growth in `gather`, numel overflow);
+//!   the family's shape rule only runs on metas that passed.
+//! - `run` re-derives the output meta from the actual inputs, and refuses a
+//!   wrong input or output count, an output whose meta differs, or an output
+//!   whose storage is shared, before the family touches any data. Families
+//!   therefore compute on operands of consistent sizes; they still use
+//!   checked access wherever an index comes from tensor data.
+//!
+//! Every kernel of the catalog has exactly one output, named `y`.
+
+mod attrs;
+mod cast;
+mod elementwise;
+mod layout;
+mod matmul;
+mod norm;
+mod num;
+mod reduce;
+mod shape;
+mod unary;
+
+#[cfg(test)]
+mod testutil;
+
+use std::sync::Arc;
+
+use crate::{
+    Arity, Attrs, Bound, Element, Impl, Kernel, KernelError, Registry, Tensor, TensorMeta, MAX_RANK,
+};
+
+/// Tensors with at least this many elements are split across rayon's global
+/// pool by the optimized implementations.
+pub(crate) const PAR_MIN: usize = 1 << 16;
+
+/// Registers every kernel of the catalog.
+pub(crate) fn register_all(r: &mut Registry) {
+    let families: [(&'static str, BindFn); 15] = [
+        ("binary", elementwise::bind_binary),
+        ("compare", elementwise::bind_compare),
+        ("where", elementwise::bind_where),
+        ("unary", unary::bind),
+        ("matmul", matmul::bind_matmul),
+        ("linear", matmul::bind_linear),
+        ("softmax", norm::bind_softmax),
+        ("layer_norm", norm::bind_layer_norm),
+        ("reduce", reduce::bind),
+        ("transpose", layout::bind_transpose),
+        ("concat", layout::bind_concat),
+        ("slice", layout::bind_slice),
+        ("gather", layout::bind_gather),
+        ("copy", layout::bind_copy),
+        ("cast", cast::bind),
+    ];
+    for (name, bind) in families {
+        r.register(Arc::new(Family { name, bind }));
+    }
+}
+
+type BindFn = fn(&Attrs) -> Result<Arc<dyn Bound>, KernelError>;
+
+/// One `name@1` family: binding validates attributes into an [`Op`].
+struct Family {
+    name: &'static str,
+    bind: BindFn,
+}
+
+impl Kernel for Family {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn bind(&self, attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+        (self.bind)(attrs)
+    }
+}
+
+/// A kernel with validated attributes, before the launch checks of
+/// [`Checked`] are wrapped around it.
+pub(crate) trait Op: Send + Sync + 'static {
+    /// The kernel as messages name it: `binary@1 (add)`, `matmul@1`.
+    fn label(&self) -> &str;
+    /// One name per input; their count is the arity.
+    fn input_names(&self) -> &[&'static str];
+    /// The output meta. Runs only on inputs of the right count whose metas
+    /// are addressable (see the module doc).
+    fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String>;
+    /// Computes the output. Runs only on inputs that passed `infer` and an
+    /// output of the inferred meta with uniquely owned storage.
+    fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String>;
+
+    /// `input 1 (b)`.
+    fn input(&self, i: usize) -> String {
+        let name = self.input_names().get(i).copied().unwrap_or("?");
+        format!("input {i} ({name})")
+    }
+}
+
+/// Wraps `op` with the launch checks.
+pub(crate) fn bound<O: Op>(op: O) -> Arc<dyn Bound> {
+    Arc::new(Checked(op))
+}
+
+/// An [`Op`] behind the launch checks described in the module doc.
+struct Checked<O>(O);
+
+impl<O: Op> Checked<O> {
+    fn signature_error(&self, message: String) -> KernelError {
+        KernelError::Signature {
+            kernel: self.0.label().to_string(),
+            message,
+        }
+    }
+
+    fn run_error(&self, message: String) -> KernelError {
+        KernelError::Run {
+            kernel: self.0.label().to_string(),
+            message,
+        }
+    }
+}
+
+impl<O: Op> Bound for Checked<O> {
+    fn arity(&self) -> Arity {
+        Arity {
+            inputs: self.0.input_names().len(),
+            outputs: 1,
+        }
+    }
+
+    fn check(&self, inputs: &[&TensorMeta]) -> Result<Vec<TensorMeta>, KernelError> {
+        let names = self.0.input_names();
+        if inputs.len() != names.len() {
+            return Err(self.signature_error(format!(
+                "expected {} inputs ({}), got {}",
+                names.len(),
+                names.join(", "),
+                inputs.len()
+            )));
+        }
+        for (i, meta) in inputs.iter().enumerate() {
+            check_addressable(meta)
+                .map_err(|e| self.signature_error(format!("{}: {e}", self.0.input(i))))?;
+        }
+        let out = self.0.infer(inputs).map_err(|e| self.signature_error(e))?;
+        check_addressable(&out).map_err(|e| self.signature_error(format!("output 0 (y): {e}")))?;
+        Ok(vec![out])
+    }
+
+    fn run(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), KernelError> {
+        let [out] = outputs else {
+            return Err(self.run_error(format!("expected 1 output (y), got {}", outputs.len())));
+        };
+        let metas: Vec<&TensorMeta> = inputs.iter().map(|t| t.meta()).collect();
+        let expected = self.check(&metas)?;
+        if expected.first() != Some(out.meta()) {
+            let expected = expected
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return Err(self.run_error(format!(
+                "output 0 (y): expected {expected}, got {}",
+                out.meta()
+            )));
+        }
+        if out.bytes_mut().is_err() {
+            return Err(self.run_error(
+                "output 0 (y): storage is shared with another tensor; outputs must be uniquely owned".to_string(),
+            ));
+        }
+        self.0
+            .compute(imp, inputs, out)
+            .map_err(|e| self.run_error(e))
+    }
+}
+
+/// Whether a tensor of this meta could exist on this host.
+fn check_addressable(meta: &TensorMeta) -> Result<(), String> {
+    if meta.shape.len() > MAX_RANK {
+        return Err(format!(
+            "rank {} exceeds the maximum of {MAX_RANK} (shape {:?})",
+            meta.shape.len(),
+            meta.shape
+        ));
+    }
+    match meta.byte_len() {
+        Some(n) if n <= isize::MAX as usize => Ok(()),
+        _ => Err(format!("{meta} has more bytes than this host can address")),
+    }
+}
+
+/// Typed elements of an input.
+pub(crate) fn data<'a, T: Element>(t: &'a Tensor, what: &str) -> Result<&'a [T], String> {
+    t.data::<T>().map_err(|e| format!("{what}: {e}"))
+}
+
+/// Typed elements of the output.
+pub(crate) fn data_mut<T: Element>(t: &mut Tensor) -> Result<&mut [T], String> {
+    t.data_mut::<T>().map_err(|e| format!("output 0 (y): {e}"))
+}
+
+/// Elements of an input reinterpreted as a plain carrier type of the same
+/// width (`u8`, `u32`, `u64`), for kernels that only move values.
+pub(crate) fn raw<'a, T: bytemuck::Pod>(t: &'a Tensor, what: &str) -> Result<&'a [T], String> {
+    bytemuck::try_cast_slice(t.bytes()).map_err(|e| {
+        format!(
+            "{what}: cannot view bytes as {}-byte words: {e}",
+            size_of::<T>()
+        )
+    })
+}
+
+/// The output's elements reinterpreted as a carrier type (see [`raw`]).
+pub(crate) fn raw_mut<T: bytemuck::Pod>(t: &mut Tensor) -> Result<&mut [T], String> {
+    let bytes = t.bytes_mut().map_err(|e| format!("output 0 (y): {e}"))?;
+    bytemuck::try_cast_slice_mut(bytes).map_err(|e| {
+        format!(
+            "output 0 (y): cannot view bytes as {}-byte words: {e}",
+            size_of::<T>()
+        )
+    })
+}
+
+/// The inputs as an array of exactly `N`; the launch checks make the count
+/// right, and this keeps the families free of indexing.
+pub(crate) fn operands<'a, const N: usize, T: ?Sized>(xs: &[&'a T]) -> Result<[&'a T; N], String> {
+    xs.try_into()
+        .map_err(|_| format!("expected {N} inputs, got {}", xs.len()))
+}
+
+/// Requires every input to have the dtype of input 0.
+pub(crate) fn check_same_dtype<O: Op + ?Sized>(
+    op: &O,
+    inputs: &[&TensorMeta],
+) -> Result<(), String> {
+    let Some(first) = inputs.first() else {
+        return Ok(());
+    };
+    for (i, m) in inputs.iter().enumerate().skip(1) {
+        if m.dtype != first.dtype {
+            return Err(format!(
+                "{}: expected dtype {} (the dtype of {}), got {}",
+                op.input(i),
+                first.dtype,
+                op.input(0),
+                m.dtype
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Requires input `i` to be f32 or f64.
+pub(crate) fn check_float<O: Op + ?Sized>(
+    op: &O,
+    inputs: &[&TensorMeta],
+    i: usize,
+) -> Result<(), String> {
+    match inputs.get(i) {
+        Some(m) if m.dtype.is_float() => Ok(()),
+        Some(m) => Err(format!(
+            "{}: expected a float dtype (f32 or f64), got {}",
+            op.input(i),
+            m.dtype
+        )),
+        None => Err(format!("{} is missing", op.input(i))),
+    }
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of a float dtype.
+macro_rules! with_float {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            other => Err(format!(
+                "dtype {other} is not supported here (expected f32 or f64)"
+            )),
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of a float or int dtype.
+macro_rules! with_number {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::DType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::DType::I8 => {
+                type $T = i8;
+                $body
+            }
+            $crate::DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            $crate::DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            other => Err(format!(
+                "dtype {other} is not supported here (expected a float or int dtype)"
+            )),
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of any dtype (bool is
+/// [`Bool8`](crate::Bool8)).
+macro_rules! with_element {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            $crate::DType::Bool => {
+                type $T = $crate::Bool8;
+                $body
+            }
+            other => $crate::ops::with_number!(other, $T => $body),
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to a plain carrier type as wide as `$dtype`
+/// (`u8`, `u32` or `u64`), for kernels that only move values.
+macro_rules! with_width {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype.size() {
+            1 => {
+                type $T = u8;
+                $body
+            }
+            4 => {
+                type $T = u32;
+                $body
+            }
+            8 => {
+                type $T = u64;
+                $body
+            }
+            other => Err(format!("no carrier type for {other}-byte elements")),
+        }
+    };
+}
+
+pub(crate) use {with_element, with_float, with_number, with_width};
