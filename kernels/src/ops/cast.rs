@@ -199,7 +199,7 @@ mod tests {
         let big = Tensor::from_vec(&[1], vec![i64::MAX]).unwrap();
         assert_eq!(
             cast(&big, "f64").to_vec::<f64>().unwrap(),
-            vec![9.223372036854775807e18]
+            vec![9.223_372_036_854_776e18]
         );
     }
 

@@ -93,7 +93,7 @@ pub(crate) fn float_values<T: Float>(n: usize, seed: u64, edges: bool) -> Vec<T>
     (0..n)
         .map(|_| {
             let r = g.next();
-            if edges && r % 16 == 0 {
+            if edges && r.is_multiple_of(16) {
                 T::from_f64(EDGES[(r >> 8) as usize % EDGES.len()])
             } else {
                 T::from_f64(g.unit() * 20.0 - 10.0)
@@ -260,7 +260,7 @@ pub(crate) fn with_specials(t: &Tensor, seed: u64) -> Tensor {
     let mut vals = f64s(t);
     let mut g = Gen(seed);
     for v in vals.iter_mut() {
-        if g.next() % 32 == 0 {
+        if g.next().is_multiple_of(32) {
             *v = SPECIALS[(g.next() % SPECIALS.len() as u64) as usize];
         }
     }
