@@ -1,0 +1,336 @@
+//! Guards: serializable predicates an entry's inputs and globals must satisfy.
+//!
+//! Every guard kind is one variant of [`Guard`], and each variant has three
+//! things, enforced by exhaustive `match`es: its serde form, its evaluation
+//! ([`Guard::check`]) and its one-line explanation ([`Guard::describe`]). A
+//! new kind cannot be added without all three.
+//!
+//! There is no layout guard: host tensors ([`Tensor`]) are dense and
+//! row-major by construction, so layout is a property of the type, not of a
+//! call.
+//!
+//! Guards are evaluated by the host before a wrapper runs. Input guards are
+//! checked on every call; global guards once, when globals are resolved at
+//! load. Evaluation never panics: an index that does not exist is a failure
+//! with "missing" as its actual value (verification also rejects such
+//! indices at `open`).
+
+use ampoule_kernels::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{GlobalDecl, Signature};
+
+/// A scalar value an input is specialized on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScalarValue {
+    Int(i64),
+    Float(f64),
+}
+
+impl std::fmt::Display for ScalarValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScalarValue::Int(v) => write!(f, "{v}"),
+            ScalarValue::Float(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+impl ScalarValue {
+    /// Reads element 0 of a rank-0 (or one-element) tensor.
+    pub fn of(tensor: &Tensor) -> Option<ScalarValue> {
+        if tensor.numel() != 1 {
+            return None;
+        }
+        Some(match tensor.dtype() {
+            DType::F32 => ScalarValue::Float(f64::from(tensor.data::<f32>().ok()?[0])),
+            DType::F64 => ScalarValue::Float(tensor.data::<f64>().ok()?[0]),
+            DType::I8 => ScalarValue::Int(i64::from(tensor.data::<i8>().ok()?[0])),
+            DType::U8 | DType::Bool => ScalarValue::Int(i64::from(tensor.bytes()[0])),
+            DType::I32 => ScalarValue::Int(i64::from(tensor.data::<i32>().ok()?[0])),
+            DType::I64 => ScalarValue::Int(tensor.data::<i64>().ok()?[0]),
+        })
+    }
+
+    /// Exact equality; floats compare bit for bit (so `-0.0 != 0.0`).
+    fn same(self, other: ScalarValue) -> bool {
+        match (self, other) {
+            (ScalarValue::Int(a), ScalarValue::Int(b)) => a == b,
+            (ScalarValue::Float(a), ScalarValue::Float(b)) => a.to_bits() == b.to_bits(),
+            _ => false,
+        }
+    }
+}
+
+/// One guard.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Guard {
+    /// The call passes exactly `count` inputs.
+    InputCount { count: u32 },
+    /// The call's inputs are named `names`, in order (when passed by name).
+    InputNames { names: Vec<String> },
+    /// Input `input` has dtype `dtype`.
+    Dtype { input: u32, dtype: DType },
+    /// Input `input` has rank `rank`.
+    Rank { input: u32, rank: u32 },
+    /// Axis `axis` of input `input` has size `size`.
+    Dim { input: u32, axis: u32, size: u64 },
+    /// Scalar input `input` equals `value` (the entry is specialized on it).
+    ScalarValue { input: u32, value: ScalarValue },
+    /// Global `global` (a package-global index) has this dtype and shape.
+    GlobalMeta { global: u32, dtype: DType, shape: Vec<u64> },
+    /// Global `global`'s content has this SHA-256 (the entry was specialized
+    /// on the value of a host-bound global).
+    GlobalDigest { global: u32, sha256: String },
+}
+
+/// What a call looks like to guard evaluation.
+pub struct CallView<'a> {
+    /// Input names, when the caller passed inputs by name.
+    pub names: Option<&'a [String]>,
+    pub inputs: &'a [&'a Tensor],
+}
+
+/// What resolved globals look like to guard evaluation.
+pub struct GlobalsView<'a> {
+    pub values: &'a [Option<Tensor>],
+    /// SHA-256 of each global's content, computed on demand.
+    pub digest: &'a dyn Fn(usize) -> Option<String>,
+}
+
+impl Guard {
+    /// Whether this guard is about a call's inputs (else about globals).
+    pub fn is_input_guard(&self) -> bool {
+        !matches!(self, Guard::GlobalMeta { .. } | Guard::GlobalDigest { .. })
+    }
+
+    /// Evaluates an input guard. `Err` carries the actual value observed.
+    /// Global guards hold trivially here; see [`Guard::check_global`].
+    pub fn check(&self, call: &CallView<'_>) -> Result<(), String> {
+        let input = |i: u32| call.inputs.get(i as usize).ok_or_else(|| "missing".to_string());
+        match self {
+            Guard::InputCount { count } => {
+                expect_eq(call.inputs.len() as u64, u64::from(*count), |n| n.to_string())
+            }
+            Guard::InputNames { names } => match call.names {
+                None => Ok(()),
+                Some(actual) if actual == names.as_slice() => Ok(()),
+                Some(actual) => Err(format!("{actual:?}")),
+            },
+            Guard::Dtype { input: i, dtype } => {
+                let t = input(*i)?;
+                expect_eq(t.dtype(), *dtype, |d| d.to_string())
+            }
+            Guard::Rank { input: i, rank } => {
+                let t = input(*i)?;
+                expect_eq(t.shape().len() as u64, u64::from(*rank), |r| r.to_string())
+            }
+            Guard::Dim { input: i, axis, size } => {
+                let t = input(*i)?;
+                match t.shape().get(*axis as usize) {
+                    Some(&d) => expect_eq(d as u64, *size, |d| d.to_string()),
+                    None => Err(format!("rank {}", t.shape().len())),
+                }
+            }
+            Guard::ScalarValue { input: i, value } => {
+                let t = input(*i)?;
+                match ScalarValue::of(t) {
+                    Some(v) if v.same(*value) => Ok(()),
+                    Some(v) => Err(v.to_string()),
+                    None => Err(format!("a tensor of shape {:?}", t.shape())),
+                }
+            }
+            Guard::GlobalMeta { .. } | Guard::GlobalDigest { .. } => Ok(()),
+        }
+    }
+
+    /// Evaluates a global guard against resolved globals. Input guards hold
+    /// trivially here.
+    pub fn check_global(&self, globals: &GlobalsView<'_>) -> Result<(), String> {
+        let global = |g: u32| match globals.values.get(g as usize) {
+            Some(Some(t)) => Ok(t),
+            Some(None) => Err("unbound".to_string()),
+            None => Err("missing".to_string()),
+        };
+        match self {
+            Guard::GlobalMeta { global: g, dtype, shape } => {
+                let t = global(*g)?;
+                let actual_shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+                if t.dtype() == *dtype && actual_shape == *shape {
+                    Ok(())
+                } else {
+                    Err(format!("{}{:?}", t.dtype(), actual_shape))
+                }
+            }
+            Guard::GlobalDigest { global: g, sha256 } => {
+                global(*g)?;
+                match (globals.digest)(*g as usize) {
+                    Some(d) if d == *sha256 => Ok(()),
+                    Some(d) => Err(format!("sha256 {}", &d[..d.len().min(16)])),
+                    None => Err("no digest".to_string()),
+                }
+            }
+            Guard::InputCount { .. }
+            | Guard::InputNames { .. }
+            | Guard::Dtype { .. }
+            | Guard::Rank { .. }
+            | Guard::Dim { .. }
+            | Guard::ScalarValue { .. } => Ok(()),
+        }
+    }
+
+    /// One line saying what must hold, in the function's own names, e.g.
+    /// `x.shape[0] == 32`.
+    pub fn describe(&self, sig: &Signature, globals: &[GlobalDecl]) -> String {
+        let input = |i: u32| {
+            sig.inputs.get(i as usize).map_or_else(|| format!("input#{i}"), |a| a.name.clone())
+        };
+        let global = |g: u32| {
+            globals.get(g as usize).map_or_else(|| format!("global#{g}"), |d| d.name.clone())
+        };
+        match self {
+            Guard::InputCount { count } => format!("number of inputs == {count}"),
+            Guard::InputNames { names } => format!("input names == {names:?}"),
+            Guard::Dtype { input: i, dtype } => format!("{}.dtype == {dtype}", input(*i)),
+            Guard::Rank { input: i, rank } => format!("{}.rank == {rank}", input(*i)),
+            Guard::Dim { input: i, axis, size } => format!("{}.shape[{axis}] == {size}", input(*i)),
+            Guard::ScalarValue { input: i, value } => format!("{} == {value}", input(*i)),
+            Guard::GlobalMeta { global: g, dtype, shape } => {
+                format!("global `{}` is {dtype}{shape:?}", global(*g))
+            }
+            Guard::GlobalDigest { global: g, sha256 } => {
+                format!("global `{}` has sha256 {}", global(*g), &sha256[..sha256.len().min(16)])
+            }
+        }
+    }
+
+    /// The input index this guard reads, if any.
+    pub fn input(&self) -> Option<u32> {
+        match self {
+            Guard::Dtype { input, .. }
+            | Guard::Rank { input, .. }
+            | Guard::Dim { input, .. }
+            | Guard::ScalarValue { input, .. } => Some(*input),
+            Guard::InputCount { .. }
+            | Guard::InputNames { .. }
+            | Guard::GlobalMeta { .. }
+            | Guard::GlobalDigest { .. } => None,
+        }
+    }
+
+    /// The package-global index this guard reads, if any.
+    pub fn global(&self) -> Option<u32> {
+        match self {
+            Guard::GlobalMeta { global, .. } | Guard::GlobalDigest { global, .. } => Some(*global),
+            _ => None,
+        }
+    }
+}
+
+fn expect_eq<T: PartialEq>(actual: T, expected: T, show: impl Fn(T) -> String) -> Result<(), String> {
+    if actual == expected {
+        Ok(())
+    } else {
+        Err(show(actual))
+    }
+}
+
+/// Why one entry did not match a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryMiss {
+    pub entry: usize,
+    /// What the failing guard requires, e.g. `x.shape[0] == 32`.
+    pub expected: String,
+    /// What the call had, e.g. `64`.
+    pub actual: String,
+}
+
+impl std::fmt::Display for EntryMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "entry {}: {}, got {}", self.entry, self.expected, self.actual)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ArgDecl, ArgKind};
+
+    fn sig() -> Signature {
+        Signature {
+            inputs: vec![
+                ArgDecl { name: "x".into(), kind: ArgKind::Tensor { dtype: DType::F32, rank: 2 } },
+                ArgDecl { name: "k".into(), kind: ArgKind::Scalar { dtype: DType::I64 } },
+            ],
+            outputs: vec![],
+        }
+    }
+
+    #[test]
+    fn guards_check_and_explain() {
+        let x = Tensor::zeros(DType::F32, &[64, 3]).unwrap();
+        let k = Tensor::scalar(5i64);
+        let inputs = [&x, &k];
+        let call = CallView { names: None, inputs: &inputs };
+        let s = sig();
+        let cases = [
+            (Guard::InputCount { count: 2 }, None),
+            (Guard::InputCount { count: 3 }, Some("number of inputs == 3, got 2")),
+            (Guard::Dtype { input: 0, dtype: DType::F32 }, None),
+            (Guard::Dtype { input: 0, dtype: DType::I64 }, Some("x.dtype == i64, got f32")),
+            (Guard::Rank { input: 0, rank: 3 }, Some("x.rank == 3, got 2")),
+            (Guard::Dim { input: 0, axis: 0, size: 32 }, Some("x.shape[0] == 32, got 64")),
+            (Guard::Dim { input: 0, axis: 5, size: 32 }, Some("x.shape[5] == 32, got rank 2")),
+            (Guard::Dim { input: 7, axis: 0, size: 1 }, Some("input#7.shape[0] == 1, got missing")),
+            (Guard::ScalarValue { input: 1, value: ScalarValue::Int(5) }, None),
+            (Guard::ScalarValue { input: 1, value: ScalarValue::Int(6) }, Some("k == 6, got 5")),
+            (Guard::ScalarValue { input: 0, value: ScalarValue::Int(6) }, Some("x == 6, got a tensor of shape [64, 3]")),
+        ];
+        for (guard, want) in cases {
+            let got = guard.check(&call).err().map(|actual| format!("{}, got {actual}", guard.describe(&s, &[])));
+            assert_eq!(got.as_deref(), want, "{guard:?}");
+        }
+    }
+
+    #[test]
+    fn names_guard_only_applies_to_named_calls() {
+        let x = Tensor::zeros(DType::F32, &[1]).unwrap();
+        let inputs = [&x];
+        let g = Guard::InputNames { names: vec!["x".into()] };
+        assert!(g.check(&CallView { names: None, inputs: &inputs }).is_ok());
+        let good = ["x".to_string()];
+        assert!(g.check(&CallView { names: Some(&good), inputs: &inputs }).is_ok());
+        let bad = ["y".to_string()];
+        assert_eq!(g.check(&CallView { names: Some(&bad), inputs: &inputs }), Err("[\"y\"]".into()));
+    }
+
+    #[test]
+    fn global_guards() {
+        let w = Tensor::zeros(DType::F32, &[2, 2]).unwrap();
+        let values = [Some(w), None];
+        let digest = |i: usize| if i == 0 { Some("ab".repeat(32)) } else { None };
+        let view = GlobalsView { values: &values, digest: &digest };
+        assert!(Guard::GlobalMeta { global: 0, dtype: DType::F32, shape: vec![2, 2] }.check_global(&view).is_ok());
+        assert_eq!(
+            Guard::GlobalMeta { global: 0, dtype: DType::F32, shape: vec![3] }.check_global(&view),
+            Err("f32[2, 2]".into())
+        );
+        assert_eq!(
+            Guard::GlobalMeta { global: 1, dtype: DType::F32, shape: vec![3] }.check_global(&view),
+            Err("unbound".into())
+        );
+        assert!(Guard::GlobalDigest { global: 0, sha256: "ab".repeat(32) }.check_global(&view).is_ok());
+        assert!(Guard::GlobalDigest { global: 0, sha256: "cd".repeat(32) }.check_global(&view).is_err());
+    }
+
+    #[test]
+    fn serde_rejects_unknown_fields_and_kinds() {
+        let g: Guard = serde_json::from_str(r#"{"kind":"dim","input":0,"axis":1,"size":4}"#).unwrap();
+        assert_eq!(g, Guard::Dim { input: 0, axis: 1, size: 4 });
+        assert!(serde_json::from_str::<Guard>(r#"{"kind":"dim","input":0,"axis":1,"size":4,"x":1}"#).is_err());
+        assert!(serde_json::from_str::<Guard>(r#"{"kind":"telepathy"}"#).is_err());
+        assert!(serde_json::from_str::<Guard>(r#"{"kind":"dim","input":-1,"axis":1,"size":4}"#).is_err());
+    }
+}

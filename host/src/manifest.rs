@@ -1,0 +1,205 @@
+//! The package manifest: `manifest.json`, versioned, parsed with serde and
+//! `deny_unknown_fields` everywhere.
+//!
+//! A manifest is untrusted data. Parsing only checks its syntax; everything
+//! else (digests, indices, sizes, kernels, wrapper imports) is checked by
+//! [`crate::verify`] before any Wasm is compiled.
+//!
+//! Layout of a package directory:
+//!
+//! ```text
+//! manifest.json
+//! wrappers/<sha256>.wasm          one per distinct wrapper
+//! weights/<sha256>.safetensors    embedded globals
+//! signature.json                  optional, not covered by `files`
+//! ```
+//!
+//! Files are named by their SHA-256, and `files` lists every file with its
+//! digest; the loader never follows a path from the manifest, it only looks
+//! names up in `files` after checking they have one of the two forms above.
+
+use std::collections::BTreeMap;
+
+use ampoule_kernels::{Attrs, DType};
+use serde::{Deserialize, Serialize};
+
+use crate::guard::Guard;
+
+/// The manifest format this host writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The manifest file's name inside a package.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The whole manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version; a newer one than [`FORMAT_VERSION`] is refused.
+    pub format: u32,
+    /// What the package needs from the host.
+    pub abi: Abi,
+    /// Every file in the package but the manifest (and signature), by name,
+    /// with its SHA-256 in lowercase hex.
+    pub files: BTreeMap<String, String>,
+    /// Every value a wrapper may use that is not an input, package-wide so
+    /// functions share weights.
+    pub globals: Vec<GlobalDecl>,
+    /// The package's functions, each with its entries.
+    pub functions: Vec<FunctionDecl>,
+}
+
+/// The host ABI a package needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Abi {
+    /// The WIT package of the wrapper contract, e.g. `ampoule:runtime@0.1.0`.
+    pub wit: String,
+    /// Every `name@version` kernel any entry uses, sorted.
+    pub kernels: Vec<String>,
+}
+
+/// A global: a tensor every entry may reference by index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalDecl {
+    /// The name it was captured under; host-bound globals are bound by it.
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub source: GlobalSource,
+}
+
+/// Where a global's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum GlobalSource {
+    /// A tensor in one of the package's safetensors files.
+    Weight { file: String, tensor: String },
+    /// A value the embedding application binds by name at load.
+    Bound,
+}
+
+/// One function of the package.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDecl {
+    pub name: String,
+    pub signature: Signature,
+    /// SHA-256 of the traced program; a compiler refuses to extend a
+    /// function whose program changed (unless told otherwise).
+    pub program_hash: String,
+    pub entries: Vec<EntryDecl>,
+}
+
+/// Input and output names and kinds of a function.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    pub inputs: Vec<ArgDecl>,
+    pub outputs: Vec<ArgDecl>,
+}
+
+/// One input or output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgDecl {
+    pub name: String,
+    pub kind: ArgKind,
+}
+
+/// What an input or output is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ArgKind {
+    /// A tensor of this dtype and rank.
+    Tensor { dtype: DType, rank: u32 },
+    /// A scalar, passed as a rank-0 tensor of this dtype.
+    Scalar { dtype: DType },
+}
+
+impl ArgKind {
+    pub fn dtype(&self) -> DType {
+        match self {
+            ArgKind::Tensor { dtype, .. } | ArgKind::Scalar { dtype } => *dtype,
+        }
+    }
+
+    pub fn rank(&self) -> u32 {
+        match self {
+            ArgKind::Tensor { rank, .. } => *rank,
+            ArgKind::Scalar { .. } => 0,
+        }
+    }
+}
+
+/// One compiled variant of a function.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryDecl {
+    /// Checked in order before the wrapper runs; all must hold.
+    pub guards: Vec<Guard>,
+    /// SHA-256 of the wrapper component, stored as `wrappers/<digest>.wasm`.
+    pub wrapper: String,
+    /// The kernel table: `launch(k, ..)` runs `kernels[k]`.
+    pub kernels: Vec<KernelUse>,
+    /// The globals table: the wrapper's global `i` is package global
+    /// `globals[i]`.
+    pub globals: Vec<u32>,
+    /// The memory plan: buffers the host allocates once per instance and
+    /// hands to `init`.
+    pub buffers: Vec<BufferDecl>,
+}
+
+/// A kernel-table row.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelUse {
+    /// `name@version`.
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: Attrs,
+}
+
+/// A planned buffer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferDecl {
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+}
+
+impl Manifest {
+    /// Parses manifest bytes. Only syntax is checked here.
+    pub fn from_json(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Deterministic, human-readable JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+
+    /// The function named `name`.
+    pub fn function(&self, name: &str) -> Option<&FunctionDecl> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+}
+
+/// The file name of a wrapper blob.
+pub fn wrapper_file(digest: &str) -> String {
+    format!("wrappers/{digest}.wasm")
+}
+
+/// The file name of a weights blob.
+pub fn weights_file(digest: &str) -> String {
+    format!("weights/{digest}.safetensors")
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,535 @@
+//! Opening packages and serving calls.
+//!
+//! `open` reads every file through `cap-std` (confined to the package
+//! directory; symlinks and special files are refused), checks every digest,
+//! runs full verification ([`crate::verify`]), resolves globals (weights are
+//! mmapped; host-bound ones come from [`Bindings`]) and evaluates the
+//! entries' global guards. No Wasm is compiled until all of that passed, and
+//! then only lazily, per entry, at its first call.
+//!
+//! A call checks each entry's input guards in order and runs the first
+//! entry that matches on an instance from that entry's pool; a miss lists,
+//! for every entry, the first guard that failed.
+//!
+//! Thread safety: [`Package`] is `Send + Sync`; calls from many threads run
+//! at once, each on its own instance.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ampoule_kernels::{Bound, Tensor, TensorMeta};
+use cap_std::fs::Dir;
+use wasmtime::Store;
+
+use crate::error::{Error, Problem, TrapKind};
+use crate::guard::{CallView, EntryMiss, GlobalsView};
+use crate::manifest::{sha256_hex, wrapper_file, GlobalSource, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use crate::sandbox::{classify, Host, Instance, InstanceState, WrapperPre};
+use crate::verify::{blob_digest, verify_package, FileBytes};
+
+/// Largest manifest accepted.
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// Files a package directory may hold besides those in the manifest.
+const SIGNATURE_FILE: &str = "signature.json";
+
+/// Values for host-bound globals, by name.
+#[derive(Clone, Default)]
+pub struct Bindings(BTreeMap<String, Tensor>);
+
+impl Bindings {
+    pub fn new() -> Self {
+        Bindings::default()
+    }
+
+    /// Binds `name` to `value`.
+    pub fn bind(mut self, name: impl Into<String>, value: Tensor) -> Self {
+        self.0.insert(name.into(), value);
+        self
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, value: Tensor) {
+        self.0.insert(name.into(), value);
+    }
+}
+
+/// A package's files held in memory (for packages being built, or received
+/// over a network), keyed by their names in the manifest.
+#[derive(Clone, Default)]
+pub struct PackageFiles(BTreeMap<String, FileBytes>);
+
+impl PackageFiles {
+    pub fn new() -> Self {
+        PackageFiles::default()
+    }
+
+    pub fn insert(&mut self, name: String, bytes: Vec<u8>) {
+        self.0.insert(name, Arc::new(bytes));
+    }
+}
+
+/// Counters of work done by a host, for tests, benchmarks and `inspect`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Wrappers compiled to native code (cache misses).
+    pub wasm_compiles: u64,
+    /// Wrappers loaded from the local artifact cache.
+    pub cache_hits: u64,
+    pub instantiations: u64,
+    pub calls: u64,
+    pub traps: u64,
+}
+
+struct EntryState {
+    /// Global guard failure, decided at open.
+    global_miss: Option<EntryMiss>,
+    kernels: Arc<[Arc<dyn Bound>]>,
+    /// The entry's globals, resolved, in globals-table order.
+    globals: Vec<Tensor>,
+    buffers: Vec<TensorMeta>,
+    pre: OnceLock<Result<WrapperPre<InstanceState>, String>>,
+    pool: Mutex<Vec<Instance>>,
+}
+
+/// An opened, verified package, ready to serve calls.
+pub struct Package {
+    host: Host,
+    manifest: Manifest,
+    files: BTreeMap<String, FileBytes>,
+    functions: HashMap<String, usize>,
+    entries: Vec<Vec<EntryState>>,
+}
+
+impl Host {
+    /// Opens and fully verifies the package directory `dir`.
+    pub fn open(&self, dir: impl AsRef<Path>, bindings: Bindings) -> Result<Package, Error> {
+        let (manifest_bytes, files) = read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
+        self.open_files_inner(&manifest_bytes, files, bindings)
+    }
+
+    /// Opens a package held in memory; verification is the same as `open`.
+    pub fn open_files(&self, manifest_json: &[u8], files: PackageFiles, bindings: Bindings) -> Result<Package, Error> {
+        self.open_files_inner(manifest_json, files.0, bindings)
+    }
+
+    /// Fully verifies the package directory `dir` without binding globals;
+    /// returns its manifest.
+    pub fn verify(&self, dir: impl AsRef<Path>) -> Result<Manifest, Error> {
+        let (manifest_bytes, files) = read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
+        let manifest = parse_manifest(&manifest_bytes)?;
+        check_digests(&manifest, &files)?;
+        verify_package(&manifest, &files, &self.config().registry, &self.config().limits).map_err(Error::Verify)?;
+        Ok(manifest)
+    }
+
+    fn open_files_inner(&self, manifest_bytes: &[u8], files: BTreeMap<String, FileBytes>, bindings: Bindings) -> Result<Package, Error> {
+        let _span = tracing::info_span!("package.open").entered();
+        let manifest = parse_manifest(manifest_bytes)?;
+        check_digests(&manifest, &files)?;
+        let verified = {
+            let _s = tracing::info_span!("package.verify").entered();
+            verify_package(&manifest, &files, &self.config().registry, &self.config().limits).map_err(Error::Verify)?
+        };
+        let globals = resolve_globals(&manifest, &files, bindings)?;
+        let digests: Vec<OnceLock<String>> = (0..globals.len()).map(|_| OnceLock::new()).collect();
+        let digest = |g: usize| -> Option<String> {
+            let t = globals.get(g)?.as_ref()?;
+            Some(digests[g].get_or_init(|| sha256_hex(t.bytes())).clone())
+        };
+        let view = GlobalsView { values: &globals, digest: &digest };
+
+        let mut entries = Vec::with_capacity(manifest.functions.len());
+        for (f, tables) in manifest.functions.iter().zip(verified.kernels) {
+            let mut states = Vec::with_capacity(f.entries.len());
+            for (ei, (e, kernels)) in f.entries.iter().zip(tables).enumerate() {
+                let global_miss = e.guards.iter().find_map(|g| {
+                    g.check_global(&view).err().map(|actual| EntryMiss {
+                        entry: ei,
+                        expected: g.describe(&f.signature, &manifest.globals),
+                        actual,
+                    })
+                });
+                let entry_globals = e
+                    .globals
+                    .iter()
+                    .map(|&g| globals[g as usize].clone().ok_or_else(|| Error::MissingBinding { name: manifest.globals[g as usize].name.clone() }))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let buffers = e
+                    .buffers
+                    .iter()
+                    .map(|b| TensorMeta::new(b.dtype, b.shape.iter().map(|&d| d as usize).collect::<Vec<_>>()))
+                    .collect();
+                states.push(EntryState {
+                    global_miss,
+                    kernels,
+                    globals: entry_globals,
+                    buffers,
+                    pre: OnceLock::new(),
+                    pool: Mutex::new(Vec::new()),
+                });
+            }
+            entries.push(states);
+        }
+        let functions = manifest.functions.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+        tracing::info!(functions = manifest.functions.len(), globals = manifest.globals.len(), "package opened");
+        Ok(Package { host: self.clone(), manifest, files, functions, entries })
+    }
+
+    /// What this host has done so far.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            wasm_compiles: c.wasm_compiles.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            instantiations: c.instantiations.load(Ordering::Relaxed),
+            calls: c.calls.load(Ordering::Relaxed),
+            traps: c.traps.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, Error> {
+    // Read the version first so a newer format gets the right message even
+    // if its fields changed.
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        format: u32,
+    }
+    if let Ok(v) = serde_json::from_slice::<VersionOnly>(bytes) {
+        if v.format > FORMAT_VERSION {
+            return Err(Error::FormatTooNew { found: v.format, supported: FORMAT_VERSION });
+        }
+    }
+    Manifest::from_json(bytes).map_err(|e| Error::Verify(vec![Problem { at: MANIFEST_FILE.into(), message: e.to_string() }]))
+}
+
+fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    for (name, expected) in &m.files {
+        match files.get(name) {
+            Some(bytes) => {
+                let actual = sha256_hex((**bytes).as_ref());
+                if &actual != expected {
+                    return Err(Error::Integrity { file: name.clone(), expected: expected.clone(), actual });
+                }
+            }
+            None => problems.push(Problem { at: name.clone(), message: "file listed in the manifest is missing".into() }),
+        }
+    }
+    for name in files.keys() {
+        if !m.files.contains_key(name) {
+            problems.push(Problem { at: name.clone(), message: "file is not listed in the manifest".into() });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Verify(problems))
+    }
+}
+
+fn resolve_globals(m: &Manifest, files: &BTreeMap<String, FileBytes>, mut bindings: Bindings) -> Result<Vec<Option<Tensor>>, Error> {
+    let mut out = Vec::with_capacity(m.globals.len());
+    for decl in &m.globals {
+        let shape: Vec<usize> = decl.shape.iter().map(|&d| d as usize).collect();
+        out.push(match &decl.source {
+            GlobalSource::Bound => Some(bindings.0.remove(&decl.name).ok_or_else(|| Error::MissingBinding { name: decl.name.clone() })?),
+            GlobalSource::Weight { file, tensor } => {
+                let bytes = files[file].clone();
+                let st = safetensors::SafeTensors::deserialize((*bytes).as_ref())
+                    .map_err(|e| Error::Verify(vec![Problem { at: file.clone(), message: e.to_string() }]))?;
+                let view = st.tensor(tensor).map_err(|e| Error::Verify(vec![Problem { at: file.clone(), message: e.to_string() }]))?;
+                let base = (*bytes).as_ref().as_ptr() as usize;
+                let offset = view.data().as_ptr() as usize - base;
+                Some(Tensor::from_external(decl.dtype, &shape, bytes.clone(), offset).map_err(|e| {
+                    Error::Verify(vec![Problem { at: format!("global `{}`", decl.name), message: e.to_string() }])
+                })?)
+            }
+        });
+    }
+    if let Some(name) = bindings.0.keys().next() {
+        let available = m.globals.iter().filter(|g| g.source == GlobalSource::Bound).map(|g| format!("`{}`", g.name)).collect::<Vec<_>>();
+        return Err(Error::UnknownBinding { name: name.clone(), available: if available.is_empty() { "none".into() } else { available.join(", ") } });
+    }
+    Ok(out)
+}
+
+/// A read-only memory map of a weights file.
+struct Mapped(memmap2::Mmap);
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Reads a package directory through cap-std: the manifest, every file under
+/// `wrappers/` and `weights/` (weights mmapped), refusing anything else.
+fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, FileBytes>), Error> {
+    let io = |file: &str, e: std::io::Error| Error::Io { file: file.to_string(), message: e.to_string() };
+    let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(|e| io(&path.display().to_string(), e))?;
+    let manifest = {
+        let mut f = dir.open(MANIFEST_FILE).map_err(|e| io(MANIFEST_FILE, e))?;
+        let mut buf = Vec::new();
+        (&mut f).take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut buf).map_err(|e| io(MANIFEST_FILE, e))?;
+        if buf.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::Verify(vec![Problem { at: MANIFEST_FILE.into(), message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes") }]));
+        }
+        buf
+    };
+    let mut files = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut total: u64 = 0;
+    for entry in dir.entries().map_err(|e| io(".", e))? {
+        let entry = entry.map_err(|e| io(".", e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ft = entry.file_type().map_err(|e| io(&name, e))?;
+        match name.as_str() {
+            MANIFEST_FILE | SIGNATURE_FILE if ft.is_file() => {}
+            "wrappers" | "weights" if ft.is_dir() => {
+                let sub = dir.open_dir(&name).map_err(|e| io(&name, e))?;
+                for e in sub.entries().map_err(|e| io(&name, e))? {
+                    let e = e.map_err(|e| io(&name, e))?;
+                    let fname = format!("{name}/{}", e.file_name().to_string_lossy());
+                    let ft = e.file_type().map_err(|err| io(&fname, err))?;
+                    let ext = if name == "wrappers" { "wasm" } else { "safetensors" };
+                    if !ft.is_file() || blob_digest(&fname, &name, ext).is_none() {
+                        problems.push(Problem { at: fname, message: "unexpected entry (only regular files named by their sha256 belong here)".into() });
+                        continue;
+                    }
+                    let file = sub.open(e.file_name()).map_err(|err| io(&fname, err))?;
+                    let len = file.metadata().map_err(|err| io(&fname, err))?.len();
+                    total = total.saturating_add(len);
+                    if total > max_bytes {
+                        return Err(Error::Verify(vec![Problem { at: fname, message: format!("package is larger than the limit of {max_bytes} bytes") }]));
+                    }
+                    let bytes: FileBytes = if name == "weights" && len > 0 {
+                        let std_file = file.into_std();
+                        // SAFETY: the map is read-only and private to this
+                        // process. Its contents are verified (sha256) after
+                        // mapping, before any use. As with every mmap, a
+                        // process that truncates or rewrites the file while it
+                        // is mapped could change what we read; package
+                        // directories are expected to be immutable once
+                        // written (saves replace them atomically by rename,
+                        // which leaves existing maps intact).
+                        #[allow(unsafe_code)]
+                        let map = unsafe { memmap2::Mmap::map(&std_file) }.map_err(|err| io(&fname, err))?;
+                        Arc::new(Mapped(map))
+                    } else {
+                        let mut buf = Vec::new();
+                        let mut file = file;
+                        file.read_to_end(&mut buf).map_err(|err| io(&fname, err))?;
+                        Arc::new(buf)
+                    };
+                    files.insert(fname, bytes);
+                }
+            }
+            _ => problems.push(Problem { at: name, message: "unexpected entry in the package directory".into() }),
+        }
+    }
+    if problems.is_empty() {
+        Ok((manifest, files))
+    } else {
+        Err(Error::Verify(problems))
+    }
+}
+
+impl Package {
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The host this package was opened on.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Calls `function` with positional inputs.
+    pub fn call(&self, function: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.call_inner(function, None, inputs)
+    }
+
+    /// Calls `function` with inputs by name, in any order.
+    pub fn call_named(&self, function: &str, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, Error> {
+        let fi = self.function_index(function)?;
+        let sig = &self.manifest.functions[fi].signature;
+        let mut ordered = Vec::with_capacity(sig.inputs.len());
+        for a in &sig.inputs {
+            let t = inputs.iter().find(|(n, _)| *n == a.name).ok_or_else(|| Error::BadInputs {
+                function: function.into(),
+                expected: format!("an input named `{}`", a.name),
+                actual: format!("inputs {:?}", inputs.iter().map(|(n, _)| *n).collect::<Vec<_>>()),
+            })?;
+            ordered.push(t.1.clone());
+        }
+        if let Some((n, _)) = inputs.iter().find(|(n, _)| !sig.inputs.iter().any(|a| a.name == *n)) {
+            return Err(Error::BadInputs {
+                function: function.into(),
+                expected: format!("inputs {:?}", sig.inputs.iter().map(|a| a.name.as_str()).collect::<Vec<_>>()),
+                actual: format!("an input named `{n}`"),
+            });
+        }
+        let names: Vec<String> = sig.inputs.iter().map(|a| a.name.clone()).collect();
+        self.call_inner(function, Some(&names), &ordered)
+    }
+
+    fn function_index(&self, function: &str) -> Result<usize, Error> {
+        self.functions.get(function).copied().ok_or_else(|| Error::UnknownFunction {
+            name: function.into(),
+            available: self.manifest.functions.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Which entry of `function` these inputs select, or the miss.
+    pub fn select(&self, function: &str, inputs: &[Tensor]) -> Result<usize, Error> {
+        let fi = self.function_index(function)?;
+        self.select_inner(fi, None, &inputs.iter().collect::<Vec<_>>())
+    }
+
+    fn select_inner(&self, fi: usize, names: Option<&[String]>, inputs: &[&Tensor]) -> Result<usize, Error> {
+        let f = &self.manifest.functions[fi];
+        let call = CallView { names, inputs };
+        let mut misses = Vec::new();
+        for (ei, (e, st)) in f.entries.iter().zip(&self.entries[fi]).enumerate() {
+            if let Some(m) = &st.global_miss {
+                misses.push(m.clone());
+                continue;
+            }
+            match e.guards.iter().find_map(|g| g.check(&call).err().map(|a| (g, a))) {
+                None => return Ok(ei),
+                Some((g, actual)) => misses.push(EntryMiss { entry: ei, expected: g.describe(&f.signature, &self.manifest.globals), actual }),
+            }
+        }
+        Err(Error::GuardMiss { function: f.name.clone(), explanations: misses })
+    }
+
+    fn call_inner(&self, function: &str, names: Option<&[String]>, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        let fi = self.function_index(function)?;
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let ei = self.select_inner(fi, names, &refs)?;
+        self.run_entry(fi, ei, inputs)
+    }
+
+    fn pre(&self, fi: usize, ei: usize) -> Result<&WrapperPre<InstanceState>, Error> {
+        let st = &self.entries[fi][ei];
+        let digest = &self.manifest.functions[fi].entries[ei].wrapper;
+        st.pre
+            .get_or_init(|| {
+                let bytes = &self.files[&wrapper_file(digest)];
+                self.host.prepare(digest, (**bytes).as_ref()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|m| Error::Compile { wrapper: digest.clone(), message: m.clone() })
+    }
+
+    fn trap(&self, fi: usize, ei: usize, kind: TrapKind, message: String) -> Error {
+        self.host.inner.counters.traps.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(function = %self.manifest.functions[fi].name, entry = ei, ?kind, %message, "instance discarded");
+        Error::Trap { function: self.manifest.functions[fi].name.clone(), entry: ei, kind, message }
+    }
+
+    fn instantiate(&self, fi: usize, ei: usize) -> Result<Instance, Error> {
+        let pre = self.pre(fi, ei)?;
+        let st = &self.entries[fi][ei];
+        let _span = tracing::debug_span!("sandbox.instantiate").entered();
+        let limits = &self.host.config().limits;
+        let mut store = Store::new(&self.host.inner.engine, InstanceState::new(st.kernels.clone(), self.host.config().kernels, limits));
+        store.limiter(|s| s);
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        self.host.inner.counters.instantiations.fetch_add(1, Ordering::Relaxed);
+        let wrapper = match pre.instantiate(&mut store) {
+            Ok(w) => w,
+            Err(e) => {
+                let (kind, message) = classify(&mut store, e);
+                return Err(self.trap(fi, ei, kind, message));
+            }
+        };
+        let mut setup = || -> Result<(Vec<u32>, Vec<u32>), crate::sandbox::Fault> {
+            let s = store.data_mut();
+            let g = st.globals.iter().map(|t| s.add_global(t.clone())).collect::<Result<Vec<_>, _>>()?;
+            let b = st.buffers.iter().map(|m| s.add_buffer(m)).collect::<Result<Vec<_>, _>>()?;
+            Ok((g, b))
+        };
+        let (g, b) = setup().map_err(|f| self.trap(fi, ei, f.kind, f.message))?;
+        store.data_mut().begin_init();
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        let r = wrapper.call_init(&mut store, &g, &b);
+        store.data_mut().end_init();
+        if let Err(e) = r {
+            let (kind, message) = classify(&mut store, e);
+            return Err(self.trap(fi, ei, kind, message));
+        }
+        Ok(Instance { store, wrapper })
+    }
+
+    fn run_entry(&self, fi: usize, ei: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.host.inner.counters.calls.fetch_add(1, Ordering::Relaxed);
+        let st = &self.entries[fi][ei];
+        let pooled = st.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+        let mut inst = match pooled {
+            Some(i) => i,
+            None => self.instantiate(fi, ei)?,
+        };
+        match self.run_instance(fi, ei, &mut inst, inputs) {
+            Ok(out) => {
+                if let Ok(mut pool) = st.pool.lock() {
+                    if pool.len() < self.host.config().limits.pool_size {
+                        pool.push(inst);
+                    }
+                }
+                Ok(out)
+            }
+            // A trapped instance is dropped here and never reused.
+            Err(e) => Err(e),
+        }
+    }
+
+    fn run_instance(&self, fi: usize, ei: usize, inst: &mut Instance, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        let f = &self.manifest.functions[fi];
+        let store = &mut inst.store;
+        store.data_mut().begin_run();
+        let handles = inputs
+            .iter()
+            .map(|t| store.data_mut().add_input(t.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|fault| self.trap(fi, ei, fault.kind, fault.message))?;
+        store.set_epoch_deadline(self.host.deadline_ticks());
+        let r = inst.wrapper.call_run(&mut *store, &handles);
+        let result = match r {
+            Err(e) => {
+                let (kind, message) = classify(store, e);
+                return Err(self.trap(fi, ei, kind, message));
+            }
+            Ok(Err(index)) => Err(Error::BreakMiss { function: f.name.clone(), entry: ei, index }),
+            Ok(Ok(outs)) => {
+                if outs.len() != f.signature.outputs.len() {
+                    return Err(self.trap(
+                        fi,
+                        ei,
+                        TrapKind::Contract,
+                        format!("wrapper returned {} outputs, the signature has {}", outs.len(), f.signature.outputs.len()),
+                    ));
+                }
+                let mut tensors = Vec::with_capacity(outs.len());
+                for (h, decl) in outs.iter().zip(&f.signature.outputs) {
+                    let t = store.data().output(*h).map_err(|fault| self.trap(fi, ei, fault.kind, fault.message))?;
+                    if t.dtype() != decl.kind.dtype() || t.shape().len() != decl.kind.rank() as usize {
+                        return Err(self.trap(
+                            fi,
+                            ei,
+                            TrapKind::Contract,
+                            format!("output `{}` is {}, the signature says {:?}", decl.name, t.meta(), decl.kind),
+                        ));
+                    }
+                    tensors.push(t);
+                }
+                Ok(tensors)
+            }
+        };
+        store.data_mut().end_run();
+        result
+    }
+}

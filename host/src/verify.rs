@@ -1,0 +1,344 @@
+//! Full verification of a package, before any Wasm is compiled.
+//!
+//! [`verify_package`] checks, and reports *every* problem it finds:
+//! - the format version and the contract version;
+//! - file names: only `wrappers/<sha256>.wasm` and
+//!   `weights/<sha256>.safetensors`, each name's digest equal to the listed
+//!   digest; every file referenced, every reference present;
+//! - every global: name unique, rank and byte size in range (checked
+//!   arithmetic), its safetensors tensor present with the same dtype and
+//!   shape;
+//! - every function: name unique, input and output names unique, ranks in
+//!   range; every entry: guard indices in range, every kernel resolved in the
+//!   host's registry with its attributes validated, globals-table indices in
+//!   range, buffer sizes in range and within the host tensor budget;
+//! - every wrapper: a valid component whose only import is the contract's
+//!   host interface, with no memory or table declared beyond the limits.
+//!
+//! Digests are checked before this runs ([`crate::package`]); this module
+//! never reads a file the manifest does not list.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use ampoule_kernels::{Bound, DType, Registry, TensorMeta, MAX_RANK};
+
+use crate::error::Problem;
+use crate::manifest::{wrapper_file, GlobalSource, Manifest, FORMAT_VERSION};
+use crate::sandbox::{Limits, HOST_INTERFACE, WIT_PACKAGE};
+
+/// A file's bytes, read or mapped.
+pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// What verification produces besides problems: the bound kernel tables.
+pub(crate) struct Verified {
+    /// `kernels[function][entry]`: the bound kernel table.
+    pub kernels: Vec<Vec<Arc<[Arc<dyn Bound>]>>>,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, at: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { at: at.into(), message: message.into() });
+    }
+}
+
+/// Whether `name` is `<dir>/<64 lowercase hex>.<ext>`; returns the digest.
+pub fn blob_digest<'a>(name: &'a str, dir: &str, ext: &str) -> Option<&'a str> {
+    let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
+    let digest = rest.strip_suffix(ext)?.strip_suffix('.')?;
+    (digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(digest)
+}
+
+fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::F32 => DType::F32,
+        S::F64 => DType::F64,
+        S::I8 => DType::I8,
+        S::U8 => DType::U8,
+        S::I32 => DType::I32,
+        S::I64 => DType::I64,
+        S::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// Checks everything about a package whose file digests already matched.
+pub(crate) fn verify_package(
+    m: &Manifest,
+    files: &BTreeMap<String, FileBytes>,
+    registry: &Registry,
+    limits: &Limits,
+) -> Result<Verified, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    if m.format > FORMAT_VERSION || m.format == 0 {
+        p.add("format", format!("format {} is not supported (this host reads 1..={FORMAT_VERSION})", m.format));
+    }
+    if m.abi.wit != WIT_PACKAGE {
+        p.add("abi.wit", format!("package needs contract `{}`, this host implements `{WIT_PACKAGE}`", m.abi.wit));
+    }
+    let abi_kernels: BTreeSet<&str> = m.abi.kernels.iter().map(String::as_str).collect();
+    for (i, k) in m.abi.kernels.iter().enumerate() {
+        if let Err(e) = registry.get(k) {
+            p.add(format!("abi.kernels[{i}]"), e.to_string());
+        }
+    }
+
+    // Files: names, references.
+    let mut referenced: HashSet<String> = HashSet::new();
+    for (name, digest) in &m.files {
+        let d = blob_digest(name, "wrappers", "wasm").or_else(|| blob_digest(name, "weights", "safetensors"));
+        match d {
+            None => p.add(format!("files[{name:?}]"), "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`"),
+            Some(d) if d != digest => p.add(format!("files[{name:?}]"), format!("name says sha256 {d} but the manifest lists {digest}")),
+            Some(_) => {}
+        }
+    }
+
+    // Globals.
+    let mut total: u64 = 0;
+    let mut names = HashSet::new();
+    let mut parsed: BTreeMap<&str, Option<safetensors::SafeTensors<'_>>> = BTreeMap::new();
+    for (g, decl) in m.globals.iter().enumerate() {
+        let at = format!("globals[{g}] `{}`", decl.name);
+        if !names.insert(decl.name.as_str()) {
+            p.add(&at, "duplicate global name");
+        }
+        let Some(meta) = meta_of(&decl.dtype, &decl.shape) else {
+            p.add(&at, format!("shape {:?} has rank above {MAX_RANK} or more bytes than this host can address", decl.shape));
+            continue;
+        };
+        total = total.saturating_add(meta.byte_len().unwrap_or(usize::MAX) as u64);
+        match &decl.source {
+            GlobalSource::Bound => {}
+            GlobalSource::Weight { file, tensor } => {
+                referenced.insert(file.clone());
+                if blob_digest(file, "weights", "safetensors").is_none() || !m.files.contains_key(file) {
+                    p.add(&at, format!("weights file `{file}` is not listed in `files`"));
+                    continue;
+                }
+                let Some(bytes) = files.get(file) else {
+                    p.add(&at, format!("weights file `{file}` is missing"));
+                    continue;
+                };
+                let st = parsed.entry(file.as_str()).or_insert_with(|| {
+                    match safetensors::SafeTensors::deserialize((**bytes).as_ref()) {
+                        Ok(st) => Some(st),
+                        Err(e) => {
+                            p.add(file.clone(), format!("not a valid safetensors file: {e}"));
+                            None
+                        }
+                    }
+                });
+                let Some(st) = st else { continue };
+                match st.tensor(tensor) {
+                    Err(_) => p.add(&at, format!("tensor `{tensor}` is not in `{file}`")),
+                    Ok(view) => {
+                        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+                        if safetensors_dtype(view.dtype()) != Some(decl.dtype) || shape != decl.shape {
+                            p.add(
+                                &at,
+                                format!("declared {}{:?} but `{file}` holds {:?}{:?}", decl.dtype, decl.shape, view.dtype(), shape),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if total > limits.max_package_bytes {
+        p.add("globals", format!("globals total {total} bytes, above the limit of {}", limits.max_package_bytes));
+    }
+
+    // Functions and entries.
+    let mut fnames = HashSet::new();
+    let mut kernels = Vec::with_capacity(m.functions.len());
+    for (fi, f) in m.functions.iter().enumerate() {
+        let fat = format!("functions[{fi}] `{}`", f.name);
+        if f.name.is_empty() || !fnames.insert(f.name.as_str()) {
+            p.add(&fat, "function names must be non-empty and unique");
+        }
+        for (what, args) in [("input", &f.signature.inputs), ("output", &f.signature.outputs)] {
+            let mut seen = HashSet::new();
+            for a in args.iter() {
+                if !seen.insert(a.name.as_str()) {
+                    p.add(&fat, format!("duplicate {what} name `{}`", a.name));
+                }
+                if a.kind.rank() as usize > MAX_RANK {
+                    p.add(&fat, format!("{what} `{}` has rank {} above {MAX_RANK}", a.name, a.kind.rank()));
+                }
+            }
+        }
+        let mut fkernels = Vec::with_capacity(f.entries.len());
+        for (ei, e) in f.entries.iter().enumerate() {
+            let at = format!("{fat}.entries[{ei}]");
+            for (gi, guard) in e.guards.iter().enumerate() {
+                if let Some(i) = guard.input() {
+                    if i as usize >= f.signature.inputs.len() {
+                        p.add(format!("{at}.guards[{gi}]"), format!("input {i} out of range ({} inputs)", f.signature.inputs.len()));
+                    }
+                }
+                if let Some(g) = guard.global() {
+                    if g as usize >= m.globals.len() {
+                        p.add(format!("{at}.guards[{gi}]"), format!("global {g} out of range ({} globals)", m.globals.len()));
+                    }
+                }
+            }
+            let wfile = wrapper_file(&e.wrapper);
+            referenced.insert(wfile.clone());
+            if !m.files.contains_key(&wfile) || blob_digest(&wfile, "wrappers", "wasm").is_none() {
+                p.add(format!("{at}.wrapper"), format!("wrapper `{}` is not listed in `files`", e.wrapper));
+            }
+            let mut table: Vec<Arc<dyn Bound>> = Vec::with_capacity(e.kernels.len());
+            for (ki, k) in e.kernels.iter().enumerate() {
+                let kat = format!("{at}.kernels[{ki}]");
+                if !abi_kernels.contains(k.kernel.as_str()) {
+                    p.add(&kat, format!("kernel `{}` is not declared in abi.kernels", k.kernel));
+                }
+                match registry.bind(&k.kernel, &k.attrs) {
+                    Ok(b) => {
+                        let a = b.arity();
+                        if a.inputs + a.outputs > ampoule_kernels::MAX_OPERANDS {
+                            p.add(&kat, format!("kernel `{}` takes {} operands, more than a launch carries", k.kernel, a.inputs + a.outputs));
+                        }
+                        table.push(b);
+                    }
+                    Err(err) => p.add(&kat, err.to_string()),
+                }
+            }
+            for (gi, &g) in e.globals.iter().enumerate() {
+                if g as usize >= m.globals.len() {
+                    p.add(format!("{at}.globals[{gi}]"), format!("global {g} out of range ({} globals)", m.globals.len()));
+                }
+            }
+            let mut bytes: u64 = 0;
+            for (bi, b) in e.buffers.iter().enumerate() {
+                match meta_of(&b.dtype, &b.shape).and_then(|m| m.byte_len()) {
+                    Some(n) => bytes = bytes.saturating_add(n as u64),
+                    None => p.add(format!("{at}.buffers[{bi}]"), format!("buffer {:?} is too large or of rank above {MAX_RANK}", b.shape)),
+                }
+            }
+            if bytes > limits.host_tensor_bytes as u64 {
+                p.add(
+                    format!("{at}.buffers"),
+                    format!("planned buffers need {bytes} bytes, above the host tensor budget of {}", limits.host_tensor_bytes),
+                );
+            }
+            fkernels.push(table.into());
+        }
+        kernels.push(fkernels);
+    }
+
+    // Wrappers.
+    for (name, bytes) in files {
+        if blob_digest(name, "wrappers", "wasm").is_some() {
+            for msg in verify_wrapper((**bytes).as_ref(), limits) {
+                p.add(name.clone(), msg);
+            }
+        }
+    }
+    for name in m.files.keys() {
+        if !referenced.contains(name) {
+            p.add(format!("files[{name:?}]"), "file is not referenced by any entry or global");
+        }
+    }
+    if p.0.is_empty() {
+        Ok(Verified { kernels })
+    } else {
+        Err(p.0)
+    }
+}
+
+fn meta_of(dtype: &DType, shape: &[u64]) -> Option<TensorMeta> {
+    if shape.len() > MAX_RANK {
+        return None;
+    }
+    let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let meta = TensorMeta::new(*dtype, shape);
+    meta.byte_len().filter(|&n| n <= isize::MAX as usize)?;
+    Some(meta)
+}
+
+/// Checks one wrapper component without compiling it: valid, imports only
+/// the contract, memories and tables within limits.
+pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
+    use wasmparser::{Parser, Payload, Validator, WasmFeatures};
+    let mut problems = Vec::new();
+    let mut validator = Validator::new_with_features(WasmFeatures::default() | WasmFeatures::COMPONENT_MODEL);
+    if let Err(e) = validator.validate_all(bytes) {
+        problems.push(format!("not a valid wrapper component: {e}"));
+        return problems;
+    }
+    let mut depth = 0usize;
+    let mut saw_component = false;
+    let max_pages = (limits.guest_memory_bytes / 65536) as u64;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else { break };
+        match payload {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && !saw_component {
+                    if encoding != wasmparser::Encoding::Component {
+                        problems.push("a wrapper must be a component, not a core module".into());
+                        return problems;
+                    }
+                    saw_component = true;
+                }
+            }
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader.into_iter().flatten() {
+                    let name = import.name.name;
+                    if name != HOST_INTERFACE {
+                        problems.push(format!("imports `{name}`; a wrapper may import only `{HOST_INTERFACE}`"));
+                    }
+                }
+            }
+            Payload::MemorySection(reader) => {
+                for mem in reader.into_iter().flatten() {
+                    if mem.memory64 || mem.shared || mem.initial > max_pages {
+                        problems.push(format!(
+                            "declares a memory of {} pages (64-bit: {}, shared: {}); the limit is {max_pages} pages",
+                            mem.initial, mem.memory64, mem.shared
+                        ));
+                    }
+                }
+            }
+            Payload::TableSection(reader) => {
+                for table in reader.into_iter().flatten() {
+                    if table.ty.initial > 1024 {
+                        problems.push(format!("declares a table of {} elements; the limit is 1024", table.ty.initial));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names() {
+        let d = "a".repeat(64);
+        assert_eq!(blob_digest(&format!("wrappers/{d}.wasm"), "wrappers", "wasm"), Some(d.as_str()));
+        assert_eq!(blob_digest(&format!("wrappers/../{d}.wasm"), "wrappers", "wasm"), None);
+        assert_eq!(blob_digest(&format!("/wrappers/{d}.wasm"), "wrappers", "wasm"), None);
+        assert_eq!(blob_digest(&format!("wrappers/{}.wasm", "A".repeat(64)), "wrappers", "wasm"), None);
+        assert_eq!(blob_digest("wrappers/abc.wasm", "wrappers", "wasm"), None);
+        assert_eq!(blob_digest(&format!("weights/{d}.wasm"), "wrappers", "wasm"), None);
+    }
+
+    #[test]
+    fn core_module_is_not_a_wrapper() {
+        let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+        let problems = verify_wrapper(&module, &Limits::default());
+        assert_eq!(problems, vec!["a wrapper must be a component, not a core module".to_string()]);
+        assert!(verify_wrapper(b"garbage", &Limits::default())[0].starts_with("not a valid wrapper component"));
+    }
+}
