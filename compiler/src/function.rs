@@ -1,0 +1,483 @@
+//! Compiled functions: torch.compile's package workflow.
+//!
+//! A [`Compiler`] holds a package being built ([`PackageDraft`]) and the host
+//! [`Package`] opened from it, plus the Rust definitions ([`FunctionDef`]) of
+//! the functions it may compile. [`Compiler::call`]:
+//!
+//! 1. looks up an existing entry through the host (`Package::call`: guards,
+//!    then the sandboxed wrapper);
+//! 2. on a guard miss (or a function with no entries yet), if the function is
+//!    defined here, traces and compiles a new entry for these inputs, adds it
+//!    to the draft, reopens the package and calls again;
+//! 3. without a definition (load-only), returns the host's typed error
+//!    (`ampoule_host::Error::GuardMiss` with every entry's explanation).
+//!
+//! [`Compiler::save`] writes the package atomically; [`CompilerBuilder::open`]
+//! resumes one. Resuming checks each defined function that the package
+//! already has: the definition is traced again with the inputs the package's
+//! first entry was compiled for (read back from its guards), and its
+//! signature and program hash must equal the package's, else
+//! [`Error::Mismatch`]. The hash check can be turned off with
+//! [`Options::allow_program_change`]; the signature check cannot (entries of
+//! one function share one signature). The recorded program hash stays the
+//! one of the function's first entry.
+//!
+//! A package may hold many functions, each with its own entries: entries are
+//! looked up per function, so equal input shapes never collide.
+//!
+//! Thread safety: a `Compiler` is `Send`; calls take `&mut self` because a
+//! miss changes the package. For concurrent serving, share
+//! [`Compiler::package`] (a `Package` is `Send + Sync`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ampoule_host::manifest::Manifest;
+use ampoule_host::{Guard, Host, Package, ScalarValue};
+use ampoule_kernels::{Tensor, TensorMeta};
+
+use crate::compile::{compile, CompileError};
+use crate::package::{fmt_signature, PackageDraft, PackageError};
+use crate::trace::{Example, FunctionDef};
+
+/// Everything that can go wrong compiling, calling or saving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Host(#[from] ampoule_host::Error),
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    /// A defined function does not match the package's function of the same
+    /// name. `what` is `signature` or `program hash`.
+    #[error("function `{function}`: the package's {what} is {expected}, but the definition gives {actual}; {}", mismatch_fix(.what))]
+    Mismatch {
+        function: String,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// The package's entries do not say which inputs to retrace with.
+    #[error("function `{function}` cannot be checked against the package: {reason}; open with `Options::allow_program_change` to skip the check")]
+    Unverifiable { function: String, reason: String },
+    #[error("no function `{name}` is defined or in the package; known: {available}")]
+    UnknownFunction { name: String, available: String },
+}
+
+fn mismatch_fix(what: &str) -> &'static str {
+    if what == "program hash" {
+        "the program changed since the package was compiled: compile into a new package, or allow it with `Options::allow_program_change`"
+    } else {
+        "use another function name or another package"
+    }
+}
+
+/// Options of a [`Compiler`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Resume a package even if a defined function's program hash differs
+    /// from the package's (the old entries stay and keep serving).
+    pub allow_program_change: bool,
+}
+
+impl Options {
+    pub fn allow_program_change(mut self) -> Self {
+        self.allow_program_change = true;
+        self
+    }
+}
+
+/// Sets up a [`Compiler`]: bindings, definitions and options, then
+/// [`create`](CompilerBuilder::create) a new package or
+/// [`open`](CompilerBuilder::open) an existing one.
+pub struct CompilerBuilder {
+    host: Host,
+    bindings: BTreeMap<String, Tensor>,
+    functions: Vec<FunctionDef>,
+    options: Options,
+}
+
+impl CompilerBuilder {
+    /// Binds the host-bound global `name` (see `Tracer::bound`).
+    pub fn bind(mut self, name: impl Into<String>, value: Tensor) -> Self {
+        self.bindings.insert(name.into(), value);
+        self
+    }
+
+    /// Defines a function the compiler may compile on a miss.
+    pub fn function(mut self, def: FunctionDef) -> Self {
+        self.functions.push(def);
+        self
+    }
+
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Shorthand for `options(Options::default().allow_program_change())`.
+    pub fn allow_program_change(mut self) -> Self {
+        self.options.allow_program_change = true;
+        self
+    }
+
+    /// A compiler over a new, empty package.
+    pub fn create(self) -> Result<Compiler, Error> {
+        let draft = PackageDraft::new();
+        let package = draft.open(&self.host, &self.bindings)?;
+        self.finish(draft, package)
+    }
+
+    /// A compiler resuming the package in `dir` (checked as the module doc
+    /// says).
+    pub fn open(self, dir: impl AsRef<Path>) -> Result<Compiler, Error> {
+        let (draft, package) = PackageDraft::load(&self.host, dir, &self.bindings)?;
+        self.finish(draft, package)
+    }
+
+    fn finish(self, draft: PackageDraft, package: Package) -> Result<Compiler, Error> {
+        let mut c = Compiler {
+            host: self.host,
+            draft,
+            package,
+            bindings: self.bindings,
+            functions: BTreeMap::new(),
+            options: self.options,
+            compiles: 0,
+        };
+        for def in self.functions {
+            c.define(def)?;
+        }
+        Ok(c)
+    }
+}
+
+/// A package being served and extended. See the module doc.
+pub struct Compiler {
+    host: Host,
+    draft: PackageDraft,
+    package: Package,
+    bindings: BTreeMap<String, Tensor>,
+    functions: BTreeMap<String, FunctionDef>,
+    options: Options,
+    compiles: usize,
+}
+
+impl Compiler {
+    /// Starts setting up a compiler on `host`.
+    pub fn builder(host: Host) -> CompilerBuilder {
+        CompilerBuilder {
+            host,
+            bindings: BTreeMap::new(),
+            functions: Vec::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// Defines (or redefines) a function. If the package already has a
+    /// function of that name, the definition is checked against it.
+    pub fn define(&mut self, def: FunctionDef) -> Result<(), Error> {
+        self.check_definition(&def)?;
+        self.functions.insert(def.name().to_string(), def);
+        Ok(())
+    }
+
+    /// Binds (or rebinds) a host-bound global and reopens the package.
+    pub fn bind(&mut self, name: impl Into<String>, value: Tensor) -> Result<(), Error> {
+        self.bindings.insert(name.into(), value);
+        self.package = self.draft.open(&self.host, &self.bindings)?;
+        Ok(())
+    }
+
+    fn check_definition(&self, def: &FunctionDef) -> Result<(), Error> {
+        let Some(decl) = self.draft.manifest().function(def.name()) else {
+            return Ok(());
+        };
+        let Some(first) = decl.entries.first() else {
+            return Ok(());
+        };
+        let examples = match examples_from_guards(&first.guards) {
+            Ok(e) => e,
+            Err(_) if self.options.allow_program_change => return Ok(()),
+            Err(reason) => {
+                return Err(Error::Unverifiable {
+                    function: def.name().to_string(),
+                    reason,
+                })
+            }
+        };
+        let trace = def
+            .trace(&examples, &self.host.config().registry, &self.bindings)
+            .map_err(|source| CompileError::Trace {
+                function: def.name().to_string(),
+                source,
+            })?;
+        let signature = crate::guards::signature(&trace.graph);
+        if signature != decl.signature {
+            return Err(Error::Mismatch {
+                function: def.name().to_string(),
+                what: "signature",
+                expected: fmt_signature(&decl.signature),
+                actual: fmt_signature(&signature),
+            });
+        }
+        if trace.program_hash != decl.program_hash && !self.options.allow_program_change {
+            return Err(Error::Mismatch {
+                function: def.name().to_string(),
+                what: "program hash",
+                expected: decl.program_hash.clone(),
+                actual: trace.program_hash,
+            });
+        }
+        Ok(())
+    }
+
+    /// Calls `function`, compiling a new entry on a miss if it is defined.
+    pub fn call(&mut self, function: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        match self.package.call(function, inputs) {
+            Ok(out) => return Ok(out),
+            Err(
+                e @ (ampoule_host::Error::GuardMiss { .. }
+                | ampoule_host::Error::UnknownFunction { .. }),
+            ) => {
+                if !self.functions.contains_key(function) {
+                    return Err(e.into());
+                }
+                tracing::info!(function, reason = %e, "compiling a new entry");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
+        self.compile(function, &examples)?;
+        Ok(self.package.call(function, inputs)?)
+    }
+
+    /// Compiles an entry of `function` for `examples` ahead of any call;
+    /// returns its index among the function's entries.
+    pub fn compile(&mut self, function: &str, examples: &[Example]) -> Result<usize, Error> {
+        let def = self
+            .functions
+            .get(function)
+            .ok_or_else(|| Error::UnknownFunction {
+                name: function.to_string(),
+                available: self.known().join(", "),
+            })?;
+        let entry = compile(def, examples, &self.host.config().registry, &self.bindings)?;
+        let mut draft = self.draft.clone();
+        let index = draft.add_entry(&entry)?;
+        let package = draft.open(&self.host, &self.bindings)?;
+        self.draft = draft;
+        self.package = package;
+        self.compiles += 1;
+        Ok(index)
+    }
+
+    fn known(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.functions.keys().cloned().collect();
+        for f in &self.draft.manifest().functions {
+            if !names.contains(&f.name) {
+                names.push(f.name.clone());
+            }
+        }
+        names.iter().map(|n| format!("`{n}`")).collect()
+    }
+
+    /// How many entries this compiler compiled (not counting entries the
+    /// package already had).
+    pub fn compile_count(&self) -> usize {
+        self.compiles
+    }
+
+    /// Saves the package to `dir` atomically.
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), Error> {
+        Ok(self.draft.save(dir)?)
+    }
+
+    /// The host package serving calls.
+    pub fn package(&self) -> &Package {
+        &self.package
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        self.draft.manifest()
+    }
+
+    pub fn draft(&self) -> &PackageDraft {
+        &self.draft
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// A handle to one function of this compiler.
+    pub fn into_function(self, name: &str) -> Result<CompiledFunction, Error> {
+        if !self.functions.contains_key(name) && self.draft.manifest().function(name).is_none() {
+            return Err(Error::UnknownFunction {
+                name: name.to_string(),
+                available: self.known().join(", "),
+            });
+        }
+        Ok(CompiledFunction {
+            compiler: self,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// One function of a [`Compiler`], called like a function.
+pub struct CompiledFunction {
+    compiler: Compiler,
+    name: String,
+}
+
+impl CompiledFunction {
+    /// A new package holding only `def`.
+    pub fn new(host: Host, def: FunctionDef) -> Result<CompiledFunction, Error> {
+        let name = def.name().to_string();
+        Compiler::builder(host)
+            .function(def)
+            .create()?
+            .into_function(&name)
+    }
+
+    /// Resumes the package in `dir` with `def` attached.
+    pub fn open(
+        host: Host,
+        dir: impl AsRef<Path>,
+        def: FunctionDef,
+        options: Options,
+    ) -> Result<CompiledFunction, Error> {
+        let name = def.name().to_string();
+        Compiler::builder(host)
+            .function(def)
+            .options(options)
+            .open(dir)?
+            .into_function(&name)
+    }
+
+    /// Opens function `name` of the package in `dir` without a compiler
+    /// attached: a miss is the host's `GuardMiss`.
+    pub fn load(host: Host, dir: impl AsRef<Path>, name: &str) -> Result<CompiledFunction, Error> {
+        Compiler::builder(host).open(dir)?.into_function(name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn call(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.compiler.call(&self.name, inputs)
+    }
+
+    pub fn compile_count(&self) -> usize {
+        self.compiler.compile_count()
+    }
+
+    pub fn save(&self, dir: impl AsRef<Path>) -> Result<(), Error> {
+        self.compiler.save(dir)
+    }
+
+    pub fn compiler(&self) -> &Compiler {
+        &self.compiler
+    }
+
+    pub fn compiler_mut(&mut self) -> &mut Compiler {
+        &mut self.compiler
+    }
+
+    pub fn into_compiler(self) -> Compiler {
+        self.compiler
+    }
+}
+
+/// The examples an entry was compiled for, read back from its guards:
+/// `InputCount`, then `Dtype`, `Rank`, every `Dim` and any `ScalarValue`.
+pub fn examples_from_guards(guards: &[Guard]) -> Result<Vec<Example>, String> {
+    let count = guards
+        .iter()
+        .find_map(|g| match g {
+            Guard::InputCount { count } => Some(*count as usize),
+            _ => None,
+        })
+        .ok_or("its first entry has no input-count guard")?;
+    let mut dtype = vec![None; count];
+    let mut rank = vec![None; count];
+    let mut dims: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); count];
+    let mut value: Vec<Option<ScalarValue>> = vec![None; count];
+    let slot = |i: u32| -> Result<usize, String> {
+        let i = i as usize;
+        if i < count {
+            Ok(i)
+        } else {
+            Err(format!("a guard names input {i} of {count}"))
+        }
+    };
+    for g in guards {
+        match g {
+            Guard::Dtype { input, dtype: d } => dtype[slot(*input)?] = Some(*d),
+            Guard::Rank { input, rank: r } => rank[slot(*input)?] = Some(*r),
+            Guard::Dim { input, axis, size } => {
+                dims[slot(*input)?].insert(*axis, *size);
+            }
+            Guard::ScalarValue { input, value: v } => value[slot(*input)?] = Some(*v),
+            _ => {}
+        }
+    }
+    (0..count)
+        .map(|i| {
+            let d = dtype[i].ok_or_else(|| format!("input {i} has no dtype guard"))?;
+            let r = rank[i].ok_or_else(|| format!("input {i} has no rank guard"))?;
+            let shape = (0..r)
+                .map(|a| {
+                    dims[i]
+                        .get(&a)
+                        .and_then(|&s| usize::try_from(s).ok())
+                        .ok_or_else(|| format!("input {i} has no guard on axis {a}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Example {
+                meta: TensorMeta::new(d, shape),
+                value: value[i],
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ampoule_kernels::DType;
+
+    #[test]
+    fn examples_round_trip_through_guards() {
+        let mut g = crate::ir::Graph::new();
+        g.add_input("x", TensorMeta::new(DType::F32, [4, 3]));
+        g.add_input("k", TensorMeta::new(DType::I64, []));
+        g.inputs[1].specialized = Some(ScalarValue::Int(7));
+        let guards = crate::guards::input_guards(&g);
+        let ex = examples_from_guards(&guards).unwrap();
+        assert_eq!(
+            ex,
+            [
+                Example {
+                    meta: TensorMeta::new(DType::F32, [4, 3]),
+                    value: None
+                },
+                Example {
+                    meta: TensorMeta::new(DType::I64, []),
+                    value: Some(ScalarValue::Int(7))
+                },
+            ]
+        );
+        let missing_dim: Vec<Guard> = guards
+            .into_iter()
+            .filter(|g| !matches!(g, Guard::Dim { axis: 1, .. }))
+            .collect();
+        assert_eq!(
+            examples_from_guards(&missing_dim).unwrap_err(),
+            "input 0 has no guard on axis 1"
+        );
+    }
+}

@@ -1,0 +1,584 @@
+//! The compiler's typed graph IR.
+//!
+//! A [`Graph`] is a list of [`Node`]s in definition order. Each node has an
+//! [`Op`], input values and output values; every value is defined by exactly
+//! one node, before any node uses it (SSA in a topological order, so a single
+//! forward walk sees definitions before uses). The graph also carries the
+//! function's boundary: its inputs ([`InputDef`]: name, example meta and, for
+//! scalars specialized at trace time, their value), the globals it reads
+//! ([`GlobalDef`]: captured weights or host-bound values) and its named
+//! outputs ([`OutputDef`]).
+//!
+//! Ops:
+//! - [`Op::Input`], [`Op::Global`], [`Op::Constant`]: no inputs, one output;
+//! - [`Op::Reshape`]: one input, one output with the same dtype and element
+//!   count; a view, not a kernel (lowered to the host's `view`);
+//! - [`Op::Kernel`]: a `name@version` kernel of the registry with its static
+//!   attributes. The kernel's own signature checker
+//!   ([`ampoule_kernels::Bound::check`]) is the IR's shape and dtype
+//!   inference, so the compiler and the host agree on every shape.
+//!
+//! Value types are [`TensorMeta`] (dtype + static shape). This is the one
+//! place symbolic dims will enter: `values` will hold a type whose dims are
+//! `Static(n) | Symbol(s)`, and [`Graph::meta`] stays the accessor every pass
+//! goes through for concrete sizes.
+//!
+//! The invariants are listed and enforced by [`crate::verify`]. Builders here
+//! ([`Graph::kernel`], [`Graph::reshape`]) keep them by construction;
+//! [`Graph::push`] does not check anything and exists for passes and for
+//! tests that build invalid graphs on purpose.
+
+use std::fmt;
+
+use ampoule_host::ScalarValue;
+use ampoule_kernels::{AttrValue, Attrs, Bound, KernelError, Registry, Tensor, TensorMeta};
+
+/// A value: the output of one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub u32);
+
+impl ValueId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for ValueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// What a node does.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Function input `i` (an index into [`Graph::inputs`]).
+    Input(u32),
+    /// Global `g` (an index into [`Graph::globals`]).
+    Global(u32),
+    /// A tensor known at compile time. Lowering turns constants into
+    /// embedded globals (`passes::constants_to_globals`).
+    Constant(Tensor),
+    /// A reshape: the output has the input's dtype and element count and the
+    /// shape of its own meta.
+    Reshape,
+    /// A kernel launch.
+    Kernel { kernel: String, attrs: Attrs },
+}
+
+impl Op {
+    /// A kernel op.
+    pub fn kernel(kernel: impl Into<String>, attrs: Attrs) -> Op {
+        Op::Kernel {
+            kernel: kernel.into(),
+            attrs,
+        }
+    }
+
+    /// The op's name as the text form prints it.
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Input(_) => "input",
+            Op::Global(_) => "global",
+            Op::Constant(_) => "constant",
+            Op::Reshape => "reshape",
+            Op::Kernel { kernel, .. } => kernel,
+        }
+    }
+}
+
+/// One node: an op, the values it reads and the values it defines.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+}
+
+/// A function input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputDef {
+    pub name: String,
+    /// The example's dtype and shape this graph was traced for.
+    pub meta: TensorMeta,
+    /// For a rank-0 input whose value the trace read: that value. The entry
+    /// is specialized on it (a `ScalarValue` guard) and the signature
+    /// declares the input a scalar.
+    pub specialized: Option<ScalarValue>,
+}
+
+/// Where a global's value comes from.
+#[derive(Clone, Debug)]
+pub enum GlobalSource {
+    /// Captured at trace time and embedded in the package as a weight.
+    Embedded(Tensor),
+    /// Bound by the application by name at load. With `digest`, the entry
+    /// was specialized on the bound value's content (a `GlobalDigest` guard
+    /// with this SHA-256).
+    Bound { digest: Option<String> },
+}
+
+/// A global the graph reads.
+#[derive(Clone, Debug)]
+pub struct GlobalDef {
+    /// The package-wide name (host-bound globals are bound by it).
+    pub name: String,
+    pub meta: TensorMeta,
+    pub source: GlobalSource,
+}
+
+/// A named function output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputDef {
+    pub name: String,
+    pub value: ValueId,
+}
+
+/// A typed graph. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub inputs: Vec<InputDef>,
+    pub globals: Vec<GlobalDef>,
+    pub nodes: Vec<Node>,
+    /// The type of each value, indexed by [`ValueId`].
+    pub values: Vec<TensorMeta>,
+    pub outputs: Vec<OutputDef>,
+}
+
+/// Why a builder refused to add a node. The graph is unchanged.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("kernel `{kernel}` produced {got} outputs from its checker but has arity {arity}; the kernel registry is inconsistent")]
+    Arity {
+        kernel: String,
+        got: usize,
+        arity: usize,
+    },
+    #[error(
+        "cannot reshape {from} to shape {to:?}: element counts differ ({from_numel} vs {to_numel})"
+    )]
+    Reshape {
+        from: TensorMeta,
+        to: Vec<usize>,
+        from_numel: usize,
+        to_numel: usize,
+    },
+    #[error("value {0} does not exist in this graph")]
+    UnknownValue(ValueId),
+    #[error("{what} index {index} is out of range ({count} defined)")]
+    Index {
+        what: &'static str,
+        index: u32,
+        count: usize,
+    },
+}
+
+impl Graph {
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// The type of `v`. Panics if `v` is not a value of this graph; passes
+    /// only call it on values the verifier has seen defined.
+    pub fn meta(&self, v: ValueId) -> &TensorMeta {
+        &self.values[v.index()]
+    }
+
+    /// The type of `v`, if it exists.
+    pub fn try_meta(&self, v: ValueId) -> Option<&TensorMeta> {
+        self.values.get(v.index())
+    }
+
+    /// Declares function input `name` traced with `meta`; returns its index.
+    pub fn add_input(&mut self, name: impl Into<String>, meta: TensorMeta) -> u32 {
+        self.inputs.push(InputDef {
+            name: name.into(),
+            meta,
+            specialized: None,
+        });
+        (self.inputs.len() - 1) as u32
+    }
+
+    /// Declares a global; returns its index.
+    pub fn add_global(&mut self, def: GlobalDef) -> u32 {
+        self.globals.push(def);
+        (self.globals.len() - 1) as u32
+    }
+
+    /// Appends a node with the given output types, without any check, and
+    /// returns its output values.
+    pub fn push(
+        &mut self,
+        op: Op,
+        inputs: Vec<ValueId>,
+        output_metas: Vec<TensorMeta>,
+    ) -> Vec<ValueId> {
+        let outputs: Vec<ValueId> = output_metas
+            .into_iter()
+            .map(|m| {
+                self.values.push(m);
+                ValueId((self.values.len() - 1) as u32)
+            })
+            .collect();
+        self.nodes.push(Node {
+            op,
+            inputs,
+            outputs: outputs.clone(),
+        });
+        outputs
+    }
+
+    /// Reads function input `i`.
+    pub fn input(&mut self, i: u32) -> Result<ValueId, BuildError> {
+        let def = self.inputs.get(i as usize).ok_or(BuildError::Index {
+            what: "input",
+            index: i,
+            count: self.inputs.len(),
+        })?;
+        let meta = def.meta.clone();
+        Ok(self.push(Op::Input(i), vec![], vec![meta])[0])
+    }
+
+    /// Reads global `g`.
+    pub fn global(&mut self, g: u32) -> Result<ValueId, BuildError> {
+        let def = self.globals.get(g as usize).ok_or(BuildError::Index {
+            what: "global",
+            index: g,
+            count: self.globals.len(),
+        })?;
+        let meta = def.meta.clone();
+        Ok(self.push(Op::Global(g), vec![], vec![meta])[0])
+    }
+
+    /// A compile-time constant.
+    pub fn constant(&mut self, value: Tensor) -> ValueId {
+        let meta = value.meta().clone();
+        self.push(Op::Constant(value), vec![], vec![meta])[0]
+    }
+
+    /// Reshapes `v` to `shape` (same element count).
+    pub fn reshape(&mut self, v: ValueId, shape: &[usize]) -> Result<ValueId, BuildError> {
+        let from = self.try_meta(v).ok_or(BuildError::UnknownValue(v))?.clone();
+        let to = TensorMeta::new(from.dtype, shape);
+        match (from.numel(), to.numel()) {
+            (Some(a), Some(b)) if a == b => Ok(self.push(Op::Reshape, vec![v], vec![to])[0]),
+            (a, b) => Err(BuildError::Reshape {
+                from,
+                to: shape.to_vec(),
+                from_numel: a.unwrap_or(usize::MAX),
+                to_numel: b.unwrap_or(usize::MAX),
+            }),
+        }
+    }
+
+    /// Adds a kernel node; output types come from the kernel's checker.
+    pub fn kernel(
+        &mut self,
+        registry: &Registry,
+        kernel: &str,
+        attrs: Attrs,
+        inputs: &[ValueId],
+    ) -> Result<Vec<ValueId>, BuildError> {
+        let bound = registry.bind(kernel, &attrs)?;
+        let metas = self.check_kernel(kernel, &*bound, inputs)?;
+        Ok(self.push(Op::kernel(kernel, attrs), inputs.to_vec(), metas))
+    }
+
+    fn check_kernel(
+        &self,
+        kernel: &str,
+        bound: &dyn Bound,
+        inputs: &[ValueId],
+    ) -> Result<Vec<TensorMeta>, BuildError> {
+        let metas = inputs
+            .iter()
+            .map(|&v| self.try_meta(v).ok_or(BuildError::UnknownValue(v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outs = bound.check(&metas)?;
+        let arity = bound.arity().outputs;
+        if outs.len() != arity {
+            return Err(BuildError::Arity {
+                kernel: kernel.to_string(),
+                got: outs.len(),
+                arity,
+            });
+        }
+        Ok(outs)
+    }
+
+    /// Declares an output.
+    pub fn add_output(&mut self, name: impl Into<String>, value: ValueId) {
+        self.outputs.push(OutputDef {
+            name: name.into(),
+            value,
+        });
+    }
+
+    /// For each value, the index of the node that defines it (the last one,
+    /// if a broken graph defines it twice).
+    pub fn producers(&self) -> Vec<Option<usize>> {
+        let mut p = vec![None; self.values.len()];
+        for (n, node) in self.nodes.iter().enumerate() {
+            for o in &node.outputs {
+                if let Some(slot) = p.get_mut(o.index()) {
+                    *slot = Some(n);
+                }
+            }
+        }
+        p
+    }
+
+    /// For each value, the number of node inputs and graph outputs that read it.
+    pub fn use_counts(&self) -> Vec<usize> {
+        let mut c = vec![0usize; self.values.len()];
+        let reads = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.inputs.iter())
+            .chain(self.outputs.iter().map(|o| &o.value));
+        for v in reads {
+            if let Some(slot) = c.get_mut(v.index()) {
+                *slot += 1;
+            }
+        }
+        c
+    }
+
+    /// Keeps the nodes for which `keep` is true, in order, and renumbers the
+    /// values densely in definition order. Values read by dropped nodes'
+    /// consumers must not be dropped (the caller decides liveness).
+    pub fn retain_nodes(&mut self, keep: &[bool]) {
+        let mut remap: Vec<Option<ValueId>> = vec![None; self.values.len()];
+        let mut values = Vec::new();
+        let mut nodes = Vec::new();
+        for (node, &k) in std::mem::take(&mut self.nodes).into_iter().zip(keep) {
+            if !k {
+                continue;
+            }
+            let outputs = node
+                .outputs
+                .iter()
+                .map(|o| {
+                    values.push(self.values[o.index()].clone());
+                    let id = ValueId((values.len() - 1) as u32);
+                    remap[o.index()] = Some(id);
+                    id
+                })
+                .collect();
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|v| remap.get(v.index()).copied().flatten().unwrap_or(*v))
+                .collect();
+            nodes.push(Node {
+                op: node.op,
+                inputs,
+                outputs,
+            });
+        }
+        for o in &mut self.outputs {
+            o.value = remap
+                .get(o.value.index())
+                .copied()
+                .flatten()
+                .unwrap_or(o.value);
+        }
+        self.nodes = nodes;
+        self.values = values;
+    }
+
+    /// Follows reshapes back to the value that owns the storage.
+    pub fn storage_root(&self, v: ValueId, producers: &[Option<usize>]) -> ValueId {
+        let mut v = v;
+        // Bounded by the node count: a verified graph has no cycles.
+        for _ in 0..=self.nodes.len() {
+            match producers
+                .get(v.index())
+                .copied()
+                .flatten()
+                .map(|n| &self.nodes[n])
+            {
+                Some(Node {
+                    op: Op::Reshape,
+                    inputs,
+                    ..
+                }) if inputs.len() == 1 => v = inputs[0],
+                _ => break,
+            }
+        }
+        v
+    }
+}
+
+/// Formats an attribute value compactly for the text form and messages.
+pub(crate) fn fmt_attr(v: &AttrValue) -> String {
+    match v {
+        AttrValue::Int(i) => i.to_string(),
+        AttrValue::Float(x) => format!("{x:?}"),
+        AttrValue::Ints(xs) => format!("{xs:?}"),
+        AttrValue::Floats(xs) => format!("{xs:?}"),
+        AttrValue::Str(s) => s.clone(),
+    }
+}
+
+/// The text form, one node per line:
+///
+/// ```text
+/// input x: f32[2, 3]
+/// global w: f32[3, 4] (embedded)
+///   v0 = input 0 : f32[2, 3]
+///   v1 = global 0 : f32[3, 4]
+///   v2 = linear@1 {bias=0, trans_w=0} v0, v1 : f32[2, 4]
+/// output y = v2
+/// ```
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for i in &self.inputs {
+            write!(f, "input {}: {}", i.name, i.meta)?;
+            if let Some(s) = i.specialized {
+                write!(f, " = {s}")?;
+            }
+            writeln!(f)?;
+        }
+        for g in &self.globals {
+            let src = match &g.source {
+                GlobalSource::Embedded(_) => "embedded".to_string(),
+                GlobalSource::Bound { digest: None } => "bound".to_string(),
+                GlobalSource::Bound { digest: Some(d) } => {
+                    format!("bound, sha256 {}", &d[..d.len().min(16)])
+                }
+            };
+            writeln!(f, "global {}: {} ({src})", g.name, g.meta)?;
+        }
+        for node in &self.nodes {
+            let outs: Vec<String> = node.outputs.iter().map(ToString::to_string).collect();
+            write!(f, "  {} = ", outs.join(", "))?;
+            match &node.op {
+                Op::Input(i) => write!(f, "input {i}")?,
+                Op::Global(g) => write!(f, "global {g}")?,
+                Op::Constant(t) => write!(f, "constant {}", t.meta())?,
+                Op::Reshape => write!(f, "reshape")?,
+                Op::Kernel { kernel, attrs } => {
+                    write!(f, "{kernel}")?;
+                    if !attrs.is_empty() {
+                        let a: Vec<String> = attrs
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", fmt_attr(v)))
+                            .collect();
+                        write!(f, " {{{}}}", a.join(", "))?;
+                    }
+                }
+            }
+            let ins: Vec<String> = node.inputs.iter().map(ToString::to_string).collect();
+            if !ins.is_empty() {
+                write!(f, " {}", ins.join(", "))?;
+            }
+            let types: Vec<String> = node
+                .outputs
+                .iter()
+                .map(|o| {
+                    self.try_meta(*o)
+                        .map_or_else(|| "?".to_string(), ToString::to_string)
+                })
+                .collect();
+            writeln!(f, " : {}", types.join(", "))?;
+        }
+        for o in &self.outputs {
+            writeln!(f, "output {} = {}", o.name, o.value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Attributes from `(name, value)` pairs.
+pub fn attrs<const N: usize>(pairs: [(&str, AttrValue); N]) -> Attrs {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ampoule_kernels::DType;
+
+    #[test]
+    fn builders_infer_types_and_print() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        let i = g.add_input("x", TensorMeta::new(DType::F32, [2, 3]));
+        let x = g.input(i).unwrap();
+        let y = g
+            .kernel(
+                &reg,
+                "unary@1",
+                attrs([("op", AttrValue::Str("relu".into()))]),
+                &[x],
+            )
+            .unwrap()[0];
+        let z = g.reshape(y, &[6]).unwrap();
+        g.add_output("z", z);
+        assert_eq!(g.meta(z), &TensorMeta::new(DType::F32, [6]));
+        let text = g.to_string();
+        assert_eq!(
+            text,
+            "input x: f32[2, 3]\n  v0 = input 0 : f32[2, 3]\n  v1 = unary@1 {op=relu} v0 : f32[2, 3]\n  v2 = reshape v1 : f32[6]\noutput z = v2\n"
+        );
+    }
+
+    #[test]
+    fn builders_refuse_bad_nodes_and_leave_the_graph_alone() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        let i = g.add_input("x", TensorMeta::new(DType::F32, [2, 3]));
+        let x = g.input(i).unwrap();
+        assert!(matches!(
+            g.reshape(x, &[5]),
+            Err(BuildError::Reshape {
+                from_numel: 6,
+                to_numel: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            g.kernel(&reg, "matmul@1", Attrs::new(), &[x, x]),
+            Err(BuildError::Kernel(_))
+        ));
+        assert!(matches!(
+            g.kernel(&reg, "nope@1", Attrs::new(), &[x]),
+            Err(BuildError::Kernel(KernelError::Unknown(..)))
+        ));
+        assert!(matches!(
+            g.input(3),
+            Err(BuildError::Index {
+                what: "input",
+                index: 3,
+                count: 1
+            })
+        ));
+        assert_eq!(g.nodes.len(), 1);
+    }
+
+    #[test]
+    fn retain_renumbers_densely() {
+        let mut g = Graph::new();
+        let m = TensorMeta::new(DType::F32, [1]);
+        let a = g.push(
+            Op::Constant(Tensor::zeros(DType::F32, &[1]).unwrap()),
+            vec![],
+            vec![m.clone()],
+        )[0];
+        let b = g.push(
+            Op::Constant(Tensor::zeros(DType::F32, &[1]).unwrap()),
+            vec![],
+            vec![m.clone()],
+        )[0];
+        let c = g.push(Op::Reshape, vec![b], vec![m])[0];
+        g.add_output("c", c);
+        let _ = a;
+        g.retain_nodes(&[false, true, true]);
+        assert_eq!(g.values.len(), 2);
+        assert_eq!(g.nodes[1].inputs, vec![ValueId(0)]);
+        assert_eq!(g.outputs[0].value, ValueId(1));
+    }
+}

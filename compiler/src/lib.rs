@@ -1,0 +1,61 @@
+//! ampoule-compiler: compiles tensor programs into ampoule packages.
+//!
+//! The pieces, in pipeline order:
+//!
+//! - [`trace`]: the Rust tracing frontend ([`function`], [`Tracer`],
+//!   [`Traced`]); [`hash`]: the program hash of a trace;
+//! - [`ir`]: the typed graph IR; [`verify`]: its verifier, run after tracing
+//!   and after every pass;
+//! - [`passes`]: constant folding, dead code elimination, output
+//!   materialization, constants to globals, memory planning;
+//! - [`lower`]: IR to a wrapper [`Program`](ampoule_guest::Program), kernel
+//!   table, globals table and buffers; [`guards`]: guard synthesis and the
+//!   signature;
+//! - [`compile`]: the pipeline for one entry, ending in the wrapper's Wasm
+//!   (emitted by `ampoule-guest`);
+//! - [`package`]: the package writer ([`PackageDraft`]): shared globals,
+//!   deterministic bytes, atomic save through `cap-std`, load to extend;
+//! - [`function`]: [`Compiler`] and [`CompiledFunction`], torch.compile's
+//!   package workflow: look up an entry, compile on a miss, save, resume.
+//!
+//! ```no_run
+//! use ampoule_compiler::{function, CompiledFunction};
+//! use ampoule_host::{Host, HostConfig};
+//! use ampoule_kernels::Tensor;
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let w = Tensor::from_vec(&[3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+//! let mlp = function("mlp", move |cx, x| {
+//!     let w = cx.capture("w", &w)?;
+//!     let h = cx.linear(x[0], w, None)?;
+//!     Ok(vec![cx.relu(h)?])
+//! })
+//! .inputs(["x"])
+//! .outputs(["y"]);
+//! let mut f = CompiledFunction::new(Host::new(HostConfig::default())?, mlp)?;
+//! let y = f.call(&[Tensor::from_vec(&[1, 3], vec![1.0f32, 0.0, -1.0])?])?;
+//! assert_eq!(f.compile_count(), 1);
+//! f.save("mlp.ampoule")?;
+//! # let _ = y;
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod compile;
+pub mod function;
+pub mod guards;
+pub mod hash;
+pub mod ir;
+pub mod lower;
+pub mod package;
+pub mod passes;
+pub mod trace;
+pub mod verify;
+
+pub use compile::{CompileError, CompiledEntry};
+pub use function::{CompiledFunction, Compiler, CompilerBuilder, Error, Options};
+pub use ir::Graph;
+pub use package::{PackageDraft, PackageError};
+pub use trace::{function, Example, FunctionDef, Trace, TraceError, Traced, Tracer};

@@ -1,0 +1,410 @@
+//! Lowering: an optimized, verified graph plus its memory plan become a
+//! wrapper [`Program`], a kernel table, a globals table and buffer
+//! declarations.
+//!
+//! Registers follow the program's layout (`ampoule_guest::Program`): the
+//! entry's globals, then the planned buffers, then the function's inputs,
+//! then temporaries. Placement of each value:
+//!
+//! - an input is its input register; a global is its globals-table register
+//!   (the table lists the globals the graph reads, in order of first read);
+//! - a kernel output is its planned buffer's register, or, when the buffer
+//!   was planned for another shape of the same byte size, a temporary holding
+//!   a `View` of the buffer made once in `init`;
+//! - a reshape is a temporary holding a `View` of its input: made in `init`
+//!   when the input's storage is a buffer or a global (the handle stays valid
+//!   for the instance's life), in `run` when it is an input (input handles
+//!   are new on every run).
+//!
+//! `run` is the kernel launches in node order, with the input views placed
+//! right before their first use. So a static entry's `run` makes no `alloc`
+//! call. Kernel-table rows are deduplicated by (kernel, attributes).
+//! Constants must have become globals before lowering
+//! (`passes::constants_to_globals`).
+
+use ampoule_guest::{Dim, Program, Reg, Step};
+use ampoule_host::manifest::{BufferDecl, KernelUse};
+use ampoule_kernels::{Attrs, TensorMeta, MAX_OPERANDS};
+
+use crate::ir::{Graph, Op};
+use crate::passes::plan::MemoryPlan;
+
+/// What lowering produces for one entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lowered {
+    pub program: Program,
+    /// The kernel table: `Launch { kernel: k, .. }` runs `kernels[k]`.
+    pub kernels: Vec<KernelUse>,
+    /// The globals table: wrapper global `i` is graph global `globals[i]`.
+    pub globals: Vec<u32>,
+    /// The planned buffers, in register order.
+    pub buffers: Vec<BufferDecl>,
+}
+
+/// Why lowering failed. Every variant is a graph lowering cannot express.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LowerError {
+    #[error("node {node}: constants must become globals before lowering (run `passes::constants_to_globals`)")]
+    Constant { node: usize },
+    #[error("node {node}: value {value} was given no buffer by the memory plan")]
+    Unplanned { node: usize, value: String },
+    #[error(
+        "node {node}: `{kernel}` has {operands} operands; a launch carries at most {MAX_OPERANDS}"
+    )]
+    TooManyOperands {
+        node: usize,
+        kernel: String,
+        operands: usize,
+    },
+    #[error("dim {dim} of {meta} does not fit the wrapper ABI's 32-bit dims")]
+    DimTooLarge { dim: usize, meta: TensorMeta },
+    #[error("node {node} reads a value no earlier node placed")]
+    Unplaced { node: usize },
+    #[error("the program needs more than 2^32 registers or entries")]
+    TooLarge,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Available from `init` on: globals, buffers and their views.
+    Init,
+    /// Only during a run: inputs and their views.
+    Run,
+}
+
+fn dims(meta: &TensorMeta) -> Result<Vec<Dim>, LowerError> {
+    meta.shape
+        .iter()
+        .map(|&d| {
+            u32::try_from(d)
+                .map(Dim::Const)
+                .map_err(|_| LowerError::DimTooLarge {
+                    dim: d,
+                    meta: meta.clone(),
+                })
+        })
+        .collect()
+}
+
+fn count(n: usize) -> Result<u32, LowerError> {
+    u32::try_from(n).map_err(|_| LowerError::TooLarge)
+}
+
+/// Lowers a verified graph without constants, with its memory plan.
+pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
+    // The globals table: globals read, in order of first read.
+    let mut globals: Vec<u32> = Vec::new();
+    for node in &graph.nodes {
+        if let Op::Global(g) = node.op {
+            if !globals.contains(&g) {
+                globals.push(g);
+            }
+        }
+    }
+    let ng = count(globals.len())?;
+    let nb = count(plan.buffers.len())?;
+    let ni = count(graph.inputs.len())?;
+    let mut next = ng
+        .checked_add(nb)
+        .and_then(|n| n.checked_add(ni))
+        .ok_or(LowerError::TooLarge)?;
+    let mut temp = || {
+        let r = Reg(next);
+        next = next.checked_add(1).ok_or(LowerError::TooLarge)?;
+        Ok::<Reg, LowerError>(r)
+    };
+
+    let mut place: Vec<Option<(Reg, Phase)>> = vec![None; graph.values.len()];
+    let mut init = Vec::new();
+    let mut run = Vec::new();
+    let mut kernels: Vec<KernelUse> = Vec::new();
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let out = node.outputs.first().copied();
+        match &node.op {
+            Op::Input(i) => {
+                if let Some(o) = out {
+                    place[o.index()] = Some((Reg(ng + nb + i), Phase::Run));
+                }
+            }
+            Op::Global(g) => {
+                let slot = globals.iter().position(|x| x == g).unwrap_or(0);
+                if let Some(o) = out {
+                    place[o.index()] = Some((Reg(count(slot)?), Phase::Init));
+                }
+            }
+            Op::Constant(_) => return Err(LowerError::Constant { node: n }),
+            Op::Reshape => {
+                let (Some(o), Some(src)) = (out, node.inputs.first()) else {
+                    continue;
+                };
+                let (src, phase) = place[src.index()].ok_or(LowerError::Unplaced { node: n })?;
+                let dst = temp()?;
+                let step = Step::View {
+                    dst,
+                    src,
+                    dims: dims(graph.meta(o))?,
+                };
+                match phase {
+                    Phase::Init => init.push(step),
+                    Phase::Run => run.push(step),
+                }
+                place[o.index()] = Some((dst, phase));
+            }
+            Op::Kernel { kernel, attrs } => {
+                let mut args = Vec::with_capacity(node.inputs.len() + node.outputs.len());
+                for v in &node.inputs {
+                    args.push(place[v.index()].ok_or(LowerError::Unplaced { node: n })?.0);
+                }
+                for &o in &node.outputs {
+                    let b = plan
+                        .buffer_of
+                        .get(o.index())
+                        .copied()
+                        .flatten()
+                        .ok_or_else(|| LowerError::Unplanned {
+                            node: n,
+                            value: o.to_string(),
+                        })?;
+                    let buffer = Reg(ng + b);
+                    let meta = graph.meta(o);
+                    let reg = if plan.buffers.get(b as usize) == Some(meta) {
+                        buffer
+                    } else {
+                        let dst = temp()?;
+                        init.push(Step::View {
+                            dst,
+                            src: buffer,
+                            dims: dims(meta)?,
+                        });
+                        dst
+                    };
+                    place[o.index()] = Some((reg, Phase::Init));
+                    args.push(reg);
+                }
+                if args.len() > MAX_OPERANDS {
+                    return Err(LowerError::TooManyOperands {
+                        node: n,
+                        kernel: kernel.clone(),
+                        operands: args.len(),
+                    });
+                }
+                let k = kernel_row(&mut kernels, kernel, attrs)?;
+                run.push(Step::Launch { kernel: k, args });
+            }
+        }
+    }
+    let outputs = graph
+        .outputs
+        .iter()
+        .map(|o| {
+            place
+                .get(o.value.index())
+                .copied()
+                .flatten()
+                .map(|(r, _)| r)
+                .ok_or(LowerError::Unplaced {
+                    node: graph.nodes.len(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let buffers = plan
+        .buffers
+        .iter()
+        .map(|m| BufferDecl {
+            dtype: m.dtype,
+            shape: m.shape.iter().map(|&d| d as u64).collect(),
+        })
+        .collect();
+    Ok(Lowered {
+        program: Program {
+            globals: ng,
+            buffers: nb,
+            inputs: ni,
+            registers: next,
+            init,
+            run,
+            outputs,
+        },
+        kernels,
+        globals,
+        buffers,
+    })
+}
+
+fn kernel_row(table: &mut Vec<KernelUse>, kernel: &str, attrs: &Attrs) -> Result<u32, LowerError> {
+    let i = match table
+        .iter()
+        .position(|k| k.kernel == kernel && &k.attrs == attrs)
+    {
+        Some(i) => i,
+        None => {
+            table.push(KernelUse {
+                kernel: kernel.to_string(),
+                attrs: attrs.clone(),
+            });
+            table.len() - 1
+        }
+    };
+    count(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{attrs, GlobalDef, GlobalSource};
+    use crate::passes::{optimize, plan::plan_memory};
+    use ampoule_kernels::{AttrValue, DType, Registry, Tensor};
+
+    fn f32m(shape: &[usize]) -> TensorMeta {
+        TensorMeta::new(DType::F32, shape)
+    }
+
+    /// `y = relu(reshape(x @ w, [6]))`, `z = reshape(w, [6])` (a view of a
+    /// global, so copied), the global read twice.
+    #[test]
+    fn a_small_graph_lowers_to_the_expected_steps() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", f32m(&[2, 3]));
+        let w = g.add_global(GlobalDef {
+            name: "w".into(),
+            meta: f32m(&[3, 3]),
+            source: GlobalSource::Embedded(Tensor::zeros(DType::F32, &[3, 3]).unwrap()),
+        });
+        let x = g.input(0).unwrap();
+        let xr = g.reshape(x, &[6]).unwrap();
+        let xr = g.reshape(xr, &[2, 3]).unwrap();
+        let wv = g.global(w).unwrap();
+        let mm = g.kernel(&reg, "matmul@1", Attrs::new(), &[xr, wv]).unwrap()[0];
+        let flat = g.reshape(mm, &[6]).unwrap();
+        let relu = attrs([("op", AttrValue::Str("relu".into()))]);
+        let y = g.kernel(&reg, "unary@1", relu.clone(), &[flat]).unwrap()[0];
+        let y2 = g.kernel(&reg, "unary@1", relu, &[y]).unwrap()[0];
+        let wflat = g.reshape(wv, &[9]).unwrap();
+        g.add_output("y", y2);
+        g.add_output("z", wflat);
+        let g = optimize(g, &reg).unwrap();
+        let plan = plan_memory(&g);
+        let l = lower(&g, &plan).unwrap();
+
+        assert_eq!(l.globals, [0]);
+        assert_eq!(
+            l.kernels
+                .iter()
+                .map(|k| k.kernel.as_str())
+                .collect::<Vec<_>>(),
+            ["matmul@1", "unary@1", "copy@1"],
+            "the two relus share a row"
+        );
+        // Buffers: mm [2,3]; y [6] (reuses nothing: mm is live through its
+        // view until y's launch); y2 and the copy are outputs.
+        assert_eq!(
+            l.buffers
+                .iter()
+                .map(|b| b.shape.clone())
+                .collect::<Vec<_>>(),
+            [vec![2, 3], vec![6], vec![6], vec![9]]
+        );
+        let p = &l.program;
+        assert_eq!((p.globals, p.buffers, p.inputs), (1, 4, 1));
+        let (g0, b0, b1, b2, b3, x0) = (Reg(0), Reg(1), Reg(2), Reg(3), Reg(4), Reg(5));
+        let c = |d: u32| Dim::Const(d);
+        assert_eq!(
+            p.init,
+            [
+                Step::View {
+                    dst: Reg(8),
+                    src: b0,
+                    dims: vec![c(6)]
+                },
+                Step::View {
+                    dst: Reg(9),
+                    src: g0,
+                    dims: vec![c(9)]
+                },
+            ]
+        );
+        assert_eq!(
+            p.run,
+            [
+                Step::View {
+                    dst: Reg(6),
+                    src: x0,
+                    dims: vec![c(6)]
+                },
+                Step::View {
+                    dst: Reg(7),
+                    src: Reg(6),
+                    dims: vec![c(2), c(3)]
+                },
+                Step::Launch {
+                    kernel: 0,
+                    args: vec![Reg(7), g0, b0]
+                },
+                Step::Launch {
+                    kernel: 1,
+                    args: vec![Reg(8), b1]
+                },
+                Step::Launch {
+                    kernel: 1,
+                    args: vec![b1, b2]
+                },
+                Step::Launch {
+                    kernel: 2,
+                    args: vec![Reg(9), b3]
+                },
+            ]
+        );
+        assert_eq!(p.outputs, [b2, b3]);
+        assert_eq!(p.registers, 10);
+        assert!(!p.run.iter().any(|s| matches!(s, Step::Alloc { .. })));
+        ampoule_guest::verify(p).unwrap();
+    }
+
+    #[test]
+    fn a_reused_buffer_of_another_shape_is_viewed_in_init() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", f32m(&[2, 3]));
+        let x = g.input(0).unwrap();
+        let op = |o: &str| attrs([("op", AttrValue::Str(o.into()))]);
+        let a = g.kernel(&reg, "unary@1", op("exp"), &[x]).unwrap()[0];
+        let b = g.kernel(&reg, "unary@1", op("neg"), &[a]).unwrap()[0];
+        let t = g
+            .kernel(
+                &reg,
+                "transpose@1",
+                attrs([("perm", AttrValue::Ints(vec![1, 0]))]),
+                &[b],
+            )
+            .unwrap()[0];
+        let y = g.kernel(&reg, "unary@1", op("tanh"), &[t]).unwrap()[0];
+        g.add_output("y", y);
+        let plan = plan_memory(&g);
+        assert_eq!(
+            plan.buffer_of[t.index()],
+            plan.buffer_of[a.index()],
+            "[3,2] reuses the [2,3] buffer"
+        );
+        let l = lower(&g, &plan).unwrap();
+        assert_eq!(
+            l.program.init,
+            [Step::View {
+                dst: Reg(4),
+                src: Reg(0),
+                dims: vec![Dim::Const(3), Dim::Const(2)]
+            }]
+        );
+    }
+
+    #[test]
+    fn constants_are_refused() {
+        let mut g = Graph::new();
+        let c = g.constant(Tensor::zeros(DType::F32, &[1]).unwrap());
+        g.add_output("c", c);
+        assert_eq!(
+            lower(&g, &plan_memory(&g)),
+            Err(LowerError::Constant { node: 0 })
+        );
+    }
+}

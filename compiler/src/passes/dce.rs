@@ -1,0 +1,63 @@
+//! Dead code elimination: removes every node none of whose outputs an output
+//! of the graph depends on. Kernels have no side effects, so this is always
+//! sound. Values are renumbered densely; unused `Input` and `Global` nodes go
+//! too (the input stays in the signature, the global leaves the entry's
+//! globals table).
+
+use crate::ir::Graph;
+
+/// Removes dead nodes; returns how many were removed.
+pub fn eliminate_dead_code(graph: &mut Graph) -> usize {
+    let mut live = vec![false; graph.values.len()];
+    for o in &graph.outputs {
+        if let Some(l) = live.get_mut(o.value.index()) {
+            *l = true;
+        }
+    }
+    let mut keep = vec![false; graph.nodes.len()];
+    for (n, node) in graph.nodes.iter().enumerate().rev() {
+        if node
+            .outputs
+            .iter()
+            .any(|v| live.get(v.index()).copied().unwrap_or(false))
+        {
+            keep[n] = true;
+            for v in &node.inputs {
+                if let Some(l) = live.get_mut(v.index()) {
+                    *l = true;
+                }
+            }
+        }
+    }
+    let removed = keep.iter().filter(|k| !**k).count();
+    if removed > 0 {
+        graph.retain_nodes(&keep);
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::attrs;
+    use ampoule_kernels::{AttrValue, DType, Registry, TensorMeta};
+
+    #[test]
+    fn removes_what_no_output_needs() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", TensorMeta::new(DType::F32, [4]));
+        g.add_input("unused", TensorMeta::new(DType::F32, [4]));
+        let x = g.input(0).unwrap();
+        let _u = g.input(1).unwrap();
+        let op = |o: &str| attrs([("op", AttrValue::Str(o.into()))]);
+        let dead = g.kernel(&reg, "unary@1", op("exp"), &[x]).unwrap()[0];
+        let _dead2 = g.kernel(&reg, "unary@1", op("neg"), &[dead]).unwrap()[0];
+        let y = g.kernel(&reg, "unary@1", op("relu"), &[x]).unwrap()[0];
+        g.add_output("y", y);
+        assert_eq!(eliminate_dead_code(&mut g), 3);
+        assert_eq!(g.to_string(), "input x: f32[4]\ninput unused: f32[4]\n  v0 = input 0 : f32[4]\n  v1 = unary@1 {op=relu} v0 : f32[4]\noutput y = v1\n");
+        crate::verify::verify(&g, &reg).unwrap();
+        assert_eq!(eliminate_dead_code(&mut g), 0);
+    }
+}

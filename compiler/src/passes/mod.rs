@@ -1,0 +1,82 @@
+//! Passes over the IR, and the pipeline that runs them.
+//!
+//! Each pass keeps the invariants of [`crate::verify`], and [`optimize`]
+//! checks that after every pass: a verifier failure after a pass is a
+//! compiler bug and is reported with the pass's name and every problem.
+//!
+//! The pipeline, in order:
+//! 1. [`fold::fold_constants`]: nodes whose inputs are all constants run at
+//!    compile time on the reference kernels;
+//! 2. [`dce::eliminate_dead_code`]: nodes no output depends on are removed;
+//! 3. [`outputs::materialize_outputs`]: every output gets storage of its own
+//!    (a `copy@1` where an output is an input, a global, a constant, a view,
+//!    or the same value as an earlier output);
+//! 4. [`constants::constants_to_globals`]: remaining constants become
+//!    embedded globals (a wrapper cannot create data);
+//! 5. [`dce::eliminate_dead_code`] again.
+//!
+//! Memory planning ([`plan::plan_memory`]) runs on the result; it does not
+//! change the graph.
+
+pub mod constants;
+pub mod dce;
+pub mod fold;
+pub mod outputs;
+pub mod plan;
+
+use ampoule_kernels::{KernelError, Registry};
+
+use crate::ir::Graph;
+use crate::verify::{verify, VerifyErrors};
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// The graph given to the pipeline is invalid.
+    #[error("the traced graph is invalid: {0}")]
+    Input(VerifyErrors),
+    /// A pass broke an invariant: a compiler bug.
+    #[error("compiler bug: the IR is invalid after pass `{pass}`: {errors}")]
+    Verify {
+        pass: &'static str,
+        errors: VerifyErrors,
+    },
+    /// Running a node on constants failed (e.g. a constant index out of
+    /// range in `gather`).
+    #[error("constant folding of node {node} failed: {source}")]
+    Fold {
+        node: usize,
+        #[source]
+        source: KernelError,
+    },
+    #[error("pass `{pass}`: {message}")]
+    Other { pass: &'static str, message: String },
+}
+
+/// Runs the pipeline in the module doc and verifies after every pass.
+pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassError> {
+    verify(&graph, registry).map_err(PassError::Input)?;
+    let check = |g: &Graph, pass: &'static str| {
+        verify(g, registry).map_err(|errors| PassError::Verify { pass, errors })
+    };
+
+    let folded = fold::fold_constants(&mut graph, registry)?;
+    check(&graph, "fold")?;
+    let removed = dce::eliminate_dead_code(&mut graph);
+    check(&graph, "dce")?;
+    let copies = outputs::materialize_outputs(&mut graph, registry)?;
+    check(&graph, "materialize_outputs")?;
+    let constants = constants::constants_to_globals(&mut graph);
+    check(&graph, "constants_to_globals")?;
+    dce::eliminate_dead_code(&mut graph);
+    check(&graph, "dce")?;
+    tracing::debug!(
+        folded,
+        removed,
+        copies,
+        constants,
+        nodes = graph.nodes.len(),
+        "compiler.optimize"
+    );
+    Ok(graph)
+}

@@ -1,0 +1,1009 @@
+//! The Rust tracing frontend.
+//!
+//! A [`FunctionDef`] is a named Rust closure over a [`Tracer`]. Tracing runs
+//! the closure once per set of example inputs ([`Example`]: a dtype and a
+//! static shape, plus the value for rank-0 inputs) and records every op into a
+//! [`Graph`]:
+//!
+//! ```
+//! use ampoule_compiler::{function, Traced, Tracer, TraceError};
+//! use ampoule_kernels::{DType, Tensor};
+//!
+//! let w = Tensor::from_vec(&[2, 2], vec![1.0f32, 0.0, 0.0, 1.0]).unwrap();
+//! let mlp = function("mlp", move |cx: &mut Tracer<'_>, x: &[Traced]| {
+//!     let w = cx.capture("w", &w)?;
+//!     let h = cx.linear(x[0], w, None)?;
+//!     Ok(vec![cx.relu(h)?])
+//! })
+//! .inputs(["x"])
+//! .outputs(["y"]);
+//! # let _ = mlp;
+//! ```
+//!
+//! - [`Traced`] values are cheap `Copy` ids; ops are methods of the tracer,
+//!   and each returns a `Result` whose error names the op and the operand.
+//! - Output types come from the kernels' own signature checkers, so a shape
+//!   error surfaces at trace time with the kernel's message.
+//! - Tensors from the environment become globals: [`Tracer::capture`]
+//!   embeds a tensor as a package weight; [`Tracer::bound`] reads a value the
+//!   application binds by name at load ([`Tracer::bound_specialized`] also
+//!   specializes the entry on the bound value's content).
+//! - A rank-0 input can be read at trace time with [`Tracer::scalar_input`];
+//!   the entry is then specialized on that value and the signature declares
+//!   the input a scalar.
+//! - `concat` of more than five inputs becomes a chain of concats (a launch
+//!   carries at most six operands).
+//!
+//! The result, a [`Trace`], holds the graph and its program hash
+//! ([`crate::hash`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ampoule_host::ScalarValue;
+use ampoule_kernels::{AttrValue, Attrs, DType, Registry, Tensor, TensorMeta};
+
+use crate::hash::program_hash;
+use crate::ir::{attrs, BuildError, GlobalDef, GlobalSource, Graph, ValueId};
+
+/// A traced value: a cheap handle to a value of the graph being traced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Traced(ValueId);
+
+impl Traced {
+    /// The IR value this handle names.
+    pub fn id(self) -> ValueId {
+        self.0
+    }
+}
+
+/// An example input: what tracing knows about one input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    pub meta: TensorMeta,
+    /// The value of a rank-0 input (read by [`Tracer::scalar_input`]).
+    pub value: Option<ScalarValue>,
+}
+
+impl Example {
+    /// The example a call's input gives: its meta, and its value if rank 0.
+    pub fn of(t: &Tensor) -> Example {
+        let value = if t.shape().is_empty() {
+            ScalarValue::of(t)
+        } else {
+            None
+        };
+        Example {
+            meta: t.meta().clone(),
+            value,
+        }
+    }
+
+    /// An example with only a meta (a tensor input never read as a scalar).
+    pub fn meta(meta: TensorMeta) -> Example {
+        Example { meta, value: None }
+    }
+}
+
+/// Why tracing failed. Messages name the op or the input and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("`{op}`: {source}")]
+    Op {
+        op: String,
+        #[source]
+        source: BuildError,
+    },
+    #[error("`{op}`: {message}")]
+    Invalid { op: String, message: String },
+    #[error("input {index} does not exist: the function was traced with {count} inputs")]
+    NoSuchInput { index: usize, count: usize },
+    #[error("input {index} (`{name}`) is {meta}, not a scalar; pass scalars as rank-0 tensors")]
+    NotScalar {
+        index: usize,
+        name: String,
+        meta: TensorMeta,
+    },
+    #[error("input {index} (`{name}`) holds {value}, not {expected}")]
+    ScalarKind {
+        index: usize,
+        name: String,
+        value: ScalarValue,
+        expected: &'static str,
+    },
+    #[error("global `{name}` is not bound; bind a tensor under that name before tracing (bound: {available})")]
+    Unbound { name: String, available: String },
+    #[error("global name `{name}` is already used in this trace for {existing}; give each distinct global its own name")]
+    GlobalName { name: String, existing: String },
+    #[error(
+        "function `{function}` declares {declared} {what} names but {actual} {what}s were {verb}"
+    )]
+    Arity {
+        function: String,
+        what: &'static str,
+        declared: usize,
+        actual: usize,
+        verb: &'static str,
+    },
+    #[error("{0}")]
+    User(String),
+}
+
+impl TraceError {
+    /// An error of the function's own, with this message.
+    pub fn msg(message: impl std::fmt::Display) -> TraceError {
+        TraceError::User(message.to_string())
+    }
+}
+
+/// The closure behind a [`FunctionDef`].
+pub type Body = dyn Fn(&mut Tracer<'_>, &[Traced]) -> Result<Vec<Traced>, TraceError> + Send + Sync;
+
+/// A named Rust function to trace. Cheap to clone.
+#[derive(Clone)]
+pub struct FunctionDef {
+    name: String,
+    inputs: Option<Vec<String>>,
+    outputs: Option<Vec<String>>,
+    body: Arc<Body>,
+}
+
+impl std::fmt::Debug for FunctionDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionDef")
+            .field("name", &self.name)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+/// Defines function `name` by its body. Inputs are named `x0, x1, ..` and
+/// outputs `y0, y1, ..` unless [`FunctionDef::inputs`] and
+/// [`FunctionDef::outputs`] name them.
+pub fn function<F>(name: impl Into<String>, body: F) -> FunctionDef
+where
+    F: Fn(&mut Tracer<'_>, &[Traced]) -> Result<Vec<Traced>, TraceError> + Send + Sync + 'static,
+{
+    FunctionDef {
+        name: name.into(),
+        inputs: None,
+        outputs: None,
+        body: Arc::new(body),
+    }
+}
+
+/// The result of tracing: the graph, before any pass, and its program hash.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    pub graph: Graph,
+    pub program_hash: String,
+}
+
+impl FunctionDef {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Names the inputs, in order.
+    pub fn inputs<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.inputs = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Names the outputs, in order.
+    pub fn outputs<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.outputs = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Traces the body for `examples`. `bindings` are the values host-bound
+    /// globals will have (their metas and, when specialized, contents).
+    pub fn trace(
+        &self,
+        examples: &[Example],
+        registry: &Registry,
+        bindings: &BTreeMap<String, Tensor>,
+    ) -> Result<Trace, TraceError> {
+        let _span = tracing::debug_span!("compiler.trace", function = %self.name).entered();
+        let names: Vec<String> = match &self.inputs {
+            Some(n) if n.len() != examples.len() => {
+                return Err(TraceError::Arity {
+                    function: self.name.clone(),
+                    what: "input",
+                    declared: n.len(),
+                    actual: examples.len(),
+                    verb: "passed",
+                })
+            }
+            Some(n) => n.clone(),
+            None => (0..examples.len()).map(|i| format!("x{i}")).collect(),
+        };
+        let mut cx = Tracer {
+            graph: Graph::new(),
+            registry,
+            bindings,
+            examples,
+            globals: HashMap::new(),
+        };
+        let mut inputs = Vec::with_capacity(examples.len());
+        for (i, (name, ex)) in names.into_iter().zip(examples).enumerate() {
+            let index = cx.graph.add_input(name, ex.meta.clone());
+            let v = cx.graph.input(index).map_err(|source| TraceError::Op {
+                op: format!("input {i}"),
+                source,
+            })?;
+            inputs.push(Traced(v));
+        }
+        let outs = (self.body)(&mut cx, &inputs)?;
+        let out_names: Vec<String> = match &self.outputs {
+            Some(n) if n.len() != outs.len() => {
+                return Err(TraceError::Arity {
+                    function: self.name.clone(),
+                    what: "output",
+                    declared: n.len(),
+                    actual: outs.len(),
+                    verb: "returned",
+                })
+            }
+            Some(n) => n.clone(),
+            None => (0..outs.len()).map(|i| format!("y{i}")).collect(),
+        };
+        for (name, t) in out_names.into_iter().zip(outs) {
+            cx.check(t, "return")?;
+            cx.graph.add_output(name, t.0);
+        }
+        let graph = cx.graph;
+        let program_hash = program_hash(&graph);
+        Ok(Trace {
+            graph,
+            program_hash,
+        })
+    }
+}
+
+/// Records ops while a [`FunctionDef`]'s body runs. See the module doc.
+pub struct Tracer<'a> {
+    graph: Graph,
+    registry: &'a Registry,
+    bindings: &'a BTreeMap<String, Tensor>,
+    examples: &'a [Example],
+    /// Globals by name: index and the value that reads it.
+    globals: HashMap<String, (u32, ValueId)>,
+}
+
+fn s(v: &str) -> AttrValue {
+    AttrValue::Str(v.to_string())
+}
+
+macro_rules! unary_ops {
+    ($($(#[$doc:meta])* $method:ident => $op:literal,)*) => {$(
+        $(#[$doc])*
+        pub fn $method(&mut self, x: Traced) -> Result<Traced, TraceError> {
+            self.one(concat!("unary ", $op), "unary@1", attrs([("op", s($op))]), &[x])
+        }
+    )*};
+}
+
+macro_rules! binary_ops {
+    ($($method:ident => $kernel:literal $op:literal,)*) => {$(
+        #[doc = concat!("`", $kernel, "` with `op` = `", $op, "` (numpy broadcasting).")]
+        pub fn $method(&mut self, a: Traced, b: Traced) -> Result<Traced, TraceError> {
+            self.one(concat!($kernel, " ", $op), $kernel, attrs([("op", s($op))]), &[a, b])
+        }
+    )*};
+}
+
+impl Tracer<'_> {
+    /// The graph recorded so far.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The dtype and shape of a traced value.
+    pub fn meta(&self, t: Traced) -> &TensorMeta {
+        // Values handed out by this tracer always exist; a handle from another
+        // trace that is out of range gets a rank-0 placeholder, and the next op
+        // on it reports the unknown value.
+        static NONE: std::sync::OnceLock<TensorMeta> = std::sync::OnceLock::new();
+        self.graph
+            .try_meta(t.0)
+            .unwrap_or_else(|| NONE.get_or_init(|| TensorMeta::new(DType::U8, [])))
+    }
+
+    pub fn shape(&self, t: Traced) -> &[usize] {
+        &self.meta(t).shape
+    }
+
+    pub fn dtype(&self, t: Traced) -> DType {
+        self.meta(t).dtype
+    }
+
+    fn check(&self, t: Traced, op: &str) -> Result<(), TraceError> {
+        match self.graph.try_meta(t.0) {
+            Some(_) => Ok(()),
+            None => Err(TraceError::Op {
+                op: op.to_string(),
+                source: BuildError::UnknownValue(t.0),
+            }),
+        }
+    }
+
+    /// Any kernel of the registry, by `name@version`, with its attributes.
+    pub fn kernel(
+        &mut self,
+        kernel: &str,
+        attrs: Attrs,
+        inputs: &[Traced],
+    ) -> Result<Vec<Traced>, TraceError> {
+        let ins: Vec<ValueId> = inputs.iter().map(|t| t.0).collect();
+        let outs = self
+            .graph
+            .kernel(self.registry, kernel, attrs, &ins)
+            .map_err(|source| TraceError::Op {
+                op: kernel.to_string(),
+                source,
+            })?;
+        Ok(outs.into_iter().map(Traced).collect())
+    }
+
+    fn one(
+        &mut self,
+        op: &str,
+        kernel: &str,
+        attrs: Attrs,
+        inputs: &[Traced],
+    ) -> Result<Traced, TraceError> {
+        let ins: Vec<ValueId> = inputs.iter().map(|t| t.0).collect();
+        let outs = self
+            .graph
+            .kernel(self.registry, kernel, attrs, &ins)
+            .map_err(|source| TraceError::Op {
+                op: op.to_string(),
+                source,
+            })?;
+        outs.first()
+            .copied()
+            .map(Traced)
+            .ok_or_else(|| TraceError::Invalid {
+                op: op.to_string(),
+                message: format!("kernel `{kernel}` defines no output"),
+            })
+    }
+
+    // ---- boundary ----
+
+    /// Reads rank-0 input `index` at trace time. The entry is specialized on
+    /// the value (a `ScalarValue` guard) and the input is a scalar in the
+    /// signature.
+    pub fn scalar_input(&mut self, index: usize) -> Result<ScalarValue, TraceError> {
+        let count = self.examples.len();
+        let ex = self
+            .examples
+            .get(index)
+            .ok_or(TraceError::NoSuchInput { index, count })?;
+        let def = &mut self.graph.inputs[index];
+        match (ex.meta.shape.is_empty(), ex.value) {
+            (true, Some(v)) => {
+                def.specialized = Some(v);
+                Ok(v)
+            }
+            _ => Err(TraceError::NotScalar {
+                index,
+                name: def.name.clone(),
+                meta: ex.meta.clone(),
+            }),
+        }
+    }
+
+    /// [`Tracer::scalar_input`] for an integer (or bool) input.
+    pub fn scalar_i64(&mut self, index: usize) -> Result<i64, TraceError> {
+        match self.scalar_input(index)? {
+            ScalarValue::Int(v) => Ok(v),
+            value => Err(TraceError::ScalarKind {
+                index,
+                name: self.graph.inputs[index].name.clone(),
+                value,
+                expected: "an integer",
+            }),
+        }
+    }
+
+    /// [`Tracer::scalar_input`] for a float input (integers convert).
+    pub fn scalar_f64(&mut self, index: usize) -> Result<f64, TraceError> {
+        match self.scalar_input(index)? {
+            ScalarValue::Float(v) => Ok(v),
+            ScalarValue::Int(v) => Ok(v as f64),
+        }
+    }
+
+    /// A compile-time constant (folded where possible, otherwise embedded in
+    /// the package).
+    pub fn constant(&mut self, value: Tensor) -> Traced {
+        Traced(self.graph.constant(value))
+    }
+
+    fn add_global(
+        &mut self,
+        name: &str,
+        meta: TensorMeta,
+        source: GlobalSource,
+    ) -> Result<Traced, TraceError> {
+        let index = self.graph.add_global(GlobalDef {
+            name: name.to_string(),
+            meta,
+            source,
+        });
+        let v = self.graph.global(index).map_err(|source| TraceError::Op {
+            op: format!("global `{name}`"),
+            source,
+        })?;
+        self.globals.insert(name.to_string(), (index, v));
+        Ok(Traced(v))
+    }
+
+    fn existing_global(&self, name: &str) -> Option<(u32, ValueId, &GlobalSource)> {
+        let &(g, v) = self.globals.get(name)?;
+        Some((g, v, &self.graph.globals[g as usize].source))
+    }
+
+    /// Captures `tensor` under `name`: it is embedded in the package as a
+    /// weight. Capturing the same tensor under the same name twice reads the
+    /// same global.
+    pub fn capture(&mut self, name: &str, tensor: &Tensor) -> Result<Traced, TraceError> {
+        if let Some((_, v, source)) = self.existing_global(name) {
+            return match source {
+                GlobalSource::Embedded(t)
+                    if t.meta() == tensor.meta() && t.bytes() == tensor.bytes() =>
+                {
+                    Ok(Traced(v))
+                }
+                GlobalSource::Embedded(t) => Err(TraceError::GlobalName {
+                    name: name.to_string(),
+                    existing: format!("another captured tensor ({})", t.meta()),
+                }),
+                GlobalSource::Bound { .. } => Err(TraceError::GlobalName {
+                    name: name.to_string(),
+                    existing: "a host-bound global".to_string(),
+                }),
+            };
+        }
+        self.add_global(
+            name,
+            tensor.meta().clone(),
+            GlobalSource::Embedded(tensor.clone()),
+        )
+    }
+
+    fn bound_inner(&mut self, name: &str, specialize: bool) -> Result<Traced, TraceError> {
+        let value = self.bindings.get(name).ok_or_else(|| TraceError::Unbound {
+            name: name.to_string(),
+            available: if self.bindings.is_empty() {
+                "none".to_string()
+            } else {
+                self.bindings
+                    .keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        })?;
+        let digest = specialize.then(|| ampoule_host::manifest::sha256_hex(value.bytes()));
+        if let Some((g, v, source)) = self.existing_global(name) {
+            return match source {
+                GlobalSource::Bound { .. } => {
+                    if digest.is_some() {
+                        self.graph.globals[g as usize].source = GlobalSource::Bound { digest };
+                    }
+                    Ok(Traced(v))
+                }
+                GlobalSource::Embedded(_) => Err(TraceError::GlobalName {
+                    name: name.to_string(),
+                    existing: "a captured tensor".to_string(),
+                }),
+            };
+        }
+        self.add_global(name, value.meta().clone(), GlobalSource::Bound { digest })
+    }
+
+    /// Reads the host-bound global `name`. Its dtype and shape are taken
+    /// from the value bound now and guarded at load; its content may change.
+    pub fn bound(&mut self, name: &str) -> Result<Traced, TraceError> {
+        self.bound_inner(name, false)
+    }
+
+    /// Like [`Tracer::bound`], and specializes the entry on the bound value's
+    /// content (a `GlobalDigest` guard).
+    pub fn bound_specialized(&mut self, name: &str) -> Result<Traced, TraceError> {
+        self.bound_inner(name, true)
+    }
+
+    // ---- elementwise ----
+
+    binary_ops! {
+        add => "binary@1" "add",
+        sub => "binary@1" "sub",
+        mul => "binary@1" "mul",
+        div => "binary@1" "div",
+        pow => "binary@1" "pow",
+        maximum => "binary@1" "max",
+        minimum => "binary@1" "min",
+        eq => "compare@1" "eq",
+        lt => "compare@1" "lt",
+        le => "compare@1" "le",
+        gt => "compare@1" "gt",
+        ge => "compare@1" "ge",
+    }
+
+    unary_ops! {
+        /// `-x`.
+        neg => "neg",
+        /// `|x|`.
+        abs => "abs",
+        /// `max(x, 0)`.
+        relu => "relu",
+        /// GELU with the exact erf.
+        gelu => "gelu",
+        /// GELU with the tanh approximation.
+        gelu_tanh => "gelu_tanh",
+        tanh => "tanh",
+        sigmoid => "sigmoid",
+        exp => "exp",
+        log => "log",
+        sqrt => "sqrt",
+        /// `1 / sqrt(x)`.
+        rsqrt => "rsqrt",
+        /// `1 / x`.
+        recip => "recip",
+        erf => "erf",
+        floor => "floor",
+        ceil => "ceil",
+        sin => "sin",
+        cos => "cos",
+    }
+
+    /// `cond ? x : y`, broadcasting all three.
+    pub fn where_(&mut self, cond: Traced, x: Traced, y: Traced) -> Result<Traced, TraceError> {
+        self.one("where", "where@1", Attrs::new(), &[cond, x, y])
+    }
+
+    /// Converts to `dtype`.
+    pub fn cast(&mut self, x: Traced, dtype: DType) -> Result<Traced, TraceError> {
+        self.one("cast", "cast@1", attrs([("to", s(dtype.name()))]), &[x])
+    }
+
+    /// A copy into fresh storage.
+    pub fn copy(&mut self, x: Traced) -> Result<Traced, TraceError> {
+        self.one("copy", "copy@1", Attrs::new(), &[x])
+    }
+
+    // ---- linear algebra and normalization ----
+
+    /// `a @ b` with batch broadcasting.
+    pub fn matmul(&mut self, a: Traced, b: Traced) -> Result<Traced, TraceError> {
+        self.one("matmul", "matmul@1", Attrs::new(), &[a, b])
+    }
+
+    fn linear_inner(
+        &mut self,
+        op: &str,
+        x: Traced,
+        w: Traced,
+        b: Option<Traced>,
+        trans_w: bool,
+    ) -> Result<Traced, TraceError> {
+        let a = attrs([
+            ("trans_w", AttrValue::Int(i64::from(trans_w))),
+            ("bias", AttrValue::Int(i64::from(b.is_some()))),
+        ]);
+        match b {
+            Some(b) => self.one(op, "linear@1", a, &[x, w, b]),
+            None => self.one(op, "linear@1", a, &[x, w]),
+        }
+    }
+
+    /// `x @ w + b` with `w` of shape `[K, N]`.
+    pub fn linear(
+        &mut self,
+        x: Traced,
+        w: Traced,
+        b: Option<Traced>,
+    ) -> Result<Traced, TraceError> {
+        self.linear_inner("linear", x, w, b, false)
+    }
+
+    /// `x @ w.T + b` with `w` of shape `[N, K]` (PyTorch's `nn.Linear` layout).
+    pub fn linear_t(
+        &mut self,
+        x: Traced,
+        w: Traced,
+        b: Option<Traced>,
+    ) -> Result<Traced, TraceError> {
+        self.linear_inner("linear_t", x, w, b, true)
+    }
+
+    /// Softmax along `axis` (negative counts from the end).
+    pub fn softmax(&mut self, x: Traced, axis: i64) -> Result<Traced, TraceError> {
+        self.one(
+            "softmax",
+            "softmax@1",
+            attrs([("axis", AttrValue::Int(axis))]),
+            &[x],
+        )
+    }
+
+    /// Layer normalization over `x.shape[axis..]`; `scale` and `bias` have
+    /// that shape.
+    pub fn layer_norm(
+        &mut self,
+        x: Traced,
+        scale: Traced,
+        bias: Traced,
+        axis: i64,
+        eps: f64,
+    ) -> Result<Traced, TraceError> {
+        let a = attrs([
+            ("axis", AttrValue::Int(axis)),
+            ("epsilon", AttrValue::Float(eps)),
+        ]);
+        self.one("layer_norm", "layer_norm@1", a, &[x, scale, bias])
+    }
+
+    // ---- reductions ----
+
+    fn reduce(
+        &mut self,
+        op: &'static str,
+        x: Traced,
+        axes: &[i64],
+        keepdims: bool,
+    ) -> Result<Traced, TraceError> {
+        let a = attrs([
+            ("op", s(op)),
+            ("axes", AttrValue::Ints(axes.to_vec())),
+            ("keepdims", AttrValue::Int(i64::from(keepdims))),
+        ]);
+        self.one(op, "reduce@1", a, &[x])
+    }
+
+    /// Sum over `axes` (empty: all axes).
+    pub fn sum(&mut self, x: Traced, axes: &[i64], keepdims: bool) -> Result<Traced, TraceError> {
+        self.reduce("sum", x, axes, keepdims)
+    }
+
+    /// Mean over `axes` (empty: all axes).
+    pub fn mean(&mut self, x: Traced, axes: &[i64], keepdims: bool) -> Result<Traced, TraceError> {
+        self.reduce("mean", x, axes, keepdims)
+    }
+
+    /// Maximum over `axes` (empty: all axes).
+    pub fn max(&mut self, x: Traced, axes: &[i64], keepdims: bool) -> Result<Traced, TraceError> {
+        self.reduce("max", x, axes, keepdims)
+    }
+
+    /// Minimum over `axes` (empty: all axes).
+    pub fn min(&mut self, x: Traced, axes: &[i64], keepdims: bool) -> Result<Traced, TraceError> {
+        self.reduce("min", x, axes, keepdims)
+    }
+
+    // ---- layout ----
+
+    /// Permutes axes.
+    pub fn transpose(&mut self, x: Traced, perm: &[usize]) -> Result<Traced, TraceError> {
+        let perm = perm
+            .iter()
+            .map(|&p| i64::try_from(p).unwrap_or(i64::MAX))
+            .collect();
+        self.one(
+            "transpose",
+            "transpose@1",
+            attrs([("perm", AttrValue::Ints(perm))]),
+            &[x],
+        )
+    }
+
+    /// Reshapes without copying. One dim may be `-1`: it is inferred from
+    /// the element count.
+    pub fn reshape(&mut self, x: Traced, shape: &[i64]) -> Result<Traced, TraceError> {
+        self.check(x, "reshape")?;
+        let invalid = |message: String| TraceError::Invalid {
+            op: "reshape".to_string(),
+            message,
+        };
+        let numel = self
+            .meta(x)
+            .numel()
+            .ok_or_else(|| invalid("input element count overflows".into()))?;
+        let mut infer = None;
+        let mut known: usize = 1;
+        let mut dims = Vec::with_capacity(shape.len());
+        for (i, &d) in shape.iter().enumerate() {
+            match d {
+                -1 if infer.is_none() => {
+                    infer = Some(i);
+                    dims.push(0);
+                }
+                -1 => return Err(invalid(format!("shape {shape:?} has more than one -1"))),
+                d => {
+                    let d = usize::try_from(d).map_err(|_| {
+                        invalid(format!("shape {shape:?} has a negative dim other than -1"))
+                    })?;
+                    known = known
+                        .checked_mul(d)
+                        .ok_or_else(|| invalid(format!("shape {shape:?} overflows")))?;
+                    dims.push(d);
+                }
+            }
+        }
+        if let Some(i) = infer {
+            if known == 0 || numel % known != 0 {
+                return Err(invalid(format!(
+                    "cannot infer the -1 in {shape:?} for {} elements",
+                    numel
+                )));
+            }
+            dims[i] = numel / known;
+        }
+        let v = self
+            .graph
+            .reshape(x.0, &dims)
+            .map_err(|source| TraceError::Op {
+                op: "reshape".into(),
+                source,
+            })?;
+        Ok(Traced(v))
+    }
+
+    /// Joins `xs` along `axis`. More than five inputs become a chain of
+    /// concats, since a launch carries at most six operands.
+    pub fn concat(&mut self, xs: &[Traced], axis: i64) -> Result<Traced, TraceError> {
+        const MAX_INPUTS: usize = ampoule_kernels::MAX_OPERANDS - 1;
+        let (first, mut rest) = xs.split_at(xs.len().min(MAX_INPUTS));
+        if first.is_empty() {
+            return Err(TraceError::Invalid {
+                op: "concat".into(),
+                message: "needs at least one input".into(),
+            });
+        }
+        let node = |n: usize| {
+            attrs([
+                ("axis", AttrValue::Int(axis)),
+                ("n", AttrValue::Int(n as i64)),
+            ])
+        };
+        let mut acc = self.one("concat", "concat@1", node(first.len()), first)?;
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_INPUTS - 1));
+            let mut ins = Vec::with_capacity(chunk.len() + 1);
+            ins.push(acc);
+            ins.extend_from_slice(chunk);
+            acc = self.one("concat", "concat@1", node(ins.len()), &ins)?;
+            rest = tail;
+        }
+        Ok(acc)
+    }
+
+    /// ONNX `Slice` with one start, end and step per axis (negative indices
+    /// count from the end, out-of-range bounds clamp).
+    pub fn slice(
+        &mut self,
+        x: Traced,
+        starts: &[i64],
+        ends: &[i64],
+        steps: &[i64],
+    ) -> Result<Traced, TraceError> {
+        let a = attrs([
+            ("starts", AttrValue::Ints(starts.to_vec())),
+            ("ends", AttrValue::Ints(ends.to_vec())),
+            ("steps", AttrValue::Ints(steps.to_vec())),
+        ]);
+        self.one("slice", "slice@1", a, &[x])
+    }
+
+    /// `x[.., start..start+len, ..]` along `axis`.
+    pub fn narrow(
+        &mut self,
+        x: Traced,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Traced, TraceError> {
+        self.check(x, "narrow")?;
+        let rank = self.meta(x).shape.len();
+        if axis >= rank {
+            return Err(TraceError::Invalid {
+                op: "narrow".into(),
+                message: format!("axis {axis} is out of range for rank {rank}"),
+            });
+        }
+        let big = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut starts = vec![0i64; rank];
+        let mut ends = vec![i64::MAX; rank];
+        starts[axis] = big(start);
+        ends[axis] = big(start.saturating_add(len));
+        self.slice(x, &starts, &ends, &vec![1; rank])
+    }
+
+    /// Picks entries of `data` along `axis` by `indices` (i32 or i64).
+    pub fn gather(
+        &mut self,
+        data: Traced,
+        indices: Traced,
+        axis: i64,
+    ) -> Result<Traced, TraceError> {
+        self.one(
+            "gather",
+            "gather@1",
+            attrs([("axis", AttrValue::Int(axis))]),
+            &[data, indices],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Op;
+
+    fn trace_with(def: &FunctionDef, examples: &[Example]) -> Result<Trace, TraceError> {
+        def.trace(examples, &Registry::standard(), &BTreeMap::new())
+    }
+
+    fn x(shape: &[usize]) -> Example {
+        Example::meta(TensorMeta::new(DType::F32, shape))
+    }
+
+    #[test]
+    fn records_ops_with_inferred_types() {
+        let w = Tensor::zeros(DType::F32, &[3, 4]).unwrap();
+        let def = function("f", move |cx, x| {
+            let w = cx.capture("w", &w)?;
+            let h = cx.linear(x[0], w, None)?;
+            let r = cx.relu(h)?;
+            let s = cx.softmax(r, -1)?;
+            Ok(vec![cx.reshape(s, &[-1])?])
+        });
+        let t = trace_with(&def, &[x(&[2, 3])]).unwrap();
+        let g = &t.graph;
+        assert_eq!(g.outputs[0].name, "y0");
+        assert_eq!(g.inputs[0].name, "x0");
+        assert_eq!(
+            g.meta(g.outputs[0].value),
+            &TensorMeta::new(DType::F32, [8])
+        );
+        let ops: Vec<&str> = g.nodes.iter().map(|n| n.op.name()).collect();
+        assert_eq!(
+            ops,
+            [
+                "input",
+                "global",
+                "linear@1",
+                "unary@1",
+                "softmax@1",
+                "reshape"
+            ]
+        );
+        crate::verify::verify(g, &Registry::standard()).unwrap();
+    }
+
+    #[test]
+    fn program_hash_ignores_sizes_but_not_structure() {
+        let def = function("f", |cx, x| {
+            let n = cx.shape(x[0])[0];
+            let half = cx.narrow(x[0], 0, 0, n / 2)?;
+            let flat = cx.reshape(half, &[-1])?;
+            Ok(vec![cx.tanh(flat)?])
+        });
+        let a = trace_with(&def, &[x(&[4, 3])]).unwrap();
+        let b = trace_with(&def, &[x(&[10, 7])]).unwrap();
+        assert_eq!(a.program_hash, b.program_hash);
+        let other = function("f", |cx, x| Ok(vec![cx.sigmoid(x[0])?]));
+        assert_ne!(
+            a.program_hash,
+            trace_with(&other, &[x(&[4, 3])]).unwrap().program_hash
+        );
+        let renamed = def.clone().inputs(["z"]);
+        assert_ne!(
+            a.program_hash,
+            trace_with(&renamed, &[x(&[4, 3])]).unwrap().program_hash
+        );
+    }
+
+    #[test]
+    fn long_concat_becomes_a_chain() {
+        let def = function("cat", |cx, x| {
+            let xs = vec![x[0]; 12];
+            Ok(vec![cx.concat(&xs, 0)?])
+        });
+        let t = trace_with(&def, &[x(&[1, 2])]).unwrap();
+        let g = &t.graph;
+        let ns: Vec<i64> = g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Kernel { attrs, .. } => match attrs.get("n") {
+                    Some(AttrValue::Int(n)) => Some(*n),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ns, [5, 5, 4]);
+        assert_eq!(g.meta(g.outputs[0].value).shape, [12, 2]);
+        crate::verify::verify(g, &Registry::standard()).unwrap();
+    }
+
+    #[test]
+    fn scalar_inputs_specialize() {
+        let def = function("scale", |cx, x| {
+            let k = cx.scalar_i64(1)?;
+            let mut y = x[0];
+            for _ in 0..k {
+                y = cx.add(y, x[0])?;
+            }
+            Ok(vec![y])
+        });
+        let ex = [x(&[3]), Example::of(&Tensor::scalar(2i64))];
+        let t = trace_with(&def, &ex).unwrap();
+        assert_eq!(t.graph.inputs[1].specialized, Some(ScalarValue::Int(2)));
+        assert_eq!(t.graph.nodes.len(), 4);
+        let err = trace_with(&def, &[x(&[3]), x(&[2])]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "input 1 (`x1`) is f32[2], not a scalar; pass scalars as rank-0 tensors"
+        );
+        let err = trace_with(&def, &[x(&[3]), Example::of(&Tensor::scalar(2.5f32))]).unwrap_err();
+        assert_eq!(err.to_string(), "input 1 (`x1`) holds 2.5, not an integer");
+    }
+
+    #[test]
+    fn errors_name_the_op() {
+        let def = function("bad", |cx, x| Ok(vec![cx.matmul(x[0], x[0])?]));
+        let err = trace_with(&def, &[x(&[2, 3])]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("`matmul`: kernel `matmul@1"),
+            "{err}"
+        );
+        let def = function("bad", |cx, x| Ok(vec![cx.reshape(x[0], &[-1, -1])?]));
+        assert_eq!(
+            trace_with(&def, &[x(&[2, 3])]).unwrap_err().to_string(),
+            "`reshape`: shape [-1, -1] has more than one -1"
+        );
+        let def = function("bad", |_, x| Ok(vec![x[0]])).inputs(["a", "b"]);
+        assert_eq!(
+            trace_with(&def, &[x(&[2])]).unwrap_err().to_string(),
+            "function `bad` declares 2 input names but 1 inputs were passed"
+        );
+    }
+
+    #[test]
+    fn globals_by_name() {
+        let a = Tensor::zeros(DType::F32, &[2]).unwrap();
+        let b = Tensor::from_vec(&[2], vec![1.0f32, 2.0]).unwrap();
+        let def = function("g", move |cx, x| {
+            let w1 = cx.capture("w", &a)?;
+            let w2 = cx.capture("w", &a)?;
+            assert_eq!(w1, w2);
+            let s = cx.bound("s")?;
+            let s2 = cx.bound_specialized("s")?;
+            assert_eq!(s, s2);
+            let y = cx.add(x[0], w1)?;
+            let y = cx.mul(y, s)?;
+            cx.capture("w", &b)?;
+            Ok(vec![y])
+        });
+        let mut bindings = BTreeMap::new();
+        let err = def
+            .trace(&[x(&[2])], &Registry::standard(), &bindings)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "global `s` is not bound; bind a tensor under that name before tracing (bound: none)"
+        );
+        bindings.insert("s".to_string(), Tensor::zeros(DType::F32, &[2]).unwrap());
+        let err = def
+            .trace(&[x(&[2])], &Registry::standard(), &bindings)
+            .unwrap_err();
+        assert!(matches!(err, TraceError::GlobalName { .. }), "{err}");
+    }
+}
