@@ -375,3 +375,145 @@ macro_rules! with_width {
 }
 
 pub(crate) use {with_element, with_float, with_number, with_width};
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::testutil::*;
+    use crate::{AttrValue, DType, Impl, KernelError, Registry, Tensor, TensorMeta};
+
+    /// Minimal valid attributes for every kernel of the catalog.
+    fn catalog() -> Vec<(&'static str, crate::Attrs)> {
+        vec![
+            ("binary@1", attrs(&[("op", s("add"))])),
+            ("cast@1", attrs(&[("to", s("f32"))])),
+            ("compare@1", attrs(&[("op", s("eq"))])),
+            ("concat@1", attrs(&[("axis", i(0)), ("n", i(2))])),
+            ("copy@1", attrs(&[])),
+            ("gather@1", attrs(&[])),
+            ("layer_norm@1", attrs(&[])),
+            ("linear@1", attrs(&[])),
+            ("matmul@1", attrs(&[])),
+            ("reduce@1", attrs(&[("op", s("sum"))])),
+            (
+                "slice@1",
+                attrs(&[("starts", ints(&[])), ("ends", ints(&[]))]),
+            ),
+            ("softmax@1", attrs(&[])),
+            ("transpose@1", attrs(&[])),
+            ("unary@1", attrs(&[("op", s("relu"))])),
+            ("where@1", attrs(&[])),
+        ]
+    }
+
+    #[test]
+    fn registry_has_the_catalog_and_refuses_unknown_attributes() {
+        let ids: Vec<String> = catalog().iter().map(|(id, _)| id.to_string()).collect();
+        assert_eq!(Registry::standard().ids(), ids);
+        for (id, mut at) in catalog() {
+            bind(id, &at).unwrap_or_else(|e| panic!("{id}: {e}"));
+            at.insert("bogus".into(), AttrValue::Int(1));
+            let err = bind(id, &at)
+                .err()
+                .unwrap_or_else(|| panic!("{id} accepted `bogus`"));
+            assert!(
+                matches!(&err, KernelError::Attrs { message, .. } if message.contains("unknown attribute `bogus`")),
+                "{err}"
+            );
+        }
+        let err = Registry::standard()
+            .bind("binary@2", &attrs(&[]))
+            .err()
+            .unwrap();
+        assert!(matches!(err, KernelError::Unknown(id, _) if id == "binary@2"));
+    }
+
+    #[test]
+    fn check_refuses_unaddressable_inputs() {
+        let k = bind("copy@1", &attrs(&[])).unwrap();
+        let err = k
+            .check(&[&TensorMeta::new(DType::F32, [1; 9])])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KernelError::Signature {
+                kernel: "copy@1".into(),
+                message: "input 0 (x): rank 9 exceeds the maximum of 8 (shape [1, 1, 1, 1, 1, 1, 1, 1, 1])".into()
+            }
+        );
+        let err = k
+            .check(&[&TensorMeta::new(DType::F64, [usize::MAX / 8, 2])])
+            .unwrap_err();
+        assert!(err.to_string().contains("input 0 (x): f64[2305843009213693951, 2] has more bytes than this host can address"), "{err}");
+        // A zero dim makes the tensor empty whatever the other dims are.
+        assert!(k
+            .check(&[&TensorMeta::new(DType::F64, [0, usize::MAX, usize::MAX])])
+            .is_ok());
+    }
+
+    #[test]
+    fn run_refuses_bad_outputs_and_counts() {
+        let k = bind("binary@1", &attrs(&[("op", s("add"))])).unwrap();
+        let a = Tensor::from_vec(&[2, 3], vec![1.0f32; 6]).unwrap();
+        let run = |inputs: &[&Tensor], outputs: &mut [Tensor]| {
+            k.run(Impl::Optimized, inputs, outputs).unwrap_err()
+        };
+
+        let mut wrong_shape = vec![Tensor::zeros(DType::F32, &[3, 2]).unwrap()];
+        assert_eq!(
+            run(&[&a, &a], &mut wrong_shape),
+            KernelError::Run {
+                kernel: "binary@1 (add)".into(),
+                message: "output 0 (y): expected f32[2, 3], got f32[3, 2]".into()
+            }
+        );
+        let mut wrong_dtype = vec![Tensor::zeros(DType::F64, &[2, 3]).unwrap()];
+        assert!(run(&[&a, &a], &mut wrong_dtype)
+            .to_string()
+            .contains("expected f32[2, 3], got f64[2, 3]"));
+
+        let out = Tensor::zeros(DType::F32, &[2, 3]).unwrap();
+        let keep = out.clone();
+        let err = run(&[&a, &a], &mut [out]);
+        assert!(
+            err.to_string().contains("output 0 (y): storage is shared"),
+            "{err}"
+        );
+        // Aliasing an input is sharing too.
+        let err = run(&[&keep, &a], &mut [keep.clone()]);
+        assert!(err.to_string().contains("storage is shared"), "{err}");
+        let bytes: Arc<Vec<u8>> = Arc::new(vec![0u8; 24]);
+        let external = Tensor::from_external(DType::F32, &[2, 3], bytes, 0).unwrap();
+        assert!(run(&[&a, &a], &mut [external])
+            .to_string()
+            .contains("storage is shared"));
+
+        let out = || Tensor::zeros(DType::F32, &[2, 3]).unwrap();
+        assert!(run(&[&a], &mut [out()])
+            .to_string()
+            .contains("expected 2 inputs (a, b), got 1"));
+        assert!(run(&[&a, &a], &mut [out(), out()])
+            .to_string()
+            .contains("expected 1 output (y), got 2"));
+        assert!(run(&[&a, &a], &mut [])
+            .to_string()
+            .contains("expected 1 output (y), got 0"));
+    }
+
+    #[test]
+    fn outputs_are_fully_written() {
+        // A reused output buffer full of garbage must not leak into results.
+        let k = bind(
+            "reduce@1",
+            &attrs(&[("op", s("sum")), ("axes", ints(&[1]))]),
+        )
+        .unwrap();
+        let x = Tensor::from_vec(&[2, 2], vec![1i32, 2, 3, 4]).unwrap();
+        let mut out = vec![Tensor::from_vec(&[2], vec![99i32, -7]).unwrap()];
+        for imp in IMPLS {
+            k.run(imp, &[&x], &mut out).unwrap();
+            assert_eq!(out[0].to_vec::<i32>().unwrap(), vec![3, 7]);
+        }
+    }
+}
