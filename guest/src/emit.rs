@@ -334,8 +334,9 @@ impl CoreModule<'_> {
             }
             Step::Guard { index, cond } => {
                 // Verified: only in `run`, whose result this writes.
-                self.cond(s, cond);
-                s.i32_eqz().if_(BlockType::Empty);
+                self.load_reg(s, cond.0);
+                s.i32_const(0).call(F_READ_I64).i64_eqz();
+                s.if_(BlockType::Empty);
                 s.i32_const(0).i32_const(1).i32_store8(MemArg {
                     offset: u64::from(l.ret),
                     align: 0,
