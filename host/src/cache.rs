@@ -40,7 +40,11 @@ impl ArtifactCache {
     pub fn new(dir: PathBuf, engine: &Engine) -> Self {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        ArtifactCache { dir, engine: engine.clone(), engine_key: format!("{:016x}", h.finish()) }
+        ArtifactCache {
+            dir,
+            engine: engine.clone(),
+            engine_key: format!("{:016x}", h.finish()),
+        }
     }
 
     fn path(&self, digest: &str) -> Option<PathBuf> {
@@ -75,7 +79,9 @@ impl ArtifactCache {
     }
 
     pub fn store(&self, digest: &str, component: &Component) {
-        let Some(path) = self.path(digest) else { return };
+        let Some(path) = self.path(digest) else {
+            return;
+        };
         let result = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
             let bytes = component.serialize().map_err(std::io::Error::other)?;
@@ -92,5 +98,9 @@ impl ArtifactCache {
 fn tempfile_in(dir: &Path) -> std::io::Result<PathBuf> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    Ok(dir.join(format!(".tmp-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))))
+    Ok(dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )))
 }

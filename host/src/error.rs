@@ -52,7 +52,11 @@ pub enum Error {
     Io { file: String, message: String },
 
     #[error("package file `{file}` is corrupt or was tampered with: expected sha256 {expected}, got {actual}")]
-    Integrity { file: String, expected: String, actual: String },
+    Integrity {
+        file: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("package failed verification ({} problem{}):\n  {}", .0.len(), if .0.len() == 1 { "" } else { "s" }, .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
     Verify(Vec<Problem>),
@@ -70,16 +74,32 @@ pub enum Error {
     UnknownBinding { name: String, available: String },
 
     #[error("no entry of function `{function}` matches this call:\n  {}", .explanations.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
-    GuardMiss { function: String, explanations: Vec<EntryMiss> },
+    GuardMiss {
+        function: String,
+        explanations: Vec<EntryMiss>,
+    },
 
     #[error("function `{function}` expects {expected}, got {actual}")]
-    BadInputs { function: String, expected: String, actual: String },
+    BadInputs {
+        function: String,
+        expected: String,
+        actual: String,
+    },
 
     #[error("entry {entry} of function `{function}` missed at break {index}: a data-dependent guard did not hold")]
-    BreakMiss { function: String, entry: usize, index: u32 },
+    BreakMiss {
+        function: String,
+        entry: usize,
+        index: u32,
+    },
 
     #[error("entry {entry} of function `{function}` was stopped ({kind:?}): {message}")]
-    Trap { function: String, entry: usize, kind: TrapKind, message: String },
+    Trap {
+        function: String,
+        entry: usize,
+        kind: TrapKind,
+        message: String,
+    },
 
     #[error("cannot compile wrapper `{wrapper}`: {message}")]
     Compile { wrapper: String, message: String },

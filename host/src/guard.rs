@@ -80,7 +80,11 @@ pub enum Guard {
     /// Scalar input `input` equals `value` (the entry is specialized on it).
     ScalarValue { input: u32, value: ScalarValue },
     /// Global `global` (a package-global index) has this dtype and shape.
-    GlobalMeta { global: u32, dtype: DType, shape: Vec<u64> },
+    GlobalMeta {
+        global: u32,
+        dtype: DType,
+        shape: Vec<u64>,
+    },
     /// Global `global`'s content has this SHA-256 (the entry was specialized
     /// on the value of a host-bound global).
     GlobalDigest { global: u32, sha256: String },
@@ -109,10 +113,16 @@ impl Guard {
     /// Evaluates an input guard. `Err` carries the actual value observed.
     /// Global guards hold trivially here; see [`Guard::check_global`].
     pub fn check(&self, call: &CallView<'_>) -> Result<(), String> {
-        let input = |i: u32| call.inputs.get(i as usize).ok_or_else(|| "missing".to_string());
+        let input = |i: u32| {
+            call.inputs
+                .get(i as usize)
+                .ok_or_else(|| "missing".to_string())
+        };
         match self {
             Guard::InputCount { count } => {
-                expect_eq(call.inputs.len() as u64, u64::from(*count), |n| n.to_string())
+                expect_eq(call.inputs.len() as u64, u64::from(*count), |n| {
+                    n.to_string()
+                })
             }
             Guard::InputNames { names } => match call.names {
                 None => Ok(()),
@@ -127,7 +137,11 @@ impl Guard {
                 let t = input(*i)?;
                 expect_eq(t.shape().len() as u64, u64::from(*rank), |r| r.to_string())
             }
-            Guard::Dim { input: i, axis, size } => {
+            Guard::Dim {
+                input: i,
+                axis,
+                size,
+            } => {
                 let t = input(*i)?;
                 match t.shape().get(*axis as usize) {
                     Some(&d) => expect_eq(d as u64, *size, |d| d.to_string()),
@@ -155,7 +169,11 @@ impl Guard {
             None => Err("missing".to_string()),
         };
         match self {
-            Guard::GlobalMeta { global: g, dtype, shape } => {
+            Guard::GlobalMeta {
+                global: g,
+                dtype,
+                shape,
+            } => {
                 let t = global(*g)?;
                 let actual_shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
                 if t.dtype() == *dtype && actual_shape == *shape {
@@ -185,23 +203,39 @@ impl Guard {
     /// `x.shape[0] == 32`.
     pub fn describe(&self, sig: &Signature, globals: &[GlobalDecl]) -> String {
         let input = |i: u32| {
-            sig.inputs.get(i as usize).map_or_else(|| format!("input#{i}"), |a| a.name.clone())
+            sig.inputs
+                .get(i as usize)
+                .map_or_else(|| format!("input#{i}"), |a| a.name.clone())
         };
         let global = |g: u32| {
-            globals.get(g as usize).map_or_else(|| format!("global#{g}"), |d| d.name.clone())
+            globals
+                .get(g as usize)
+                .map_or_else(|| format!("global#{g}"), |d| d.name.clone())
         };
         match self {
             Guard::InputCount { count } => format!("number of inputs == {count}"),
             Guard::InputNames { names } => format!("input names == {names:?}"),
             Guard::Dtype { input: i, dtype } => format!("{}.dtype == {dtype}", input(*i)),
             Guard::Rank { input: i, rank } => format!("{}.rank == {rank}", input(*i)),
-            Guard::Dim { input: i, axis, size } => format!("{}.shape[{axis}] == {size}", input(*i)),
+            Guard::Dim {
+                input: i,
+                axis,
+                size,
+            } => format!("{}.shape[{axis}] == {size}", input(*i)),
             Guard::ScalarValue { input: i, value } => format!("{} == {value}", input(*i)),
-            Guard::GlobalMeta { global: g, dtype, shape } => {
+            Guard::GlobalMeta {
+                global: g,
+                dtype,
+                shape,
+            } => {
                 format!("global `{}` is {dtype}{shape:?}", global(*g))
             }
             Guard::GlobalDigest { global: g, sha256 } => {
-                format!("global `{}` has sha256 {}", global(*g), &sha256[..sha256.len().min(16)])
+                format!(
+                    "global `{}` has sha256 {}",
+                    global(*g),
+                    &sha256[..sha256.len().min(16)]
+                )
             }
         }
     }
@@ -229,7 +263,11 @@ impl Guard {
     }
 }
 
-fn expect_eq<T: PartialEq>(actual: T, expected: T, show: impl Fn(T) -> String) -> Result<(), String> {
+fn expect_eq<T: PartialEq>(
+    actual: T,
+    expected: T,
+    show: impl Fn(T) -> String,
+) -> Result<(), String> {
     if actual == expected {
         Ok(())
     } else {
@@ -249,7 +287,11 @@ pub struct EntryMiss {
 
 impl std::fmt::Display for EntryMiss {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "entry {}: {}, got {}", self.entry, self.expected, self.actual)
+        write!(
+            f,
+            "entry {}: {}, got {}",
+            self.entry, self.expected, self.actual
+        )
     }
 }
 
@@ -261,8 +303,17 @@ mod tests {
     fn sig() -> Signature {
         Signature {
             inputs: vec![
-                ArgDecl { name: "x".into(), kind: ArgKind::Tensor { dtype: DType::F32, rank: 2 } },
-                ArgDecl { name: "k".into(), kind: ArgKind::Scalar { dtype: DType::I64 } },
+                ArgDecl {
+                    name: "x".into(),
+                    kind: ArgKind::Tensor {
+                        dtype: DType::F32,
+                        rank: 2,
+                    },
+                },
+                ArgDecl {
+                    name: "k".into(),
+                    kind: ArgKind::Scalar { dtype: DType::I64 },
+                },
             ],
             outputs: vec![],
         }
@@ -273,23 +324,86 @@ mod tests {
         let x = Tensor::zeros(DType::F32, &[64, 3]).unwrap();
         let k = Tensor::scalar(5i64);
         let inputs = [&x, &k];
-        let call = CallView { names: None, inputs: &inputs };
+        let call = CallView {
+            names: None,
+            inputs: &inputs,
+        };
         let s = sig();
         let cases = [
             (Guard::InputCount { count: 2 }, None),
-            (Guard::InputCount { count: 3 }, Some("number of inputs == 3, got 2")),
-            (Guard::Dtype { input: 0, dtype: DType::F32 }, None),
-            (Guard::Dtype { input: 0, dtype: DType::I64 }, Some("x.dtype == i64, got f32")),
-            (Guard::Rank { input: 0, rank: 3 }, Some("x.rank == 3, got 2")),
-            (Guard::Dim { input: 0, axis: 0, size: 32 }, Some("x.shape[0] == 32, got 64")),
-            (Guard::Dim { input: 0, axis: 5, size: 32 }, Some("x.shape[5] == 32, got rank 2")),
-            (Guard::Dim { input: 7, axis: 0, size: 1 }, Some("input#7.shape[0] == 1, got missing")),
-            (Guard::ScalarValue { input: 1, value: ScalarValue::Int(5) }, None),
-            (Guard::ScalarValue { input: 1, value: ScalarValue::Int(6) }, Some("k == 6, got 5")),
-            (Guard::ScalarValue { input: 0, value: ScalarValue::Int(6) }, Some("x == 6, got a tensor of shape [64, 3]")),
+            (
+                Guard::InputCount { count: 3 },
+                Some("number of inputs == 3, got 2"),
+            ),
+            (
+                Guard::Dtype {
+                    input: 0,
+                    dtype: DType::F32,
+                },
+                None,
+            ),
+            (
+                Guard::Dtype {
+                    input: 0,
+                    dtype: DType::I64,
+                },
+                Some("x.dtype == i64, got f32"),
+            ),
+            (
+                Guard::Rank { input: 0, rank: 3 },
+                Some("x.rank == 3, got 2"),
+            ),
+            (
+                Guard::Dim {
+                    input: 0,
+                    axis: 0,
+                    size: 32,
+                },
+                Some("x.shape[0] == 32, got 64"),
+            ),
+            (
+                Guard::Dim {
+                    input: 0,
+                    axis: 5,
+                    size: 32,
+                },
+                Some("x.shape[5] == 32, got rank 2"),
+            ),
+            (
+                Guard::Dim {
+                    input: 7,
+                    axis: 0,
+                    size: 1,
+                },
+                Some("input#7.shape[0] == 1, got missing"),
+            ),
+            (
+                Guard::ScalarValue {
+                    input: 1,
+                    value: ScalarValue::Int(5),
+                },
+                None,
+            ),
+            (
+                Guard::ScalarValue {
+                    input: 1,
+                    value: ScalarValue::Int(6),
+                },
+                Some("k == 6, got 5"),
+            ),
+            (
+                Guard::ScalarValue {
+                    input: 0,
+                    value: ScalarValue::Int(6),
+                },
+                Some("x == 6, got a tensor of shape [64, 3]"),
+            ),
         ];
         for (guard, want) in cases {
-            let got = guard.check(&call).err().map(|actual| format!("{}, got {actual}", guard.describe(&s, &[])));
+            let got = guard
+                .check(&call)
+                .err()
+                .map(|actual| format!("{}, got {actual}", guard.describe(&s, &[])));
             assert_eq!(got.as_deref(), want, "{guard:?}");
         }
     }
@@ -298,12 +412,30 @@ mod tests {
     fn names_guard_only_applies_to_named_calls() {
         let x = Tensor::zeros(DType::F32, &[1]).unwrap();
         let inputs = [&x];
-        let g = Guard::InputNames { names: vec!["x".into()] };
-        assert!(g.check(&CallView { names: None, inputs: &inputs }).is_ok());
+        let g = Guard::InputNames {
+            names: vec!["x".into()],
+        };
+        assert!(g
+            .check(&CallView {
+                names: None,
+                inputs: &inputs
+            })
+            .is_ok());
         let good = ["x".to_string()];
-        assert!(g.check(&CallView { names: Some(&good), inputs: &inputs }).is_ok());
+        assert!(g
+            .check(&CallView {
+                names: Some(&good),
+                inputs: &inputs
+            })
+            .is_ok());
         let bad = ["y".to_string()];
-        assert_eq!(g.check(&CallView { names: Some(&bad), inputs: &inputs }), Err("[\"y\"]".into()));
+        assert_eq!(
+            g.check(&CallView {
+                names: Some(&bad),
+                inputs: &inputs
+            }),
+            Err("[\"y\"]".into())
+        );
     }
 
     #[test]
@@ -311,26 +443,69 @@ mod tests {
         let w = Tensor::zeros(DType::F32, &[2, 2]).unwrap();
         let values = [Some(w), None];
         let digest = |i: usize| if i == 0 { Some("ab".repeat(32)) } else { None };
-        let view = GlobalsView { values: &values, digest: &digest };
-        assert!(Guard::GlobalMeta { global: 0, dtype: DType::F32, shape: vec![2, 2] }.check_global(&view).is_ok());
+        let view = GlobalsView {
+            values: &values,
+            digest: &digest,
+        };
+        assert!(Guard::GlobalMeta {
+            global: 0,
+            dtype: DType::F32,
+            shape: vec![2, 2]
+        }
+        .check_global(&view)
+        .is_ok());
         assert_eq!(
-            Guard::GlobalMeta { global: 0, dtype: DType::F32, shape: vec![3] }.check_global(&view),
+            Guard::GlobalMeta {
+                global: 0,
+                dtype: DType::F32,
+                shape: vec![3]
+            }
+            .check_global(&view),
             Err("f32[2, 2]".into())
         );
         assert_eq!(
-            Guard::GlobalMeta { global: 1, dtype: DType::F32, shape: vec![3] }.check_global(&view),
+            Guard::GlobalMeta {
+                global: 1,
+                dtype: DType::F32,
+                shape: vec![3]
+            }
+            .check_global(&view),
             Err("unbound".into())
         );
-        assert!(Guard::GlobalDigest { global: 0, sha256: "ab".repeat(32) }.check_global(&view).is_ok());
-        assert!(Guard::GlobalDigest { global: 0, sha256: "cd".repeat(32) }.check_global(&view).is_err());
+        assert!(Guard::GlobalDigest {
+            global: 0,
+            sha256: "ab".repeat(32)
+        }
+        .check_global(&view)
+        .is_ok());
+        assert!(Guard::GlobalDigest {
+            global: 0,
+            sha256: "cd".repeat(32)
+        }
+        .check_global(&view)
+        .is_err());
     }
 
     #[test]
     fn serde_rejects_unknown_fields_and_kinds() {
-        let g: Guard = serde_json::from_str(r#"{"kind":"dim","input":0,"axis":1,"size":4}"#).unwrap();
-        assert_eq!(g, Guard::Dim { input: 0, axis: 1, size: 4 });
-        assert!(serde_json::from_str::<Guard>(r#"{"kind":"dim","input":0,"axis":1,"size":4,"x":1}"#).is_err());
+        let g: Guard =
+            serde_json::from_str(r#"{"kind":"dim","input":0,"axis":1,"size":4}"#).unwrap();
+        assert_eq!(
+            g,
+            Guard::Dim {
+                input: 0,
+                axis: 1,
+                size: 4
+            }
+        );
+        assert!(serde_json::from_str::<Guard>(
+            r#"{"kind":"dim","input":0,"axis":1,"size":4,"x":1}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<Guard>(r#"{"kind":"telepathy"}"#).is_err());
-        assert!(serde_json::from_str::<Guard>(r#"{"kind":"dim","input":-1,"axis":1,"size":4}"#).is_err());
+        assert!(
+            serde_json::from_str::<Guard>(r#"{"kind":"dim","input":-1,"axis":1,"size":4}"#)
+                .is_err()
+        );
     }
 }

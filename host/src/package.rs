@@ -26,7 +26,9 @@ use wasmtime::Store;
 
 use crate::error::{Error, Problem, TrapKind};
 use crate::guard::{CallView, EntryMiss, GlobalsView};
-use crate::manifest::{sha256_hex, wrapper_file, GlobalSource, Manifest, FORMAT_VERSION, MANIFEST_FILE};
+use crate::manifest::{
+    sha256_hex, wrapper_file, GlobalSource, Manifest, FORMAT_VERSION, MANIFEST_FILE,
+};
 use crate::sandbox::{classify, Host, Instance, InstanceState, WrapperPre};
 use crate::verify::{blob_digest, verify_package, FileBytes};
 
@@ -105,32 +107,56 @@ pub struct Package {
 impl Host {
     /// Opens and fully verifies the package directory `dir`.
     pub fn open(&self, dir: impl AsRef<Path>, bindings: Bindings) -> Result<Package, Error> {
-        let (manifest_bytes, files) = read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
+        let (manifest_bytes, files) =
+            read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
         self.open_files_inner(&manifest_bytes, files, bindings)
     }
 
     /// Opens a package held in memory; verification is the same as `open`.
-    pub fn open_files(&self, manifest_json: &[u8], files: PackageFiles, bindings: Bindings) -> Result<Package, Error> {
+    pub fn open_files(
+        &self,
+        manifest_json: &[u8],
+        files: PackageFiles,
+        bindings: Bindings,
+    ) -> Result<Package, Error> {
         self.open_files_inner(manifest_json, files.0, bindings)
     }
 
     /// Fully verifies the package directory `dir` without binding globals;
     /// returns its manifest.
     pub fn verify(&self, dir: impl AsRef<Path>) -> Result<Manifest, Error> {
-        let (manifest_bytes, files) = read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
+        let (manifest_bytes, files) =
+            read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
         let manifest = parse_manifest(&manifest_bytes)?;
         check_digests(&manifest, &files)?;
-        verify_package(&manifest, &files, &self.config().registry, &self.config().limits).map_err(Error::Verify)?;
+        verify_package(
+            &manifest,
+            &files,
+            &self.config().registry,
+            &self.config().limits,
+        )
+        .map_err(Error::Verify)?;
         Ok(manifest)
     }
 
-    fn open_files_inner(&self, manifest_bytes: &[u8], files: BTreeMap<String, FileBytes>, bindings: Bindings) -> Result<Package, Error> {
+    fn open_files_inner(
+        &self,
+        manifest_bytes: &[u8],
+        files: BTreeMap<String, FileBytes>,
+        bindings: Bindings,
+    ) -> Result<Package, Error> {
         let _span = tracing::info_span!("package.open").entered();
         let manifest = parse_manifest(manifest_bytes)?;
         check_digests(&manifest, &files)?;
         let verified = {
             let _s = tracing::info_span!("package.verify").entered();
-            verify_package(&manifest, &files, &self.config().registry, &self.config().limits).map_err(Error::Verify)?
+            verify_package(
+                &manifest,
+                &files,
+                &self.config().registry,
+                &self.config().limits,
+            )
+            .map_err(Error::Verify)?
         };
         let globals = resolve_globals(&manifest, &files, bindings)?;
         let digests: Vec<OnceLock<String>> = (0..globals.len()).map(|_| OnceLock::new()).collect();
@@ -138,7 +164,10 @@ impl Host {
             let t = globals.get(g)?.as_ref()?;
             Some(digests[g].get_or_init(|| sha256_hex(t.bytes())).clone())
         };
-        let view = GlobalsView { values: &globals, digest: &digest };
+        let view = GlobalsView {
+            values: &globals,
+            digest: &digest,
+        };
 
         let mut entries = Vec::with_capacity(manifest.functions.len());
         for (f, tables) in manifest.functions.iter().zip(verified.kernels) {
@@ -154,12 +183,23 @@ impl Host {
                 let entry_globals = e
                     .globals
                     .iter()
-                    .map(|&g| globals[g as usize].clone().ok_or_else(|| Error::MissingBinding { name: manifest.globals[g as usize].name.clone() }))
+                    .map(|&g| {
+                        globals[g as usize]
+                            .clone()
+                            .ok_or_else(|| Error::MissingBinding {
+                                name: manifest.globals[g as usize].name.clone(),
+                            })
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 let buffers = e
                     .buffers
                     .iter()
-                    .map(|b| TensorMeta::new(b.dtype, b.shape.iter().map(|&d| d as usize).collect::<Vec<_>>()))
+                    .map(|b| {
+                        TensorMeta::new(
+                            b.dtype,
+                            b.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                        )
+                    })
                     .collect();
                 states.push(EntryState {
                     global_miss,
@@ -172,9 +212,24 @@ impl Host {
             }
             entries.push(states);
         }
-        let functions = manifest.functions.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
-        tracing::info!(functions = manifest.functions.len(), globals = manifest.globals.len(), "package opened");
-        Ok(Package { host: self.clone(), manifest, files, functions, entries })
+        let functions = manifest
+            .functions
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), i))
+            .collect();
+        tracing::info!(
+            functions = manifest.functions.len(),
+            globals = manifest.globals.len(),
+            "package opened"
+        );
+        Ok(Package {
+            host: self.clone(),
+            manifest,
+            files,
+            functions,
+            entries,
+        })
     }
 
     /// What this host has done so far.
@@ -199,10 +254,18 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, Error> {
     }
     if let Ok(v) = serde_json::from_slice::<VersionOnly>(bytes) {
         if v.format > FORMAT_VERSION {
-            return Err(Error::FormatTooNew { found: v.format, supported: FORMAT_VERSION });
+            return Err(Error::FormatTooNew {
+                found: v.format,
+                supported: FORMAT_VERSION,
+            });
         }
     }
-    Manifest::from_json(bytes).map_err(|e| Error::Verify(vec![Problem { at: MANIFEST_FILE.into(), message: e.to_string() }]))
+    Manifest::from_json(bytes).map_err(|e| {
+        Error::Verify(vec![Problem {
+            at: MANIFEST_FILE.into(),
+            message: e.to_string(),
+        }])
+    })
 }
 
 fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<(), Error> {
@@ -212,15 +275,25 @@ fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<()
             Some(bytes) => {
                 let actual = sha256_hex((**bytes).as_ref());
                 if &actual != expected {
-                    return Err(Error::Integrity { file: name.clone(), expected: expected.clone(), actual });
+                    return Err(Error::Integrity {
+                        file: name.clone(),
+                        expected: expected.clone(),
+                        actual,
+                    });
                 }
             }
-            None => problems.push(Problem { at: name.clone(), message: "file listed in the manifest is missing".into() }),
+            None => problems.push(Problem {
+                at: name.clone(),
+                message: "file listed in the manifest is missing".into(),
+            }),
         }
     }
     for name in files.keys() {
         if !m.files.contains_key(name) {
-            problems.push(Problem { at: name.clone(), message: "file is not listed in the manifest".into() });
+            problems.push(Problem {
+                at: name.clone(),
+                message: "file is not listed in the manifest".into(),
+            });
         }
     }
     if problems.is_empty() {
@@ -230,28 +303,69 @@ fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<()
     }
 }
 
-fn resolve_globals(m: &Manifest, files: &BTreeMap<String, FileBytes>, mut bindings: Bindings) -> Result<Vec<Option<Tensor>>, Error> {
+fn resolve_globals(
+    m: &Manifest,
+    files: &BTreeMap<String, FileBytes>,
+    mut bindings: Bindings,
+) -> Result<Vec<Option<Tensor>>, Error> {
     let mut out = Vec::with_capacity(m.globals.len());
     for decl in &m.globals {
         let shape: Vec<usize> = decl.shape.iter().map(|&d| d as usize).collect();
         out.push(match &decl.source {
-            GlobalSource::Bound => Some(bindings.0.remove(&decl.name).ok_or_else(|| Error::MissingBinding { name: decl.name.clone() })?),
+            GlobalSource::Bound => {
+                Some(
+                    bindings
+                        .0
+                        .remove(&decl.name)
+                        .ok_or_else(|| Error::MissingBinding {
+                            name: decl.name.clone(),
+                        })?,
+                )
+            }
             GlobalSource::Weight { file, tensor } => {
                 let bytes = files[file].clone();
-                let st = safetensors::SafeTensors::deserialize((*bytes).as_ref())
-                    .map_err(|e| Error::Verify(vec![Problem { at: file.clone(), message: e.to_string() }]))?;
-                let view = st.tensor(tensor).map_err(|e| Error::Verify(vec![Problem { at: file.clone(), message: e.to_string() }]))?;
+                let st = safetensors::SafeTensors::deserialize((*bytes).as_ref()).map_err(|e| {
+                    Error::Verify(vec![Problem {
+                        at: file.clone(),
+                        message: e.to_string(),
+                    }])
+                })?;
+                let view = st.tensor(tensor).map_err(|e| {
+                    Error::Verify(vec![Problem {
+                        at: file.clone(),
+                        message: e.to_string(),
+                    }])
+                })?;
                 let base = (*bytes).as_ref().as_ptr() as usize;
                 let offset = view.data().as_ptr() as usize - base;
-                Some(Tensor::from_external(decl.dtype, &shape, bytes.clone(), offset).map_err(|e| {
-                    Error::Verify(vec![Problem { at: format!("global `{}`", decl.name), message: e.to_string() }])
-                })?)
+                Some(
+                    Tensor::from_external(decl.dtype, &shape, bytes.clone(), offset).map_err(
+                        |e| {
+                            Error::Verify(vec![Problem {
+                                at: format!("global `{}`", decl.name),
+                                message: e.to_string(),
+                            }])
+                        },
+                    )?,
+                )
             }
         });
     }
     if let Some(name) = bindings.0.keys().next() {
-        let available = m.globals.iter().filter(|g| g.source == GlobalSource::Bound).map(|g| format!("`{}`", g.name)).collect::<Vec<_>>();
-        return Err(Error::UnknownBinding { name: name.clone(), available: if available.is_empty() { "none".into() } else { available.join(", ") } });
+        let available = m
+            .globals
+            .iter()
+            .filter(|g| g.source == GlobalSource::Bound)
+            .map(|g| format!("`{}`", g.name))
+            .collect::<Vec<_>>();
+        return Err(Error::UnknownBinding {
+            name: name.clone(),
+            available: if available.is_empty() {
+                "none".into()
+            } else {
+                available.join(", ")
+            },
+        });
     }
     Ok(out)
 }
@@ -268,14 +382,24 @@ impl AsRef<[u8]> for Mapped {
 /// Reads a package directory through cap-std: the manifest, every file under
 /// `wrappers/` and `weights/` (weights mmapped), refusing anything else.
 fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, FileBytes>), Error> {
-    let io = |file: &str, e: std::io::Error| Error::Io { file: file.to_string(), message: e.to_string() };
-    let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(|e| io(&path.display().to_string(), e))?;
+    let io = |file: &str, e: std::io::Error| Error::Io {
+        file: file.to_string(),
+        message: e.to_string(),
+    };
+    let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())
+        .map_err(|e| io(&path.display().to_string(), e))?;
     let manifest = {
         let mut f = dir.open(MANIFEST_FILE).map_err(|e| io(MANIFEST_FILE, e))?;
         let mut buf = Vec::new();
-        (&mut f).take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut buf).map_err(|e| io(MANIFEST_FILE, e))?;
+        (&mut f)
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| io(MANIFEST_FILE, e))?;
         if buf.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(Error::Verify(vec![Problem { at: MANIFEST_FILE.into(), message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes") }]));
+            return Err(Error::Verify(vec![Problem {
+                at: MANIFEST_FILE.into(),
+                message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+            }]));
         }
         buf
     };
@@ -294,7 +418,11 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
                     let e = e.map_err(|e| io(&name, e))?;
                     let fname = format!("{name}/{}", e.file_name().to_string_lossy());
                     let ft = e.file_type().map_err(|err| io(&fname, err))?;
-                    let ext = if name == "wrappers" { "wasm" } else { "safetensors" };
+                    let ext = if name == "wrappers" {
+                        "wasm"
+                    } else {
+                        "safetensors"
+                    };
                     if !ft.is_file() || blob_digest(&fname, &name, ext).is_none() {
                         problems.push(Problem { at: fname, message: "unexpected entry (only regular files named by their sha256 belong here)".into() });
                         continue;
@@ -303,7 +431,12 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
                     let len = file.metadata().map_err(|err| io(&fname, err))?.len();
                     total = total.saturating_add(len);
                     if total > max_bytes {
-                        return Err(Error::Verify(vec![Problem { at: fname, message: format!("package is larger than the limit of {max_bytes} bytes") }]));
+                        return Err(Error::Verify(vec![Problem {
+                            at: fname,
+                            message: format!(
+                                "package is larger than the limit of {max_bytes} bytes"
+                            ),
+                        }]));
                     }
                     let bytes: FileBytes = if name == "weights" && len > 0 {
                         let std_file = file.into_std();
@@ -316,7 +449,8 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
                         // written (saves replace them atomically by rename,
                         // which leaves existing maps intact).
                         #[allow(unsafe_code)]
-                        let map = unsafe { memmap2::Mmap::map(&std_file) }.map_err(|err| io(&fname, err))?;
+                        let map = unsafe { memmap2::Mmap::map(&std_file) }
+                            .map_err(|err| io(&fname, err))?;
                         Arc::new(Mapped(map))
                     } else {
                         let mut buf = Vec::new();
@@ -327,7 +461,10 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
                     files.insert(fname, bytes);
                 }
             }
-            _ => problems.push(Problem { at: name, message: "unexpected entry in the package directory".into() }),
+            _ => problems.push(Problem {
+                at: name,
+                message: "unexpected entry in the package directory".into(),
+            }),
         }
     }
     if problems.is_empty() {
@@ -353,22 +490,41 @@ impl Package {
     }
 
     /// Calls `function` with inputs by name, in any order.
-    pub fn call_named(&self, function: &str, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, Error> {
+    pub fn call_named(
+        &self,
+        function: &str,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<Vec<Tensor>, Error> {
         let fi = self.function_index(function)?;
         let sig = &self.manifest.functions[fi].signature;
         let mut ordered = Vec::with_capacity(sig.inputs.len());
         for a in &sig.inputs {
-            let t = inputs.iter().find(|(n, _)| *n == a.name).ok_or_else(|| Error::BadInputs {
-                function: function.into(),
-                expected: format!("an input named `{}`", a.name),
-                actual: format!("inputs {:?}", inputs.iter().map(|(n, _)| *n).collect::<Vec<_>>()),
-            })?;
+            let t = inputs
+                .iter()
+                .find(|(n, _)| *n == a.name)
+                .ok_or_else(|| Error::BadInputs {
+                    function: function.into(),
+                    expected: format!("an input named `{}`", a.name),
+                    actual: format!(
+                        "inputs {:?}",
+                        inputs.iter().map(|(n, _)| *n).collect::<Vec<_>>()
+                    ),
+                })?;
             ordered.push(t.1.clone());
         }
-        if let Some((n, _)) = inputs.iter().find(|(n, _)| !sig.inputs.iter().any(|a| a.name == *n)) {
+        if let Some((n, _)) = inputs
+            .iter()
+            .find(|(n, _)| !sig.inputs.iter().any(|a| a.name == *n))
+        {
             return Err(Error::BadInputs {
                 function: function.into(),
-                expected: format!("inputs {:?}", sig.inputs.iter().map(|a| a.name.as_str()).collect::<Vec<_>>()),
+                expected: format!(
+                    "inputs {:?}",
+                    sig.inputs
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                ),
                 actual: format!("an input named `{n}`"),
             });
         }
@@ -377,10 +533,19 @@ impl Package {
     }
 
     fn function_index(&self, function: &str) -> Result<usize, Error> {
-        self.functions.get(function).copied().ok_or_else(|| Error::UnknownFunction {
-            name: function.into(),
-            available: self.manifest.functions.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", "),
-        })
+        self.functions
+            .get(function)
+            .copied()
+            .ok_or_else(|| Error::UnknownFunction {
+                name: function.into(),
+                available: self
+                    .manifest
+                    .functions
+                    .iter()
+                    .map(|f| format!("`{}`", f.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Which entry of `function` these inputs select, or the miss.
@@ -389,7 +554,12 @@ impl Package {
         self.select_inner(fi, None, &inputs.iter().collect::<Vec<_>>())
     }
 
-    fn select_inner(&self, fi: usize, names: Option<&[String]>, inputs: &[&Tensor]) -> Result<usize, Error> {
+    fn select_inner(
+        &self,
+        fi: usize,
+        names: Option<&[String]>,
+        inputs: &[&Tensor],
+    ) -> Result<usize, Error> {
         let f = &self.manifest.functions[fi];
         let call = CallView { names, inputs };
         let mut misses = Vec::new();
@@ -398,15 +568,31 @@ impl Package {
                 misses.push(m.clone());
                 continue;
             }
-            match e.guards.iter().find_map(|g| g.check(&call).err().map(|a| (g, a))) {
+            match e
+                .guards
+                .iter()
+                .find_map(|g| g.check(&call).err().map(|a| (g, a)))
+            {
                 None => return Ok(ei),
-                Some((g, actual)) => misses.push(EntryMiss { entry: ei, expected: g.describe(&f.signature, &self.manifest.globals), actual }),
+                Some((g, actual)) => misses.push(EntryMiss {
+                    entry: ei,
+                    expected: g.describe(&f.signature, &self.manifest.globals),
+                    actual,
+                }),
             }
         }
-        Err(Error::GuardMiss { function: f.name.clone(), explanations: misses })
+        Err(Error::GuardMiss {
+            function: f.name.clone(),
+            explanations: misses,
+        })
     }
 
-    fn call_inner(&self, function: &str, names: Option<&[String]>, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    fn call_inner(
+        &self,
+        function: &str,
+        names: Option<&[String]>,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>, Error> {
         let fi = self.function_index(function)?;
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let ei = self.select_inner(fi, names, &refs)?;
@@ -419,16 +605,30 @@ impl Package {
         st.pre
             .get_or_init(|| {
                 let bytes = &self.files[&wrapper_file(digest)];
-                self.host.prepare(digest, (**bytes).as_ref()).map_err(|e| e.to_string())
+                self.host
+                    .prepare(digest, (**bytes).as_ref())
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
-            .map_err(|m| Error::Compile { wrapper: digest.clone(), message: m.clone() })
+            .map_err(|m| Error::Compile {
+                wrapper: digest.clone(),
+                message: m.clone(),
+            })
     }
 
     fn trap(&self, fi: usize, ei: usize, kind: TrapKind, message: String) -> Error {
-        self.host.inner.counters.traps.fetch_add(1, Ordering::Relaxed);
+        self.host
+            .inner
+            .counters
+            .traps
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(function = %self.manifest.functions[fi].name, entry = ei, ?kind, %message, "instance discarded");
-        Error::Trap { function: self.manifest.functions[fi].name.clone(), entry: ei, kind, message }
+        Error::Trap {
+            function: self.manifest.functions[fi].name.clone(),
+            entry: ei,
+            kind,
+            message,
+        }
     }
 
     fn instantiate(&self, fi: usize, ei: usize) -> Result<Instance, Error> {
@@ -436,10 +636,17 @@ impl Package {
         let st = &self.entries[fi][ei];
         let _span = tracing::debug_span!("sandbox.instantiate").entered();
         let limits = &self.host.config().limits;
-        let mut store = Store::new(&self.host.inner.engine, InstanceState::new(st.kernels.clone(), self.host.config().kernels, limits));
+        let mut store = Store::new(
+            &self.host.inner.engine,
+            InstanceState::new(st.kernels.clone(), self.host.config().kernels, limits),
+        );
         store.limiter(|s| s);
         store.set_epoch_deadline(self.host.deadline_ticks());
-        self.host.inner.counters.instantiations.fetch_add(1, Ordering::Relaxed);
+        self.host
+            .inner
+            .counters
+            .instantiations
+            .fetch_add(1, Ordering::Relaxed);
         let wrapper = match pre.instantiate(&mut store) {
             Ok(w) => w,
             Err(e) => {
@@ -449,8 +656,16 @@ impl Package {
         };
         let mut setup = || -> Result<(Vec<u32>, Vec<u32>), crate::sandbox::Fault> {
             let s = store.data_mut();
-            let g = st.globals.iter().map(|t| s.add_global(t.clone())).collect::<Result<Vec<_>, _>>()?;
-            let b = st.buffers.iter().map(|m| s.add_buffer(m)).collect::<Result<Vec<_>, _>>()?;
+            let g = st
+                .globals
+                .iter()
+                .map(|t| s.add_global(t.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let b = st
+                .buffers
+                .iter()
+                .map(|m| s.add_buffer(m))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok((g, b))
         };
         let (g, b) = setup().map_err(|f| self.trap(fi, ei, f.kind, f.message))?;
@@ -466,7 +681,11 @@ impl Package {
     }
 
     fn run_entry(&self, fi: usize, ei: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
-        self.host.inner.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.host
+            .inner
+            .counters
+            .calls
+            .fetch_add(1, Ordering::Relaxed);
         let st = &self.entries[fi][ei];
         let pooled = st.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
         let mut inst = match pooled {
@@ -487,7 +706,13 @@ impl Package {
         }
     }
 
-    fn run_instance(&self, fi: usize, ei: usize, inst: &mut Instance, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    fn run_instance(
+        &self,
+        fi: usize,
+        ei: usize,
+        inst: &mut Instance,
+        inputs: &[Tensor],
+    ) -> Result<Vec<Tensor>, Error> {
         let f = &self.manifest.functions[fi];
         let store = &mut inst.store;
         store.data_mut().begin_run();
@@ -503,25 +728,43 @@ impl Package {
                 let (kind, message) = classify(store, e);
                 return Err(self.trap(fi, ei, kind, message));
             }
-            Ok(Err(index)) => Err(Error::BreakMiss { function: f.name.clone(), entry: ei, index }),
+            Ok(Err(index)) => Err(Error::BreakMiss {
+                function: f.name.clone(),
+                entry: ei,
+                index,
+            }),
             Ok(Ok(outs)) => {
                 if outs.len() != f.signature.outputs.len() {
                     return Err(self.trap(
                         fi,
                         ei,
                         TrapKind::Contract,
-                        format!("wrapper returned {} outputs, the signature has {}", outs.len(), f.signature.outputs.len()),
+                        format!(
+                            "wrapper returned {} outputs, the signature has {}",
+                            outs.len(),
+                            f.signature.outputs.len()
+                        ),
                     ));
                 }
                 let mut tensors = Vec::with_capacity(outs.len());
                 for (h, decl) in outs.iter().zip(&f.signature.outputs) {
-                    let t = store.data().output(*h).map_err(|fault| self.trap(fi, ei, fault.kind, fault.message))?;
-                    if t.dtype() != decl.kind.dtype() || t.shape().len() != decl.kind.rank() as usize {
+                    let t = store
+                        .data()
+                        .output(*h)
+                        .map_err(|fault| self.trap(fi, ei, fault.kind, fault.message))?;
+                    if t.dtype() != decl.kind.dtype()
+                        || t.shape().len() != decl.kind.rank() as usize
+                    {
                         return Err(self.trap(
                             fi,
                             ei,
                             TrapKind::Contract,
-                            format!("output `{}` is {}, the signature says {:?}", decl.name, t.meta(), decl.kind),
+                            format!(
+                                "output `{}` is {}, the signature says {:?}",
+                                decl.name,
+                                t.meta(),
+                                decl.kind
+                            ),
                         ));
                     }
                     tensors.push(t);

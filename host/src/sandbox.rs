@@ -160,7 +160,8 @@ impl Host {
             .memory_reservation_for_growth(0)
             .memory_guard_size(64 << 10)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wcfg).map_err(|e| Error::Sandbox(format!("cannot create engine: {e:#}")))?;
+        let engine = Engine::new(&wcfg)
+            .map_err(|e| Error::Sandbox(format!("cannot create engine: {e:#}")))?;
         let mut linker = Linker::new(&engine);
         wit_host::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
             .map_err(|e| Error::Sandbox(format!("cannot link the contract: {e:#}")))?;
@@ -179,9 +180,19 @@ impl Host {
                 })
                 .map_err(|e| Error::Sandbox(format!("cannot start the epoch thread: {e}")))?;
         }
-        let cache = config.cache_dir.as_ref().map(|dir| ArtifactCache::new(dir.clone(), &engine));
+        let cache = config
+            .cache_dir
+            .as_ref()
+            .map(|dir| ArtifactCache::new(dir.clone(), &engine));
         Ok(Host {
-            inner: Arc::new(HostInner { engine, linker, config, cache, counters: Counters::default(), ticker_stop }),
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                config,
+                cache,
+                counters: Counters::default(),
+                ticker_stop,
+            }),
         })
     }
 
@@ -192,9 +203,15 @@ impl Host {
 
     /// Compiles (or fetches from the local artifact cache) a verified
     /// wrapper and pre-links it.
-    pub(crate) fn prepare(&self, digest: &str, bytes: &[u8]) -> Result<WrapperPre<InstanceState>, Error> {
+    pub(crate) fn prepare(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<WrapperPre<InstanceState>, Error> {
         let inner = &self.inner;
-        let _span = tracing::debug_span!("sandbox.prepare", wrapper = &digest[..12.min(digest.len())]).entered();
+        let _span =
+            tracing::debug_span!("sandbox.prepare", wrapper = &digest[..12.min(digest.len())])
+                .entered();
         let component = match inner.cache.as_ref().and_then(|c| c.load(digest)) {
             Some(c) => {
                 inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -202,8 +219,10 @@ impl Host {
             }
             None => {
                 inner.counters.wasm_compiles.fetch_add(1, Ordering::Relaxed);
-                let c = Component::new(&inner.engine, bytes)
-                    .map_err(|e| Error::Compile { wrapper: digest.to_string(), message: format!("{e:#}") })?;
+                let c = Component::new(&inner.engine, bytes).map_err(|e| Error::Compile {
+                    wrapper: digest.to_string(),
+                    message: format!("{e:#}"),
+                })?;
                 if let Some(cache) = &inner.cache {
                     cache.store(digest, &c);
                 }
@@ -213,7 +232,10 @@ impl Host {
         let pre = inner
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| Error::Compile { wrapper: digest.to_string(), message: format!("{e:#}") })?;
+            .map_err(|e| Error::Compile {
+                wrapper: digest.to_string(),
+                message: format!("{e:#}"),
+            })?;
         WrapperPre::new(pre).map_err(|e| Error::Compile {
             wrapper: digest.to_string(),
             message: format!("wrapper does not export the contract's `init` and `run`: {e:#}"),
@@ -262,7 +284,11 @@ enum SlotData {
     Tensor(Tensor),
     /// A reshape of the tensor in slot `base`, valid while `base` has
     /// generation `base_gen`.
-    View { base: u32, base_gen: u32, meta: TensorMeta },
+    View {
+        base: u32,
+        base_gen: u32,
+        meta: TensorMeta,
+    },
 }
 
 #[derive(Debug)]
@@ -271,6 +297,8 @@ struct Slot {
     generation: u32,
     origin: Origin,
     readonly: bool,
+    /// Whether a launch wrote this tensor (meaningless for views: the base's
+    /// flag counts).
     written: bool,
     /// Created while `run` ran: freed when it returns.
     per_run: bool,
@@ -346,7 +374,9 @@ impl InstanceState {
     }
 
     fn handle(&self, index: u32) -> u32 {
-        (u32::from(self.tag) << (INDEX_BITS + GEN_BITS)) | ((self.slots[index as usize].generation & GEN_MASK) << INDEX_BITS) | index
+        (u32::from(self.tag) << (INDEX_BITS + GEN_BITS))
+            | ((self.slots[index as usize].generation & GEN_MASK) << INDEX_BITS)
+            | index
     }
 
     /// Resolves a handle to a live slot index, or says why not.
@@ -355,13 +385,22 @@ impl InstanceState {
         let generation = (handle >> INDEX_BITS) & GEN_MASK;
         let tag = (handle >> (INDEX_BITS + GEN_BITS)) as u8;
         if tag != self.tag {
-            return Err((TrapKind::BadHandle, format!("handle {handle:#010x} was not issued by this instance")));
+            return Err((
+                TrapKind::BadHandle,
+                format!("handle {handle:#010x} was not issued by this instance"),
+            ));
         }
         let Some(slot) = self.slots.get(index as usize) else {
-            return Err((TrapKind::BadHandle, format!("handle {handle:#010x} names slot {index}, which does not exist")));
+            return Err((
+                TrapKind::BadHandle,
+                format!("handle {handle:#010x} names slot {index}, which does not exist"),
+            ));
         };
         if slot.generation & GEN_MASK != generation || matches!(slot.data, SlotData::Free) {
-            return Err((TrapKind::StaleHandle, format!("handle {handle:#010x} names a slot that was freed")));
+            return Err((
+                TrapKind::StaleHandle,
+                format!("handle {handle:#010x} names a slot that was freed"),
+            ));
         }
         Ok(index)
     }
@@ -372,7 +411,10 @@ impl InstanceState {
             SlotData::View { base, base_gen, .. } => {
                 let b = &self.slots[*base as usize];
                 if b.generation != *base_gen || matches!(b.data, SlotData::Free) {
-                    Err((TrapKind::StaleHandle, format!("view in slot {index} outlived the tensor it views")))
+                    Err((
+                        TrapKind::StaleHandle,
+                        format!("view in slot {index} outlived the tensor it views"),
+                    ))
                 } else {
                     Ok(*base)
                 }
@@ -389,14 +431,23 @@ impl InstanceState {
         }
     }
 
-    fn insert(&mut self, data: SlotData, origin: Origin, readonly: bool, written: bool) -> Result<u32, (TrapKind, String)> {
+    fn insert(
+        &mut self,
+        data: SlotData,
+        origin: Origin,
+        readonly: bool,
+        written: bool,
+    ) -> Result<u32, (TrapKind, String)> {
         let per_run = self.in_run;
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
                 let i = self.slots.len() as u32;
                 if i >= self.max_slots {
-                    return Err((TrapKind::BudgetExceeded, format!("instance holds {i} slots, the limit")));
+                    return Err((
+                        TrapKind::BudgetExceeded,
+                        format!("instance holds {i} slots, the limit"),
+                    ));
                 }
                 self.slots.push(Slot {
                     data: SlotData::Free,
@@ -411,7 +462,15 @@ impl InstanceState {
             }
         };
         let s = &mut self.slots[index as usize];
-        *s = Slot { data, generation: s.generation, origin, readonly, written, per_run, init_written: false };
+        *s = Slot {
+            data,
+            generation: s.generation,
+            origin,
+            readonly,
+            written,
+            per_run,
+            init_written: false,
+        };
         Ok(self.handle(index))
     }
 
@@ -437,27 +496,39 @@ impl InstanceState {
             }
             _ => Err((
                 TrapKind::BudgetExceeded,
-                format!("host tensor budget of {} bytes exceeded ({} in use, {} requested)", self.budget, self.used, bytes),
+                format!(
+                    "host tensor budget of {} bytes exceeded ({} in use, {} requested)",
+                    self.budget, self.used, bytes
+                ),
             )),
         }
     }
 
     /// Adds a global (read-only, written).
     pub(crate) fn add_global(&mut self, t: Tensor) -> Result<u32, Fault> {
-        self.insert(SlotData::Tensor(t), Origin::Global, true, true).map_err(fault)
+        self.insert(SlotData::Tensor(t), Origin::Global, true, true)
+            .map_err(fault)
     }
 
     /// Allocates a planned buffer (counts against the budget).
     pub(crate) fn add_buffer(&mut self, meta: &TensorMeta) -> Result<u32, Fault> {
-        let bytes = meta.byte_len().ok_or_else(|| Fault { kind: TrapKind::BudgetExceeded, message: format!("buffer {meta} is too large") })?;
+        let bytes = meta.byte_len().ok_or_else(|| Fault {
+            kind: TrapKind::BudgetExceeded,
+            message: format!("buffer {meta} is too large"),
+        })?;
         self.charge(bytes).map_err(fault)?;
-        let t = Tensor::zeros(meta.dtype, &meta.shape).map_err(|e| Fault { kind: TrapKind::BudgetExceeded, message: e.to_string() })?;
-        self.insert(SlotData::Tensor(t), Origin::Buffer, false, false).map_err(fault)
+        let t = Tensor::zeros(meta.dtype, &meta.shape).map_err(|e| Fault {
+            kind: TrapKind::BudgetExceeded,
+            message: e.to_string(),
+        })?;
+        self.insert(SlotData::Tensor(t), Origin::Buffer, false, false)
+            .map_err(fault)
     }
 
     /// Binds an input for one run (read-only, written).
     pub(crate) fn add_input(&mut self, t: Tensor) -> Result<u32, Fault> {
-        self.insert(SlotData::Tensor(t), Origin::Input, true, true).map_err(fault)
+        self.insert(SlotData::Tensor(t), Origin::Input, true, true)
+            .map_err(fault)
     }
 
     pub(crate) fn begin_init(&mut self) {
@@ -495,15 +566,24 @@ impl InstanceState {
     /// still holds it).
     pub(crate) fn output(&self, handle: u32) -> Result<Tensor, Fault> {
         let index = self.resolve(handle).map_err(fault)?;
-        if !self.slots[index as usize].written {
-            return Err(Fault { kind: TrapKind::UninitializedRead, message: format!("output handle {handle:#010x} was never written") });
-        }
         let root = self.root(index).map_err(fault)?;
+        if !self.slots[root as usize].written {
+            return Err(Fault {
+                kind: TrapKind::UninitializedRead,
+                message: format!("output handle {handle:#010x} was never written"),
+            });
+        }
         let SlotData::Tensor(t) = &self.slots[root as usize].data else {
-            return Err(Fault { kind: TrapKind::Contract, message: "output names a freed slot".into() });
+            return Err(Fault {
+                kind: TrapKind::Contract,
+                message: "output names a freed slot".into(),
+            });
         };
         let meta = self.meta_of(index);
-        t.reshaped(&meta.shape).ok_or_else(|| Fault { kind: TrapKind::Contract, message: "output view does not match its base".into() })
+        t.reshaped(&meta.shape).ok_or_else(|| Fault {
+            kind: TrapKind::Contract,
+            message: "output view does not match its base".into(),
+        })
     }
 
     /// Host tensor bytes in use.
@@ -513,8 +593,13 @@ impl InstanceState {
 
     /// The tensor operand `i` (with root `root`) names, shaped as seen.
     fn operand(&self, i: u32, root: u32) -> Tensor {
-        match (&self.slots[root as usize].data, &self.slots[i as usize].data) {
-            (SlotData::Tensor(t), SlotData::View { meta, .. }) => t.reshaped(&meta.shape).unwrap_or_else(|| t.clone()),
+        match (
+            &self.slots[root as usize].data,
+            &self.slots[i as usize].data,
+        ) {
+            (SlotData::Tensor(t), SlotData::View { meta, .. }) => {
+                t.reshaped(&meta.shape).unwrap_or_else(|| t.clone())
+            }
             (SlotData::Tensor(t), _) => t.clone(),
             // Unreachable: roots were resolved to live tensors above.
             _ => Tensor::scalar(0u8),
@@ -523,7 +608,10 @@ impl InstanceState {
 
     fn dims(rank: u32, d: [u32; MAX_RANK]) -> Result<Vec<usize>, (TrapKind, String)> {
         if rank as usize > MAX_RANK {
-            return Err((TrapKind::Contract, format!("rank {rank} exceeds the maximum of {MAX_RANK}")));
+            return Err((
+                TrapKind::Contract,
+                format!("rank {rank} exceeds the maximum of {MAX_RANK}"),
+            ));
         }
         if d[rank as usize..].iter().any(|&x| x != 0) {
             return Err((TrapKind::Contract, "dims past the rank must be 0".into()));
@@ -531,17 +619,36 @@ impl InstanceState {
         Ok(d[..rank as usize].iter().map(|&x| x as usize).collect())
     }
 
-    fn do_launch(&mut self, kernel: u32, args: [u32; MAX_OPERANDS]) -> Result<(), (TrapKind, String)> {
+    fn do_launch(
+        &mut self,
+        kernel: u32,
+        args: [u32; MAX_OPERANDS],
+    ) -> Result<(), (TrapKind, String)> {
         let Some(bound) = self.kernels.get(kernel as usize).cloned() else {
-            return Err((TrapKind::LaunchRejected, format!("kernel {kernel} is not in this entry's table of {}", self.kernels.len())));
+            return Err((
+                TrapKind::LaunchRejected,
+                format!(
+                    "kernel {kernel} is not in this entry's table of {}",
+                    self.kernels.len()
+                ),
+            ));
         };
         let arity = bound.arity();
         let n = arity.inputs + arity.outputs;
         if n > MAX_OPERANDS {
-            return Err((TrapKind::LaunchRejected, format!("kernel {kernel} has {n} operands, more than {MAX_OPERANDS}")));
+            return Err((
+                TrapKind::LaunchRejected,
+                format!("kernel {kernel} has {n} operands, more than {MAX_OPERANDS}"),
+            ));
         }
         if let Some(i) = args[n..].iter().position(|&a| a != NO_SLOT) {
-            return Err((TrapKind::LaunchRejected, format!("kernel {kernel} takes {n} operands but operand {} is set", n + i)));
+            return Err((
+                TrapKind::LaunchRejected,
+                format!(
+                    "kernel {kernel} takes {n} operands but operand {} is set",
+                    n + i
+                ),
+            ));
         }
         let mut idx = [0u32; MAX_OPERANDS];
         let mut roots = [0u32; MAX_OPERANDS];
@@ -550,59 +657,94 @@ impl InstanceState {
             roots[k] = self.root(idx[k])?;
         }
         let (ins, outs) = (&idx[..arity.inputs], &idx[arity.inputs..n]);
-        for (k, &i) in ins.iter().enumerate() {
-            if !self.slots[i as usize].written {
-                return Err((TrapKind::UninitializedRead, format!("kernel {kernel}: input {k} was never written")));
+        for (k, &r) in roots[..arity.inputs].iter().enumerate() {
+            if !self.slots[r as usize].written {
+                return Err((
+                    TrapKind::UninitializedRead,
+                    format!("kernel {kernel}: input {k} was never written"),
+                ));
             }
         }
         for (k, &o) in outs.iter().enumerate() {
             let s = &self.slots[o as usize];
             if s.readonly {
-                return Err((TrapKind::ReadOnly, format!("kernel {kernel}: output {k} is read-only (an input or a global)")));
+                return Err((
+                    TrapKind::ReadOnly,
+                    format!("kernel {kernel}: output {k} is read-only (an input or a global)"),
+                ));
             }
             let r = roots[arity.inputs + k];
             if roots[..arity.inputs + k].contains(&r) {
-                return Err((TrapKind::LaunchRejected, format!("kernel {kernel}: output {k} aliases another operand")));
+                return Err((
+                    TrapKind::LaunchRejected,
+                    format!("kernel {kernel}: output {k} aliases another operand"),
+                ));
             }
         }
         // Signature check, memoized per kernel-table row.
         let memo = &self.memo[kernel as usize];
-        let hit = memo.inputs.len() == ins.len() && ins.iter().zip(&memo.inputs).all(|(&i, m)| self.meta_of(i) == m);
+        let hit = memo.inputs.len() == ins.len()
+            && ins
+                .iter()
+                .zip(&memo.inputs)
+                .all(|(&i, m)| self.meta_of(i) == m);
         if !hit {
             let metas: Vec<TensorMeta> = ins.iter().map(|&i| self.meta_of(i).clone()).collect();
             let refs: Vec<&TensorMeta> = metas.iter().collect();
-            let expected = bound.check(&refs).map_err(|e| (TrapKind::LaunchRejected, e.to_string()))?;
+            let expected = bound
+                .check(&refs)
+                .map_err(|e| (TrapKind::LaunchRejected, e.to_string()))?;
             if expected.len() != arity.outputs {
-                return Err((TrapKind::LaunchRejected, format!("kernel {kernel} derived {} outputs, arity says {}", expected.len(), arity.outputs)));
+                return Err((
+                    TrapKind::LaunchRejected,
+                    format!(
+                        "kernel {kernel} derived {} outputs, arity says {}",
+                        expected.len(),
+                        arity.outputs
+                    ),
+                ));
             }
-            self.memo[kernel as usize] = CheckMemo { inputs: metas, outputs: expected };
+            self.memo[kernel as usize] = CheckMemo {
+                inputs: metas,
+                outputs: expected,
+            };
         }
         for (k, &o) in outs.iter().enumerate() {
             let want = &self.memo[kernel as usize].outputs[k];
             let got = self.meta_of(o);
             if got != want {
-                return Err((TrapKind::LaunchRejected, format!("kernel {kernel}: output {k} is {got}, the kernel produces {want}")));
+                return Err((
+                    TrapKind::LaunchRejected,
+                    format!("kernel {kernel}: output {k} is {got}, the kernel produces {want}"),
+                ));
             }
         }
 
         // Inputs: cheap clones sharing storage, shaped as the operands see
         // them. No output aliases an input, so this leaves every output's
         // storage uniquely owned by its slot.
-        let in_tensors: Vec<Tensor> = ins.iter().zip(&roots[..arity.inputs]).map(|(&i, &r)| self.operand(i, r)).collect();
+        let in_tensors: Vec<Tensor> = ins
+            .iter()
+            .zip(&roots[..arity.inputs])
+            .map(|(&i, &r)| self.operand(i, r))
+            .collect();
         // Outputs: taken out of their slots for the duration of the kernel.
         let mut taken: Vec<(u32, Vec<usize>)> = Vec::with_capacity(outs.len());
         let mut outputs: Vec<Tensor> = Vec::with_capacity(outs.len());
         for (k, &o) in outs.iter().enumerate() {
             let root = roots[arity.inputs + k];
             let shape = self.meta_of(o).shape.clone();
-            let SlotData::Tensor(t) = std::mem::replace(&mut self.slots[root as usize].data, SlotData::Free) else {
+            let SlotData::Tensor(t) =
+                std::mem::replace(&mut self.slots[root as usize].data, SlotData::Free)
+            else {
                 return Err((TrapKind::Contract, "output root is not a tensor".into()));
             };
             taken.push((root, t.shape().to_vec()));
             let mut t = t.reshaped(&shape).unwrap_or(t);
             if t.bytes_mut().is_err() {
                 // The caller still holds last run's result: write fresh storage.
-                t = Tensor::zeros(t.dtype(), t.shape()).map_err(|e| (TrapKind::BudgetExceeded, e.to_string()))?;
+                t = Tensor::zeros(t.dtype(), t.shape())
+                    .map_err(|e| (TrapKind::BudgetExceeded, e.to_string()))?;
             }
             outputs.push(t);
         }
@@ -619,12 +761,10 @@ impl InstanceState {
         }
         result.map_err(|e| (TrapKind::KernelFailed, e.to_string()))?;
         let in_init = self.in_init;
-        for &o in outs {
-            for j in [o, self.root(o).unwrap_or(o)] {
-                let s = &mut self.slots[j as usize];
-                s.written = true;
-                s.init_written |= in_init;
-            }
+        for &r in &roots[arity.inputs..n] {
+            let s = &mut self.slots[r as usize];
+            s.written = true;
+            s.init_written |= in_init;
         }
         Ok(())
     }
@@ -640,7 +780,16 @@ fn unreachable_meta() -> &'static TensorMeta {
 }
 
 impl wit_host::Host for InstanceState {
-    fn launch(&mut self, kernel: u32, a0: u32, a1: u32, a2: u32, a3: u32, a4: u32, a5: u32) -> wasmtime::Result<()> {
+    fn launch(
+        &mut self,
+        kernel: u32,
+        a0: u32,
+        a1: u32,
+        a2: u32,
+        a3: u32,
+        a4: u32,
+        a5: u32,
+    ) -> wasmtime::Result<()> {
         match self.do_launch(kernel, [a0, a1, a2, a3, a4, a5]) {
             Ok(()) => Ok(()),
             Err((kind, message)) => self.fail(kind, message),
@@ -648,12 +797,28 @@ impl wit_host::Host for InstanceState {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn alloc(&mut self, dtype: u32, rank: u32, d0: u32, d1: u32, d2: u32, d3: u32, d4: u32, d5: u32, d6: u32, d7: u32) -> wasmtime::Result<u32> {
+    fn alloc(
+        &mut self,
+        dtype: u32,
+        rank: u32,
+        d0: u32,
+        d1: u32,
+        d2: u32,
+        d3: u32,
+        d4: u32,
+        d5: u32,
+        d6: u32,
+        d7: u32,
+    ) -> wasmtime::Result<u32> {
         let r = (|| {
-            let dtype = DType::from_code(dtype).ok_or((TrapKind::Contract, format!("unknown dtype code {dtype}")))?;
+            let dtype = DType::from_code(dtype)
+                .ok_or((TrapKind::Contract, format!("unknown dtype code {dtype}")))?;
             let shape = Self::dims(rank, [d0, d1, d2, d3, d4, d5, d6, d7])?;
             let meta = TensorMeta::new(dtype, shape);
-            let bytes = meta.byte_len().ok_or((TrapKind::BudgetExceeded, format!("alloc of {meta} overflows")))?;
+            let bytes = meta.byte_len().ok_or((
+                TrapKind::BudgetExceeded,
+                format!("alloc of {meta} overflows"),
+            ))?;
             self.charge(bytes)?;
             let t = match Tensor::zeros(dtype, &meta.shape) {
                 Ok(t) => t,
@@ -662,13 +827,26 @@ impl wit_host::Host for InstanceState {
                     return Err((TrapKind::BudgetExceeded, e.to_string()));
                 }
             };
-            self.insert(SlotData::Tensor(t), Origin::Alloc, false, false).inspect_err(|_| self.used -= bytes)
+            self.insert(SlotData::Tensor(t), Origin::Alloc, false, false)
+                .inspect_err(|_| self.used -= bytes)
         })();
         r.or_else(|(k, m)| self.fail(k, m))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn view(&mut self, src: u32, rank: u32, d0: u32, d1: u32, d2: u32, d3: u32, d4: u32, d5: u32, d6: u32, d7: u32) -> wasmtime::Result<u32> {
+    fn view(
+        &mut self,
+        src: u32,
+        rank: u32,
+        d0: u32,
+        d1: u32,
+        d2: u32,
+        d3: u32,
+        d4: u32,
+        d5: u32,
+        d6: u32,
+        d7: u32,
+    ) -> wasmtime::Result<u32> {
         let r = (|| {
             let index = self.resolve(src)?;
             let base = self.root(index)?;
@@ -676,24 +854,45 @@ impl wit_host::Host for InstanceState {
             let from = self.meta_of(index).clone();
             let meta = TensorMeta::new(from.dtype, shape);
             if meta.numel() != from.numel() {
-                return Err((TrapKind::Contract, format!("cannot view {from} as {meta}: element counts differ")));
+                return Err((
+                    TrapKind::Contract,
+                    format!("cannot view {from} as {meta}: element counts differ"),
+                ));
             }
-            let (readonly, written, base_gen, origin) = {
+            let (readonly, base_gen, origin) = {
                 let s = &self.slots[base as usize];
-                (s.readonly, self.slots[index as usize].written, s.generation, s.origin)
+                (s.readonly, s.generation, s.origin)
             };
-            self.insert(SlotData::View { base, base_gen, meta }, origin, readonly, written)
+            // A view's own `written` flag is unused: its base's counts.
+            self.insert(
+                SlotData::View {
+                    base,
+                    base_gen,
+                    meta,
+                },
+                origin,
+                readonly,
+                false,
+            )
         })();
         r.or_else(|(k, m)| self.fail(k, m))
     }
 
     fn release(&mut self, slot: u32) -> wasmtime::Result<()> {
         match self.resolve(slot) {
-            Ok(i) if matches!(self.slots[i as usize].origin, Origin::Alloc) || matches!(self.slots[i as usize].data, SlotData::View { .. }) => {
+            Ok(i)
+                if matches!(self.slots[i as usize].origin, Origin::Alloc)
+                    || matches!(self.slots[i as usize].data, SlotData::View { .. }) =>
+            {
                 self.free_slot(i);
                 Ok(())
             }
-            Ok(_) => self.fail(TrapKind::Contract, format!("handle {slot:#010x} was not created by alloc or view and cannot be released")),
+            Ok(_) => self.fail(
+                TrapKind::Contract,
+                format!(
+                    "handle {slot:#010x} was not created by alloc or view and cannot be released"
+                ),
+            ),
             Err((k, m)) => self.fail(k, m),
         }
     }
@@ -703,10 +902,15 @@ impl wit_host::Host for InstanceState {
             Ok(i) => {
                 let shape = &self.meta_of(i).shape;
                 match shape.get(axis as usize) {
-                    Some(&d) => u32::try_from(d).or_else(|_| self.fail(TrapKind::Contract, format!("dim {d} does not fit in u32"))),
+                    Some(&d) => u32::try_from(d).or_else(|_| {
+                        self.fail(TrapKind::Contract, format!("dim {d} does not fit in u32"))
+                    }),
                     None => {
                         let rank = shape.len();
-                        self.fail(TrapKind::Contract, format!("axis {axis} out of range for rank {rank}"))
+                        self.fail(
+                            TrapKind::Contract,
+                            format!("axis {axis} out of range for rank {rank}"),
+                        )
                     }
                 }
             }
@@ -717,7 +921,9 @@ impl wit_host::Host for InstanceState {
     fn read_i64(&mut self, slot: u32, index: u32) -> wasmtime::Result<i64> {
         match self.read_scalar(slot, index) {
             Ok(crate::guard::ScalarValue::Int(v)) => Ok(v),
-            Ok(crate::guard::ScalarValue::Float(_)) => self.fail(TrapKind::Contract, "read-i64 of a float tensor".into()),
+            Ok(crate::guard::ScalarValue::Float(_)) => {
+                self.fail(TrapKind::Contract, "read-i64 of a float tensor".into())
+            }
             Err((k, m)) => self.fail(k, m),
         }
     }
@@ -725,44 +931,76 @@ impl wit_host::Host for InstanceState {
     fn read_f64(&mut self, slot: u32, index: u32) -> wasmtime::Result<f64> {
         match self.read_scalar(slot, index) {
             Ok(crate::guard::ScalarValue::Float(v)) => Ok(v),
-            Ok(crate::guard::ScalarValue::Int(_)) => self.fail(TrapKind::Contract, "read-f64 of an integer tensor".into()),
+            Ok(crate::guard::ScalarValue::Int(_)) => {
+                self.fail(TrapKind::Contract, "read-f64 of an integer tensor".into())
+            }
             Err((k, m)) => self.fail(k, m),
         }
     }
 }
 
 impl InstanceState {
-    fn read_scalar(&self, slot: u32, index: u32) -> Result<crate::guard::ScalarValue, (TrapKind, String)> {
+    fn read_scalar(
+        &self,
+        slot: u32,
+        index: u32,
+    ) -> Result<crate::guard::ScalarValue, (TrapKind, String)> {
         let i = self.resolve(slot)?;
-        if !self.slots[i as usize].written {
-            return Err((TrapKind::UninitializedRead, format!("read of handle {slot:#010x}, which nothing wrote")));
-        }
         let root = self.root(i)?;
+        if !self.slots[root as usize].written {
+            return Err((
+                TrapKind::UninitializedRead,
+                format!("read of handle {slot:#010x}, which nothing wrote"),
+            ));
+        }
         let SlotData::Tensor(t) = &self.slots[root as usize].data else {
             return Err((TrapKind::Contract, "read of a freed slot".into()));
         };
         let size = t.dtype().size();
-        let start = (index as usize).checked_mul(size).filter(|&s| s + size <= t.bytes().len()).ok_or((
-            TrapKind::Contract,
-            format!("read of element {index} of a tensor with {} elements", t.numel()),
-        ))?;
-        let one = Tensor::from_bytes(t.dtype(), &[], &t.bytes()[start..start + size]).map_err(|e| (TrapKind::Contract, e.to_string()))?;
+        let start = (index as usize)
+            .checked_mul(size)
+            .filter(|&s| s + size <= t.bytes().len())
+            .ok_or((
+                TrapKind::Contract,
+                format!(
+                    "read of element {index} of a tensor with {} elements",
+                    t.numel()
+                ),
+            ))?;
+        let one = Tensor::from_bytes(t.dtype(), &[], &t.bytes()[start..start + size])
+            .map_err(|e| (TrapKind::Contract, e.to_string()))?;
         crate::guard::ScalarValue::of(&one).ok_or((TrapKind::Contract, "unreadable scalar".into()))
     }
 }
 
 impl wasmtime::ResourceLimiter for InstanceState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.guest_memory {
             let limit = self.guest_memory;
-            return self.fail(TrapKind::GuestMemoryLimit, format!("guest memory would grow to {desired} bytes, the limit is {limit}"));
+            return self.fail(
+                TrapKind::GuestMemoryLimit,
+                format!("guest memory would grow to {desired} bytes, the limit is {limit}"),
+            );
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > 1024 {
-            return self.fail(TrapKind::GuestMemoryLimit, format!("guest table would grow to {desired} elements, the limit is 1024"));
+            return self.fail(
+                TrapKind::GuestMemoryLimit,
+                format!("guest table would grow to {desired} elements, the limit is 1024"),
+            );
         }
         Ok(true)
     }
@@ -775,12 +1013,17 @@ pub(crate) struct Instance {
 }
 
 /// Maps a failed wasmtime call to a trap kind and message.
-pub(crate) fn classify(store: &mut Store<InstanceState>, err: wasmtime::Error) -> (TrapKind, String) {
+pub(crate) fn classify(
+    store: &mut Store<InstanceState>,
+    err: wasmtime::Error,
+) -> (TrapKind, String) {
     if let Some(f) = store.data_mut().fault.take() {
         return (f.kind, f.message);
     }
     match err.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => (TrapKind::Deadline, "the call ran past its deadline".into()),
+        Some(wasmtime::Trap::Interrupt) => {
+            (TrapKind::Deadline, "the call ran past its deadline".into())
+        }
         Some(t) => (TrapKind::Wasm, format!("wasm trap: {t}")),
         None => (TrapKind::Wasm, format!("{err:#}")),
     }

@@ -40,7 +40,10 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, at: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { at: at.into(), message: message.into() });
+        self.0.push(Problem {
+            at: at.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -48,7 +51,11 @@ impl Problems {
 pub fn blob_digest<'a>(name: &'a str, dir: &str, ext: &str) -> Option<&'a str> {
     let rest = name.strip_prefix(dir)?.strip_prefix('/')?;
     let digest = rest.strip_suffix(ext)?.strip_suffix('.')?;
-    (digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(digest)
+    (digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    .then_some(digest)
 }
 
 fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
@@ -74,10 +81,22 @@ pub(crate) fn verify_package(
 ) -> Result<Verified, Vec<Problem>> {
     let mut p = Problems(Vec::new());
     if m.format > FORMAT_VERSION || m.format == 0 {
-        p.add("format", format!("format {} is not supported (this host reads 1..={FORMAT_VERSION})", m.format));
+        p.add(
+            "format",
+            format!(
+                "format {} is not supported (this host reads 1..={FORMAT_VERSION})",
+                m.format
+            ),
+        );
     }
     if m.abi.wit != WIT_PACKAGE {
-        p.add("abi.wit", format!("package needs contract `{}`, this host implements `{WIT_PACKAGE}`", m.abi.wit));
+        p.add(
+            "abi.wit",
+            format!(
+                "package needs contract `{}`, this host implements `{WIT_PACKAGE}`",
+                m.abi.wit
+            ),
+        );
     }
     let abi_kernels: BTreeSet<&str> = m.abi.kernels.iter().map(String::as_str).collect();
     for (i, k) in m.abi.kernels.iter().enumerate() {
@@ -89,10 +108,17 @@ pub(crate) fn verify_package(
     // Files: names, references.
     let mut referenced: HashSet<String> = HashSet::new();
     for (name, digest) in &m.files {
-        let d = blob_digest(name, "wrappers", "wasm").or_else(|| blob_digest(name, "weights", "safetensors"));
+        let d = blob_digest(name, "wrappers", "wasm")
+            .or_else(|| blob_digest(name, "weights", "safetensors"));
         match d {
-            None => p.add(format!("files[{name:?}]"), "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`"),
-            Some(d) if d != digest => p.add(format!("files[{name:?}]"), format!("name says sha256 {d} but the manifest lists {digest}")),
+            None => p.add(
+                format!("files[{name:?}]"),
+                "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`",
+            ),
+            Some(d) if d != digest => p.add(
+                format!("files[{name:?}]"),
+                format!("name says sha256 {d} but the manifest lists {digest}"),
+            ),
             Some(_) => {}
         }
     }
@@ -107,7 +133,13 @@ pub(crate) fn verify_package(
             p.add(&at, "duplicate global name");
         }
         let Some(meta) = meta_of(&decl.dtype, &decl.shape) else {
-            p.add(&at, format!("shape {:?} has rank above {MAX_RANK} or more bytes than this host can address", decl.shape));
+            p.add(
+                &at,
+                format!(
+                    "shape {:?} has rank above {MAX_RANK} or more bytes than this host can address",
+                    decl.shape
+                ),
+            );
             continue;
         };
         total = total.saturating_add(meta.byte_len().unwrap_or(usize::MAX) as u64);
@@ -115,8 +147,13 @@ pub(crate) fn verify_package(
             GlobalSource::Bound => {}
             GlobalSource::Weight { file, tensor } => {
                 referenced.insert(file.clone());
-                if blob_digest(file, "weights", "safetensors").is_none() || !m.files.contains_key(file) {
-                    p.add(&at, format!("weights file `{file}` is not listed in `files`"));
+                if blob_digest(file, "weights", "safetensors").is_none()
+                    || !m.files.contains_key(file)
+                {
+                    p.add(
+                        &at,
+                        format!("weights file `{file}` is not listed in `files`"),
+                    );
                     continue;
                 }
                 let Some(bytes) = files.get(file) else {
@@ -137,10 +174,18 @@ pub(crate) fn verify_package(
                     Err(_) => p.add(&at, format!("tensor `{tensor}` is not in `{file}`")),
                     Ok(view) => {
                         let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-                        if safetensors_dtype(view.dtype()) != Some(decl.dtype) || shape != decl.shape {
+                        if safetensors_dtype(view.dtype()) != Some(decl.dtype)
+                            || shape != decl.shape
+                        {
                             p.add(
                                 &at,
-                                format!("declared {}{:?} but `{file}` holds {:?}{:?}", decl.dtype, decl.shape, view.dtype(), shape),
+                                format!(
+                                    "declared {}{:?} but `{file}` holds {:?}{:?}",
+                                    decl.dtype,
+                                    decl.shape,
+                                    view.dtype(),
+                                    shape
+                                ),
                             );
                         }
                     }
@@ -149,7 +194,13 @@ pub(crate) fn verify_package(
         }
     }
     if total > limits.max_package_bytes {
-        p.add("globals", format!("globals total {total} bytes, above the limit of {}", limits.max_package_bytes));
+        p.add(
+            "globals",
+            format!(
+                "globals total {total} bytes, above the limit of {}",
+                limits.max_package_bytes
+            ),
+        );
     }
 
     // Functions and entries.
@@ -160,14 +211,24 @@ pub(crate) fn verify_package(
         if f.name.is_empty() || !fnames.insert(f.name.as_str()) {
             p.add(&fat, "function names must be non-empty and unique");
         }
-        for (what, args) in [("input", &f.signature.inputs), ("output", &f.signature.outputs)] {
+        for (what, args) in [
+            ("input", &f.signature.inputs),
+            ("output", &f.signature.outputs),
+        ] {
             let mut seen = HashSet::new();
             for a in args.iter() {
                 if !seen.insert(a.name.as_str()) {
                     p.add(&fat, format!("duplicate {what} name `{}`", a.name));
                 }
                 if a.kind.rank() as usize > MAX_RANK {
-                    p.add(&fat, format!("{what} `{}` has rank {} above {MAX_RANK}", a.name, a.kind.rank()));
+                    p.add(
+                        &fat,
+                        format!(
+                            "{what} `{}` has rank {} above {MAX_RANK}",
+                            a.name,
+                            a.kind.rank()
+                        ),
+                    );
                 }
             }
         }
@@ -177,31 +238,53 @@ pub(crate) fn verify_package(
             for (gi, guard) in e.guards.iter().enumerate() {
                 if let Some(i) = guard.input() {
                     if i as usize >= f.signature.inputs.len() {
-                        p.add(format!("{at}.guards[{gi}]"), format!("input {i} out of range ({} inputs)", f.signature.inputs.len()));
+                        p.add(
+                            format!("{at}.guards[{gi}]"),
+                            format!(
+                                "input {i} out of range ({} inputs)",
+                                f.signature.inputs.len()
+                            ),
+                        );
                     }
                 }
                 if let Some(g) = guard.global() {
                     if g as usize >= m.globals.len() {
-                        p.add(format!("{at}.guards[{gi}]"), format!("global {g} out of range ({} globals)", m.globals.len()));
+                        p.add(
+                            format!("{at}.guards[{gi}]"),
+                            format!("global {g} out of range ({} globals)", m.globals.len()),
+                        );
                     }
                 }
             }
             let wfile = wrapper_file(&e.wrapper);
             referenced.insert(wfile.clone());
             if !m.files.contains_key(&wfile) || blob_digest(&wfile, "wrappers", "wasm").is_none() {
-                p.add(format!("{at}.wrapper"), format!("wrapper `{}` is not listed in `files`", e.wrapper));
+                p.add(
+                    format!("{at}.wrapper"),
+                    format!("wrapper `{}` is not listed in `files`", e.wrapper),
+                );
             }
             let mut table: Vec<Arc<dyn Bound>> = Vec::with_capacity(e.kernels.len());
             for (ki, k) in e.kernels.iter().enumerate() {
                 let kat = format!("{at}.kernels[{ki}]");
                 if !abi_kernels.contains(k.kernel.as_str()) {
-                    p.add(&kat, format!("kernel `{}` is not declared in abi.kernels", k.kernel));
+                    p.add(
+                        &kat,
+                        format!("kernel `{}` is not declared in abi.kernels", k.kernel),
+                    );
                 }
                 match registry.bind(&k.kernel, &k.attrs) {
                     Ok(b) => {
                         let a = b.arity();
                         if a.inputs + a.outputs > ampoule_kernels::MAX_OPERANDS {
-                            p.add(&kat, format!("kernel `{}` takes {} operands, more than a launch carries", k.kernel, a.inputs + a.outputs));
+                            p.add(
+                                &kat,
+                                format!(
+                                    "kernel `{}` takes {} operands, more than a launch carries",
+                                    k.kernel,
+                                    a.inputs + a.outputs
+                                ),
+                            );
                         }
                         table.push(b);
                     }
@@ -210,20 +293,32 @@ pub(crate) fn verify_package(
             }
             for (gi, &g) in e.globals.iter().enumerate() {
                 if g as usize >= m.globals.len() {
-                    p.add(format!("{at}.globals[{gi}]"), format!("global {g} out of range ({} globals)", m.globals.len()));
+                    p.add(
+                        format!("{at}.globals[{gi}]"),
+                        format!("global {g} out of range ({} globals)", m.globals.len()),
+                    );
                 }
             }
             let mut bytes: u64 = 0;
             for (bi, b) in e.buffers.iter().enumerate() {
                 match meta_of(&b.dtype, &b.shape).and_then(|m| m.byte_len()) {
                     Some(n) => bytes = bytes.saturating_add(n as u64),
-                    None => p.add(format!("{at}.buffers[{bi}]"), format!("buffer {:?} is too large or of rank above {MAX_RANK}", b.shape)),
+                    None => p.add(
+                        format!("{at}.buffers[{bi}]"),
+                        format!(
+                            "buffer {:?} is too large or of rank above {MAX_RANK}",
+                            b.shape
+                        ),
+                    ),
                 }
             }
             if bytes > limits.host_tensor_bytes as u64 {
                 p.add(
                     format!("{at}.buffers"),
-                    format!("planned buffers need {bytes} bytes, above the host tensor budget of {}", limits.host_tensor_bytes),
+                    format!(
+                        "planned buffers need {bytes} bytes, above the host tensor budget of {}",
+                        limits.host_tensor_bytes
+                    ),
                 );
             }
             fkernels.push(table.into());
@@ -241,7 +336,10 @@ pub(crate) fn verify_package(
     }
     for name in m.files.keys() {
         if !referenced.contains(name) {
-            p.add(format!("files[{name:?}]"), "file is not referenced by any entry or global");
+            p.add(
+                format!("files[{name:?}]"),
+                "file is not referenced by any entry or global",
+            );
         }
     }
     if p.0.is_empty() {
@@ -255,7 +353,10 @@ fn meta_of(dtype: &DType, shape: &[u64]) -> Option<TensorMeta> {
     if shape.len() > MAX_RANK {
         return None;
     }
-    let shape: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<_>>()?;
     let meta = TensorMeta::new(*dtype, shape);
     meta.byte_len().filter(|&n| n <= isize::MAX as usize)?;
     Some(meta)
@@ -266,7 +367,8 @@ fn meta_of(dtype: &DType, shape: &[u64]) -> Option<TensorMeta> {
 pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
     use wasmparser::{Parser, Payload, Validator, WasmFeatures};
     let mut problems = Vec::new();
-    let mut validator = Validator::new_with_features(WasmFeatures::default() | WasmFeatures::COMPONENT_MODEL);
+    let mut validator =
+        Validator::new_with_features(WasmFeatures::default() | WasmFeatures::COMPONENT_MODEL);
     if let Err(e) = validator.validate_all(bytes) {
         problems.push(format!("not a valid wrapper component: {e}"));
         return problems;
@@ -292,7 +394,9 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
                 for import in reader.into_iter().flatten() {
                     let name = import.name.name;
                     if name != HOST_INTERFACE {
-                        problems.push(format!("imports `{name}`; a wrapper may import only `{HOST_INTERFACE}`"));
+                        problems.push(format!(
+                            "imports `{name}`; a wrapper may import only `{HOST_INTERFACE}`"
+                        ));
                     }
                 }
             }
@@ -309,7 +413,10 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
             Payload::TableSection(reader) => {
                 for table in reader.into_iter().flatten() {
                     if table.ty.initial > 1024 {
-                        problems.push(format!("declares a table of {} elements; the limit is 1024", table.ty.initial));
+                        problems.push(format!(
+                            "declares a table of {} elements; the limit is 1024",
+                            table.ty.initial
+                        ));
                     }
                 }
             }
@@ -326,19 +433,42 @@ mod tests {
     #[test]
     fn blob_names() {
         let d = "a".repeat(64);
-        assert_eq!(blob_digest(&format!("wrappers/{d}.wasm"), "wrappers", "wasm"), Some(d.as_str()));
-        assert_eq!(blob_digest(&format!("wrappers/../{d}.wasm"), "wrappers", "wasm"), None);
-        assert_eq!(blob_digest(&format!("/wrappers/{d}.wasm"), "wrappers", "wasm"), None);
-        assert_eq!(blob_digest(&format!("wrappers/{}.wasm", "A".repeat(64)), "wrappers", "wasm"), None);
+        assert_eq!(
+            blob_digest(&format!("wrappers/{d}.wasm"), "wrappers", "wasm"),
+            Some(d.as_str())
+        );
+        assert_eq!(
+            blob_digest(&format!("wrappers/../{d}.wasm"), "wrappers", "wasm"),
+            None
+        );
+        assert_eq!(
+            blob_digest(&format!("/wrappers/{d}.wasm"), "wrappers", "wasm"),
+            None
+        );
+        assert_eq!(
+            blob_digest(
+                &format!("wrappers/{}.wasm", "A".repeat(64)),
+                "wrappers",
+                "wasm"
+            ),
+            None
+        );
         assert_eq!(blob_digest("wrappers/abc.wasm", "wrappers", "wasm"), None);
-        assert_eq!(blob_digest(&format!("weights/{d}.wasm"), "wrappers", "wasm"), None);
+        assert_eq!(
+            blob_digest(&format!("weights/{d}.wasm"), "wrappers", "wasm"),
+            None
+        );
     }
 
     #[test]
     fn core_module_is_not_a_wrapper() {
         let module = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
         let problems = verify_wrapper(&module, &Limits::default());
-        assert_eq!(problems, vec!["a wrapper must be a component, not a core module".to_string()]);
-        assert!(verify_wrapper(b"garbage", &Limits::default())[0].starts_with("not a valid wrapper component"));
+        assert_eq!(
+            problems,
+            vec!["a wrapper must be a component, not a core module".to_string()]
+        );
+        assert!(verify_wrapper(b"garbage", &Limits::default())[0]
+            .starts_with("not a valid wrapper component"));
     }
 }
