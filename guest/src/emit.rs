@@ -157,8 +157,8 @@ impl CoreModule<'_> {
 
         let mut code = CodeSection::new();
         code.function(&self.realloc());
-        code.function(&checked("init", self.init())?);
-        code.function(&checked("run", self.run())?);
+        code.function(&self.init()?);
+        code.function(&self.run()?);
 
         let mut module = Module::new();
         module
@@ -207,32 +207,35 @@ impl CoreModule<'_> {
         f
     }
 
-    fn init(&self) -> Function {
+    fn init(&self) -> Result<Function, EmitError> {
         let p = self.program;
-        let mut f = Function::new([]);
-        let mut s = f.instructions();
+        let mut code = Vec::new();
+        let mut s = InstructionSink::new(&mut code);
         s.global_get(G_READY);
         trap_if(&mut s);
         s.i32_const(1).global_set(G_READY);
         self.take_list(&mut s, 0, 1, p.globals, 0);
         self.take_list(&mut s, 2, 3, p.buffers, p.globals);
         self.reset_heap(&mut s);
-        self.steps(&mut s, Phase::Init, &p.init);
-        s.end();
-        f
+        let mut body = Body::new("init", code);
+        self.steps(&mut body, Phase::Init, &p.init)?;
+        body.s().end();
+        body.finish()
     }
 
-    fn run(&self) -> Function {
+    fn run(&self) -> Result<Function, EmitError> {
         let p = self.program;
         let l = self.layout;
-        let mut f = Function::new([]);
-        let mut s = f.instructions();
+        let mut code = Vec::new();
+        let mut s = InstructionSink::new(&mut code);
         s.global_get(G_READY).i32_eqz();
         trap_if(&mut s);
         // Verified: globals + buffers + inputs <= registers <= MAX_REGISTERS.
         self.take_list(&mut s, 0, 1, p.inputs, p.globals.saturating_add(p.buffers));
         self.reset_heap(&mut s);
-        self.steps(&mut s, Phase::Run, &p.run);
+        let mut body = Body::new("run", code);
+        self.steps(&mut body, Phase::Run, &p.run)?;
+        let mut s = body.s();
         for (i, out) in (0u32..).zip(&p.outputs) {
             s.i32_const(0);
             self.load_reg(&mut s, *out);
@@ -250,7 +253,7 @@ impl CoreModule<'_> {
         s.i32_store(word(l.ret + 8));
         s.i32_const(l.ret.cast_signed());
         s.end();
-        f
+        body.finish()
     }
 
     /// Traps unless local `len` is `count`, then copies `count` handles from
@@ -276,19 +279,24 @@ impl CoreModule<'_> {
     }
 
     /// Emits `steps`; recursion depth is bounded by the verified nesting.
-    fn steps(&self, s: &mut InstructionSink<'_>, phase: Phase, steps: &[Step]) {
+    /// Stops as soon as the body passes [`MAX_FUNCTION_BYTES`], so a huge
+    /// program costs at most the limit in memory.
+    fn steps(&self, body: &mut Body, phase: Phase, steps: &[Step]) -> Result<(), EmitError> {
         for step in steps {
-            self.step(s, phase, step);
+            body.check()?;
+            self.step(body, phase, step)?;
         }
+        Ok(())
     }
 
-    fn step(&self, s: &mut InstructionSink<'_>, phase: Phase, step: &Step) {
+    fn step(&self, body: &mut Body, phase: Phase, step: &Step) -> Result<(), EmitError> {
         let l = self.layout;
+        let mut s = body.s();
         match step {
             Step::Launch { kernel, args } => {
                 s.i32_const(kernel.cast_signed());
                 for a in args {
-                    self.load_reg(s, *a);
+                    self.load_reg(&mut s, *a);
                 }
                 for _ in args.len()..MAX_OPERANDS {
                     s.i32_const(-1);
@@ -298,24 +306,24 @@ impl CoreModule<'_> {
             Step::Alloc { dst, dtype, dims } => {
                 s.i32_const(0);
                 s.i32_const(dtype.cast_signed());
-                self.dims(s, dims);
+                self.dims(&mut s, dims);
                 s.call(F_ALLOC);
                 s.i32_store(word(l.reg(*dst)));
             }
             Step::View { dst, src, dims } => {
                 s.i32_const(0);
-                self.load_reg(s, *src);
-                self.dims(s, dims);
+                self.load_reg(&mut s, *src);
+                self.dims(&mut s, dims);
                 s.call(F_VIEW);
                 s.i32_store(word(l.reg(*dst)));
             }
             Step::Release { reg } => {
-                self.load_reg(s, *reg);
+                self.load_reg(&mut s, *reg);
                 s.call(F_RELEASE);
             }
             Step::Move { dst, src } => {
                 s.i32_const(0);
-                self.load_reg(s, *src);
+                self.load_reg(&mut s, *src);
                 s.i32_store(word(l.reg(*dst)));
             }
             Step::If {
@@ -323,18 +331,18 @@ impl CoreModule<'_> {
                 then,
                 otherwise,
             } => {
-                self.cond(s, cond);
+                self.cond(&mut s, cond);
                 s.if_(BlockType::Empty);
-                self.steps(s, phase, then);
+                self.steps(body, phase, then)?;
                 if !otherwise.is_empty() {
-                    s.else_();
-                    self.steps(s, phase, otherwise);
+                    body.s().else_();
+                    self.steps(body, phase, otherwise)?;
                 }
-                s.end();
+                body.s().end();
             }
             Step::Guard { index, cond } => {
                 // Verified: only in `run`, whose result this writes.
-                self.load_reg(s, cond.0);
+                self.load_reg(&mut s, cond.0);
                 s.i32_const(0).call(F_READ_I64).i64_eqz();
                 s.if_(BlockType::Empty);
                 s.i32_const(0).i32_const(1).i32_store8(MemArg {
@@ -348,6 +356,7 @@ impl CoreModule<'_> {
                 s.end();
             }
         }
+        Ok(())
     }
 
     /// Pushes `rank, d0..d7`, zero past the rank.
@@ -382,15 +391,36 @@ fn trap_if(s: &mut InstructionSink<'_>) {
     s.if_(BlockType::Empty).unreachable().end();
 }
 
-/// Refuses a body larger than [`MAX_FUNCTION_BYTES`].
-fn checked(function: &'static str, body: Function) -> Result<Function, EmitError> {
-    let bytes = body.byte_len();
-    if bytes > MAX_FUNCTION_BYTES {
-        return Err(EmitError::FunctionTooLarge {
-            function,
-            bytes,
-            limit: MAX_FUNCTION_BYTES,
-        });
+/// The code of a function body being emitted, for a function without locals.
+struct Body {
+    function: &'static str,
+    code: Vec<u8>,
+}
+
+impl Body {
+    fn new(function: &'static str, code: Vec<u8>) -> Body {
+        Body { function, code }
     }
-    Ok(body)
+
+    fn s(&mut self) -> InstructionSink<'_> {
+        InstructionSink::new(&mut self.code)
+    }
+
+    /// Refuses a body larger than [`MAX_FUNCTION_BYTES`].
+    fn check(&self) -> Result<(), EmitError> {
+        if self.code.len() > MAX_FUNCTION_BYTES {
+            return Err(EmitError::FunctionTooLarge {
+                function: self.function,
+                limit: MAX_FUNCTION_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Function, EmitError> {
+        self.check()?;
+        let mut f = Function::new([]);
+        f.raw(self.code);
+        Ok(f)
+    }
 }

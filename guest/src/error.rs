@@ -19,14 +19,13 @@ pub enum EmitError {
     /// limits rule this out, so it signals a bug in the limits.
     #[error("layout: the program's registers and outputs do not fit a 32-bit memory")]
     Layout,
-    /// A function body is larger than the emitter's limit.
+    /// A function body grew past the emitter's limit (emission stops there).
     #[error(
-        "emit: the `{function}` body is {bytes} bytes, more than the limit of {limit}; \
-         split the program into fewer steps"
+        "emit: the `{function}` body passes the limit of {limit} bytes; \
+         the program has too many steps"
     )]
     FunctionTooLarge {
         function: &'static str,
-        bytes: usize,
         limit: usize,
     },
     /// A WIT source (the contract, or the extra world given to
