@@ -26,6 +26,8 @@
 //!   only answer to a host that breaks the contract.
 //! - `cabi_realloc` only allocates (`old_ptr` and `old_size` must be 0),
 //!   with a power-of-two `align`, inside the heap; anything else traps.
+//! - `init` first sets every register to `0xffffffff` (no handle), so a
+//!   register no step wrote never aliases a real handle.
 //! - Each export copies its lists into registers, then resets the bump
 //!   pointer, before running any step.
 //! - Every register address is `Layout::reg` of a verified register, so every
@@ -214,6 +216,15 @@ impl CoreModule<'_> {
         s.global_get(G_READY);
         trap_if(&mut s);
         s.i32_const(1).global_set(G_READY);
+        if p.registers > 0 {
+            // No register ever holds a handle the host may have issued by
+            // chance: unwritten ones read as 0xffffffff, the "no operand"
+            // value of `launch`.
+            s.i32_const(self.layout.registers.cast_signed());
+            s.i32_const(-1);
+            s.i32_const(p.registers.wrapping_mul(4).cast_signed());
+            s.memory_fill(0);
+        }
         self.take_list(&mut s, 0, 1, p.globals, 0);
         self.take_list(&mut s, 2, 3, p.buffers, p.globals);
         self.reset_heap(&mut s);

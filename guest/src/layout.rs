@@ -9,7 +9,7 @@
 //! | null guard | 0 | 16 | nothing; no pointer the wrapper hands out is below 16 |
 //! | return area | [`Layout::ret`] = 16 | 12 | `run`'s `result<list<u32>, u32>`: discriminant `u8` at +0 (0 ok, 1 err); ok: list pointer at +4, length at +8; err: break index at +4 |
 //! | outputs | [`Layout::outputs`] = 32 | 4 × outputs | the output handles `run` returns (the ok list points here) |
-//! | registers | [`Layout::registers`] | 4 × registers | register `r` at `registers + 4r`, a `u32` handle |
+//! | registers | [`Layout::registers`] | 4 × registers | register `r` at `registers + 4r`, a `u32` handle; `0xffffffff` until written |
 //! | heap | [`Layout::heap`] | [`Layout::heap_end`] − heap | `cabi_realloc`'s bump area, where the host lowers `init`'s and `run`'s lists |
 //!
 //! The heap holds exactly what one export call's lists need:

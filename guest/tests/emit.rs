@@ -174,8 +174,8 @@ fn if_takes_then_when_nonzero() -> Result<()> {
 #[test]
 fn if_takes_otherwise_when_zero() -> Result<()> {
     let mut w = start(&branch_program(), Mock::default())?;
-    // r4 was never written: its handle is 0 (the host would refuse it).
-    assert_eq!(w.run(&[X0, X1])?, Ok(vec![0]));
+    // r4 was never written: it holds no handle (the host would refuse it).
+    assert_eq!(w.run(&[X0, X1])?, Ok(vec![NONE]));
     assert_eq!(
         w.take_calls(),
         [

@@ -69,6 +69,10 @@
     end
     i32.const 1
     global.set 1
+    i32.const 36
+    i32.const -1
+    i32.const 24
+    memory.fill
     local.get 1
     i32.const 1
     i32.ne
