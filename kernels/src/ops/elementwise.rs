@@ -12,7 +12,8 @@
 //! contiguous rows ([`Rows`]: same-shape operands are one row, a scalar
 //! operand has stride 0), run tight slice loops the compiler vectorizes, and
 //! split rows or pieces of rows across rayon's pool from [`PAR_MIN`]
-//! elements. `where@1` has only the reference.
+//! elements; `where@1` walks the same rows, selecting from a row or a
+//! repeated element of each input.
 
 use std::sync::Arc;
 
@@ -435,37 +436,81 @@ impl Op for Where {
         Ok(TensorMeta::new(x.dtype, broadcast_inputs(self, inputs)?))
     }
 
-    fn compute(&self, _: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
-        super::with_width!(out.dtype(), T => where_reference::<T>(inputs, out))
+    fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        super::with_width!(out.dtype(), T => select::<T>(imp, inputs, out))
     }
 }
 
-fn where_reference<T: bytemuck::Pod>(inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+fn select<T: bytemuck::Pod + Send + Sync>(
+    imp: Impl,
+    inputs: &[&Tensor],
+    out: &mut Tensor,
+) -> Result<(), String> {
     let [cond, x, y] = operands(inputs)?;
     let cv = data::<Bool8>(cond, "input 0 (cond)")?;
     let xv = raw::<T>(x, "input 1 (x)")?;
     let yv = raw::<T>(y, "input 2 (y)")?;
     let shape = out.shape().to_vec();
-    let rank = shape.len();
-    let strides: Vec<Vec<usize>> = inputs
-        .iter()
-        .map(|t| broadcast_strides(t.shape(), rank))
-        .collect();
-    let [sc, sx, sy] = strides.as_slice() else {
-        return Err("internal: where@1 needs 3 inputs".to_string());
-    };
-    for (i, slot) in raw_mut::<T>(out)?.iter_mut().enumerate() {
-        let c = cv.get(offset_of(i, &shape, sc));
-        let v = match c {
-            Some(c) if c.0 != 0 => xv.get(offset_of(i, &shape, sx)),
-            Some(_) => yv.get(offset_of(i, &shape, sy)),
-            None => None,
-        };
-        *slot = *v.ok_or_else(|| {
-            format!("internal: broadcast read outside an input at output element {i}")
-        })?;
+    let shapes = [cond.shape(), x.shape(), y.shape()];
+    let dst = raw_mut::<T>(out)?;
+    if dst.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let oob = |i: usize| format!("internal: broadcast read outside an input at output element {i}");
+    match imp {
+        Impl::Reference => {
+            let rank = shape.len();
+            let [sc, sx, sy] = shapes.map(|s| broadcast_strides(s, rank));
+            for (i, slot) in dst.iter_mut().enumerate() {
+                let c = cv.get(offset_of(i, &shape, &sc)).ok_or_else(|| oob(i))?;
+                let v = if c.0 != 0 {
+                    xv.get(offset_of(i, &shape, &sx))
+                } else {
+                    yv.get(offset_of(i, &shape, &sy))
+                };
+                *slot = *v.ok_or_else(|| oob(i))?;
+            }
+            Ok(())
+        }
+        Impl::Optimized => {
+            let rows = Rows::new(&shapes, &shape);
+            let &[sc, sx, sy] = rows.inner_stride.as_slice() else {
+                return Err("internal: row layout lost an input".to_string());
+            };
+            if rows.inner == 0 || sc > 1 || sx > 1 || sy > 1 {
+                return Err("internal: bad row layout".to_string());
+            }
+            // Input `i`'s part of row `r`: the whole row, or one element
+            // repeated (stride 0).
+            let row = |(r, out_row): (usize, &mut [T])| -> Result<(), String> {
+                let n = out_row.len();
+                let part = |i: usize, stride: usize| {
+                    let off = rows.row_offset(r, i);
+                    off..off + if stride == 1 { n } else { 1 }
+                };
+                let c = cv.get(part(0, sc)).ok_or_else(|| oob(r))?;
+                let xr = xv.get(part(1, sx)).ok_or_else(|| oob(r))?;
+                let yr = yv.get(part(2, sy)).ok_or_else(|| oob(r))?;
+                for (j, slot) in out_row.iter_mut().enumerate() {
+                    *slot = if c[j * sc].0 != 0 {
+                        xr[j * sx]
+                    } else {
+                        yr[j * sy]
+                    };
+                }
+                Ok(())
+            };
+            if dst.len() >= PAR_MIN {
+                let min_rows = (PIECE / rows.inner).max(1);
+                dst.par_chunks_mut(rows.inner)
+                    .with_min_len(min_rows)
+                    .enumerate()
+                    .try_for_each(row)
+            } else {
+                dst.chunks_mut(rows.inner).enumerate().try_for_each(row)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -681,6 +726,24 @@ mod tests {
             let at = launch("compare@1", &attrs(&[("op", s(op))]), &[&a, &b], Impl::Reference).unwrap();
             let bt = launch("compare@1", &attrs(&[("op", s(op))]), &[&a, &b], Impl::Optimized).unwrap();
             prop_assert_eq!(at.to_vec::<Bool8>().unwrap(), bt.to_vec::<Bool8>().unwrap());
+        }
+
+        #[test]
+        fn where_optimized_matches_reference(
+            (x_shape, y_shape) in broadcast_pair(),
+            bits in any::<u64>(),
+            seed in any::<u64>(),
+        ) {
+            let out: Vec<usize> = crate::ops::shape::broadcast(&[&x_shape, &y_shape], &[String::new(), String::new()]).unwrap();
+            let (cond_shape, _) = broadcast_split(&out, bits);
+            let n: usize = cond_shape.iter().product();
+            let mut g = Gen(seed);
+            let cond = Tensor::from_vec(&cond_shape, (0..n).map(|_| Bool8((g.next() % 3) as u8)).collect()).unwrap();
+            let x = float_tensor::<f32>(&x_shape, seed, true);
+            let y = float_tensor::<f32>(&y_shape, seed ^ 1, true);
+            let r = launch("where@1", &attrs(&[]), &[&cond, &x, &y], Impl::Reference).unwrap();
+            let o = launch("where@1", &attrs(&[]), &[&cond, &x, &y], Impl::Optimized).unwrap();
+            prop_assert_eq!(r.bytes(), o.bytes());
         }
 
         #[test]

@@ -89,7 +89,7 @@ pub(crate) fn bind_gather(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> 
 
 pub(crate) fn bind_copy(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     AttrReader::new("copy@1", attrs).finish()?;
-    Ok(bound(Copy))
+    Ok(bound(CopyOp))
 }
 
 struct Transpose {
@@ -420,9 +420,9 @@ fn gather_words<T: bytemuck::Pod>(
     Ok(())
 }
 
-struct Copy;
+struct CopyOp;
 
-impl Op for Copy {
+impl Op for CopyOp {
     fn label(&self) -> &str {
         "copy@1"
     }
