@@ -170,8 +170,9 @@ impl Rows {
 }
 
 /// Copies into `dst` (row-major over `shape`) the elements of `src` at
-/// `base + sum(index[d] * strides[d])`. Used by transpose and slice; any
-/// offset outside `src` is an error.
+/// `base + sum(index[d] * strides[d])`. Used by transpose and slice; when
+/// the innermost stride is 1, whole innermost runs are copied as slices.
+/// Any offset outside `src` is an error.
 pub(crate) fn strided_copy<T: Copy>(
     src: &[T],
     base: usize,
@@ -182,27 +183,40 @@ pub(crate) fn strided_copy<T: Copy>(
     if dst.is_empty() {
         return Ok(());
     }
-    let rank = shape.len();
-    let mut index = vec![0usize; rank];
-    let mut off = base as isize;
-    for slot in dst.iter_mut() {
-        *slot = *usize::try_from(off)
+    if shape.len() != strides.len() {
+        return Err(format!(
+            "internal: {} dims but {} strides",
+            shape.len(),
+            strides.len()
+        ));
+    }
+    // A non-empty `dst` has no zero dim, so `run` >= 1.
+    let (run, outer) = match (shape.split_last(), strides.last()) {
+        (Some((&n, outer)), Some(&1)) => (n, outer),
+        _ => (1, shape),
+    };
+    let mut index = vec![0usize; outer.len()];
+    let mut off =
+        isize::try_from(base).map_err(|_| format!("internal: base offset {base} exceeds isize"))?;
+    for chunk in dst.chunks_mut(run) {
+        let from = usize::try_from(off)
             .ok()
-            .and_then(|o| src.get(o))
-            .ok_or_else(|| {
-                format!(
-                    "internal: strided read at offset {off} outside {} elements",
-                    src.len()
-                )
-            })?;
-        // Advance the odometer and the offset together.
-        for d in (0..rank).rev() {
+            .and_then(|o| src.get(o..o.checked_add(run)?));
+        let from = from.ok_or_else(|| {
+            format!(
+                "internal: strided read of {run} at offset {off} outside {} elements",
+                src.len()
+            )
+        })?;
+        chunk.copy_from_slice(from);
+        // Advance the odometer over the outer dims and the offset together.
+        for d in (0..outer.len()).rev() {
             index[d] += 1;
             off = off.wrapping_add(strides[d]);
-            if index[d] < shape[d] {
+            if index[d] < outer[d] {
                 break;
             }
-            off = off.wrapping_sub(strides[d].wrapping_mul(shape[d] as isize));
+            off = off.wrapping_sub(strides[d].wrapping_mul(outer[d] as isize));
             index[d] = 0;
         }
     }
@@ -278,6 +292,10 @@ mod tests {
         assert_eq!(dst, vec![0, 3, 1, 4, 2, 5]);
         strided_copy(&src, 5, &[2, 3], &[-3, -1], &mut dst).unwrap();
         assert_eq!(dst, vec![5, 4, 3, 2, 1, 0]);
+        // Contiguous innermost runs: rows in reverse order.
+        strided_copy(&src, 3, &[2, 3], &[-3, 1], &mut dst).unwrap();
+        assert_eq!(dst, vec![3, 4, 5, 0, 1, 2]);
+        assert!(strided_copy(&src, 4, &[2, 3], &[-3, 1], &mut dst).is_err());
         assert!(strided_copy(&src, 5, &[2, 3], &[3, 1], &mut dst).is_err());
     }
 }
