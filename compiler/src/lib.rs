@@ -5,7 +5,8 @@
 //! - [`trace`]: the Rust tracing frontend ([`function`], [`Tracer`],
 //!   [`Traced`]); [`hash`]: the program hash of a trace;
 //! - [`ir`]: the typed graph IR; [`verify`]: its verifier, run after tracing
-//!   and after every pass;
+//!   and after every pass; [`interp`]: its reference interpreter (the oracle
+//!   compiled entries are tested against);
 //! - [`passes`]: constant folding, dead code elimination, output
 //!   materialization, constants to globals, memory planning;
 //! - [`lower`]: IR to a wrapper [`Program`](ampoule_guest::Program), kernel
@@ -47,6 +48,7 @@ pub mod compile;
 pub mod function;
 pub mod guards;
 pub mod hash;
+pub mod interp;
 pub mod ir;
 pub mod lower;
 pub mod package;

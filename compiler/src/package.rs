@@ -2,8 +2,9 @@
 //! lists, grows entry by entry, opens as a host [`Package`] from memory, saves
 //! to a directory atomically, and loads back from one.
 //!
-//! Layout and naming follow `ampoule_host::manifest`: wrappers are
-//! `wrappers/<sha256>.wasm`, weights `weights/<sha256>.safetensors`.
+//! Layout and naming follow `ampoule_host::manifest`: `manifest.json` and its
+//! digest `manifest.sha256`, wrappers `wrappers/<sha256>.wasm`, weights
+//! `weights/<sha256>.safetensors`.
 //!
 //! Invariants:
 //! - **Globals are shared by name and content.** Adding an entry resolves each
@@ -50,7 +51,7 @@ use std::sync::Arc;
 
 use ampoule_host::manifest::{
     sha256_hex, weights_file, wrapper_file, Abi, EntryDecl, FunctionDecl, GlobalDecl, GlobalSource,
-    Manifest, FORMAT_VERSION, MANIFEST_FILE,
+    Manifest, FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE,
 };
 use ampoule_host::{Bindings, Host, Package, PackageFiles};
 use ampoule_kernels::{DType, Tensor, TensorMeta};
@@ -542,8 +543,15 @@ impl PackageDraft {
         for (name, bytes) in &self.files {
             write(name, bytes, before_write)?;
         }
-        // The manifest last: a directory with a manifest has all its files.
-        write(MANIFEST_FILE, &self.manifest_json(), before_write)?;
+        // The manifest and its digest last: a directory with a manifest has
+        // all its files.
+        let manifest = self.manifest_json();
+        write(MANIFEST_FILE, &manifest, before_write)?;
+        write(
+            MANIFEST_DIGEST_FILE,
+            sha256_hex(&manifest).as_bytes(),
+            before_write,
+        )?;
         for d in &subdirs {
             sync_dir(&root.open_dir(d)?)?;
         }
@@ -552,8 +560,9 @@ impl PackageDraft {
 
     /// Loads the package in `dir` into a draft, and opens it on `host`.
     ///
-    /// Every file the manifest lists is read through `cap-std` (confined to
-    /// `dir`) and checked against its digest; then the host opens exactly
+    /// The manifest (checked against `manifest.sha256`) and every file it
+    /// lists are read through `cap-std` (confined to `dir`), each checked
+    /// against its digest; then the host opens exactly
     /// those bytes with full verification, so the draft holds precisely what
     /// was verified.
     pub fn load(
@@ -588,6 +597,18 @@ impl PackageDraft {
             root.read(name).map_err(io_err)
         };
         let manifest_bytes = read(MANIFEST_FILE)?;
+        let recorded = read(MANIFEST_DIGEST_FILE)?;
+        let (expected, actual) = (
+            String::from_utf8_lossy(&recorded).trim().to_string(),
+            sha256_hex(&manifest_bytes),
+        );
+        if expected != actual {
+            return Err(PackageError::Integrity {
+                file: MANIFEST_FILE.to_string(),
+                expected,
+                actual,
+            });
+        }
         let manifest = Manifest::from_json(&manifest_bytes)
             .map_err(|e| PackageError::Manifest(e.to_string()))?;
         let mut files = BTreeMap::new();
@@ -784,7 +805,7 @@ mod tests {
         d.save(&dest).unwrap();
         let first = read_tree(&dest);
         assert!(first.contains_key(MANIFEST_FILE));
-        assert_eq!(first.len(), 3, "{:?}", first.keys());
+        assert_eq!(first.len(), 4, "{:?}", first.keys());
 
         d.add_entry(&entry("g", &w)).unwrap();
         let mut n = 0;
@@ -811,7 +832,7 @@ mod tests {
         assert_eq!(second[MANIFEST_FILE], d.manifest_json());
         // `g`'s wrapper is `f`'s: the kernel table, not the wrapper, says add
         // or mul, and wrappers are stored by content.
-        assert_eq!(second.len(), 3);
+        assert_eq!(second.len(), 4);
         assert_ne!(second[MANIFEST_FILE], first[MANIFEST_FILE]);
         let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
             .unwrap()

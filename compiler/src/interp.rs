@@ -1,0 +1,178 @@
+//! A reference interpreter of the IR: runs a graph node by node on the
+//! registry's *reference* kernels, in plain host memory, with no wrapper and
+//! no memory plan. It defines what a graph means, so tests use it as the
+//! oracle for compiled entries.
+
+use std::collections::BTreeMap;
+
+use ampoule_kernels::{Impl, KernelError, Registry, Tensor};
+
+use crate::ir::{GlobalSource, Graph, Op};
+
+/// Why evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("expected {expected} inputs, got {actual}")]
+    InputCount { expected: usize, actual: usize },
+    #[error("input {index} (`{name}`) must be {expected}, got {actual}")]
+    Input {
+        index: usize,
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("global `{0}` is not bound")]
+    Unbound(String),
+    #[error("node {node}: {source}")]
+    Kernel {
+        node: usize,
+        #[source]
+        source: KernelError,
+    },
+    #[error("node {node}: {message}")]
+    Invalid { node: usize, message: String },
+}
+
+/// Evaluates a verified graph on `inputs`; host-bound globals come from
+/// `bindings`.
+pub fn evaluate(
+    graph: &Graph,
+    registry: &Registry,
+    inputs: &[Tensor],
+    bindings: &BTreeMap<String, Tensor>,
+) -> Result<Vec<Tensor>, EvalError> {
+    if inputs.len() != graph.inputs.len() {
+        return Err(EvalError::InputCount {
+            expected: graph.inputs.len(),
+            actual: inputs.len(),
+        });
+    }
+    for (i, (t, def)) in inputs.iter().zip(&graph.inputs).enumerate() {
+        if t.meta() != &def.meta {
+            return Err(EvalError::Input {
+                index: i,
+                name: def.name.clone(),
+                expected: def.meta.to_string(),
+                actual: t.meta().to_string(),
+            });
+        }
+    }
+    let mut values: Vec<Option<Tensor>> = vec![None; graph.values.len()];
+    for (n, node) in graph.nodes.iter().enumerate() {
+        let invalid = |message: String| EvalError::Invalid { node: n, message };
+        let ins = node
+            .inputs
+            .iter()
+            .map(|v| {
+                values
+                    .get(v.index())
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| invalid(format!("{v} is not computed")))
+            })
+            .collect::<Result<Vec<&Tensor>, _>>()?;
+        let outs: Vec<Tensor> = match &node.op {
+            Op::Input(i) => vec![inputs
+                .get(*i as usize)
+                .cloned()
+                .ok_or_else(|| invalid(format!("no input {i}")))?],
+            Op::Global(g) => {
+                let def = graph
+                    .globals
+                    .get(*g as usize)
+                    .ok_or_else(|| invalid(format!("no global {g}")))?;
+                vec![match &def.source {
+                    GlobalSource::Embedded(t) => t.clone(),
+                    GlobalSource::Bound { .. } => bindings
+                        .get(&def.name)
+                        .cloned()
+                        .ok_or_else(|| EvalError::Unbound(def.name.clone()))?,
+                }]
+            }
+            Op::Constant(t) => vec![t.clone()],
+            Op::Reshape => {
+                let meta = node
+                    .outputs
+                    .first()
+                    .and_then(|v| graph.try_meta(*v))
+                    .ok_or_else(|| invalid("no output".into()))?;
+                let src = ins.first().ok_or_else(|| invalid("no input".into()))?;
+                vec![src
+                    .reshaped(&meta.shape)
+                    .ok_or_else(|| invalid(format!("cannot reshape {} to {meta}", src.meta())))?]
+            }
+            Op::Kernel { kernel, attrs } => {
+                let bound = registry
+                    .bind(kernel, attrs)
+                    .map_err(|source| EvalError::Kernel { node: n, source })?;
+                let mut outs = node
+                    .outputs
+                    .iter()
+                    .map(|v| {
+                        let m = graph
+                            .try_meta(*v)
+                            .ok_or_else(|| invalid(format!("{v} has no type")))?;
+                        Tensor::zeros(m.dtype, &m.shape).map_err(|e| invalid(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                bound
+                    .run(Impl::Reference, &ins, &mut outs)
+                    .map_err(|source| EvalError::Kernel { node: n, source })?;
+                outs
+            }
+        };
+        for (v, t) in node.outputs.iter().zip(outs) {
+            if let Some(slot) = values.get_mut(v.index()) {
+                *slot = Some(t);
+            }
+        }
+    }
+    graph
+        .outputs
+        .iter()
+        .map(|o| {
+            values
+                .get(o.value.index())
+                .cloned()
+                .flatten()
+                .ok_or_else(|| EvalError::Invalid {
+                    node: graph.nodes.len(),
+                    message: format!("output `{}` ({}) is not computed", o.name, o.value),
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::attrs;
+    use ampoule_kernels::{AttrValue, DType, TensorMeta};
+
+    #[test]
+    fn evaluates_kernels_views_and_constants() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", TensorMeta::new(DType::F32, [2, 2]));
+        let x = g.input(0).unwrap();
+        let c = g.constant(Tensor::from_vec(&[2], vec![10.0f32, 20.0]).unwrap());
+        let y = g
+            .kernel(
+                &reg,
+                "binary@1",
+                attrs([("op", AttrValue::Str("add".into()))]),
+                &[x, c],
+            )
+            .unwrap()[0];
+        let r = g.reshape(y, &[4]).unwrap();
+        g.add_output("r", r);
+        let x = Tensor::from_vec(&[2, 2], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let out = evaluate(&g, &reg, &[x], &BTreeMap::new()).unwrap();
+        assert_eq!(out[0].to_vec::<f32>().unwrap(), [11.0, 22.0, 13.0, 24.0]);
+        assert_eq!(out[0].shape(), [4]);
+        let wrong = Tensor::zeros(DType::F32, &[3]).unwrap();
+        assert!(matches!(
+            evaluate(&g, &reg, &[wrong], &BTreeMap::new()),
+            Err(EvalError::Input { index: 0, .. })
+        ));
+    }
+}
