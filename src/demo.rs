@@ -468,3 +468,18 @@ pub fn cli_demo_run(dir: &Path, output_dir: &Path, reference: bool) -> Result<()
     }
     Ok(())
 }
+
+/// `ampoule cold-start`: one cold start, measured inside a fresh process.
+pub fn cli_cold_start(dir: &Path) -> Result<()> {
+    let t = Instant::now();
+    let host = host(false)?;
+    let host_ns = t.elapsed().as_nanos();
+    let x = tokens(BATCH, SEQ, SEED_TOKENS);
+    let t = Instant::now();
+    let pkg = host.open(dir, Bindings::new())?;
+    let out = pkg.call("forward", std::slice::from_ref(&x))?;
+    let first_ns = t.elapsed().as_nanos();
+    std::hint::black_box(out);
+    println!("{host_ns} {first_ns}");
+    Ok(())
+}

@@ -64,6 +64,11 @@ enum Command {
         #[arg(long)]
         reference: bool,
     },
+    /// Internal: time, in this fresh process, `Host::new` and `open` of the
+    /// demo package to its first result; prints `host_ns open_to_first_ns`
+    /// (used by the cold-start benchmark).
+    #[command(hide = true)]
+    ColdStart { package: PathBuf },
     /// Internal: open a saved demo package and run it (the second process of
     /// `demo`).
     #[command(hide = true)]
@@ -98,6 +103,7 @@ fn main() {
             output_dir,
             reference,
         } => ampoule::demo::cli_demo_run(&package, &output_dir, reference),
+        Command::ColdStart { package } => ampoule::demo::cli_cold_start(&package),
         Command::Inspect { package, json } => inspect(&package, json),
         Command::Verify { package } => verify(&package),
         Command::Run {

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! manifest.json
+//! manifest.sha256                 the manifest's own digest
 //! wrappers/<sha256>.wasm          one per distinct wrapper
 //! weights/<sha256>.safetensors    embedded globals
 //! signature.json                  optional, not covered by `files`
@@ -30,6 +31,12 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The manifest file's name inside a package.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The file holding the manifest's SHA-256 (lowercase hex), so corruption of
+/// the manifest itself is an integrity error like any other file's. (It
+/// catches accidents, not attackers, who can rewrite both: signatures over
+/// the same digest do that.)
+pub const MANIFEST_DIGEST_FILE: &str = "manifest.sha256";
 
 /// The whole manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

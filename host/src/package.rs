@@ -27,7 +27,8 @@ use wasmtime::Store;
 use crate::error::{Error, Problem, TrapKind};
 use crate::guard::{CallView, EntryMiss, GlobalsView};
 use crate::manifest::{
-    sha256_hex, wrapper_file, GlobalSource, Manifest, FORMAT_VERSION, MANIFEST_FILE,
+    sha256_hex, wrapper_file, GlobalSource, Manifest, FORMAT_VERSION, MANIFEST_DIGEST_FILE,
+    MANIFEST_FILE,
 };
 use crate::sandbox::{classify, Host, Instance, InstanceState, WrapperPre};
 use crate::verify::{blob_digest, verify_package, FileBytes};
@@ -99,6 +100,9 @@ struct EntryState {
 pub struct Package {
     host: Host,
     manifest: Manifest,
+    /// SHA-256 of the manifest's bytes: names the whole package, since the
+    /// manifest lists every other file's digest.
+    digest: String,
     files: BTreeMap<String, FileBytes>,
     functions: HashMap<String, usize>,
     entries: Vec<Vec<EntryState>>,
@@ -225,6 +229,7 @@ impl Host {
         );
         Ok(Package {
             host: self.clone(),
+            digest: sha256_hex(manifest_bytes),
             manifest,
             files,
             functions,
@@ -401,6 +406,18 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
                 message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
             }]));
         }
+        let mut expected = String::new();
+        dir.open(MANIFEST_DIGEST_FILE)
+            .and_then(|f| f.take(128).read_to_string(&mut expected))
+            .map_err(|e| io(MANIFEST_DIGEST_FILE, e))?;
+        let (expected, actual) = (expected.trim().to_string(), sha256_hex(&buf));
+        if expected != actual {
+            return Err(Error::Integrity {
+                file: MANIFEST_FILE.into(),
+                expected,
+                actual,
+            });
+        }
         buf
     };
     let mut files = BTreeMap::new();
@@ -411,7 +428,7 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
         let name = entry.file_name().to_string_lossy().into_owned();
         let ft = entry.file_type().map_err(|e| io(&name, e))?;
         match name.as_str() {
-            MANIFEST_FILE | SIGNATURE_FILE if ft.is_file() => {}
+            MANIFEST_FILE | MANIFEST_DIGEST_FILE | SIGNATURE_FILE if ft.is_file() => {}
             "wrappers" | "weights" if ft.is_dir() => {
                 let sub = dir.open_dir(&name).map_err(|e| io(&name, e))?;
                 for e in sub.entries().map_err(|e| io(&name, e))? {
@@ -477,6 +494,19 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
 impl Package {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// SHA-256 of the manifest, which lists every other file's digest: one
+    /// name for the package's exact contents (what a trust policy pins or a
+    /// signature signs).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The bytes of package file `name` (as listed in the manifest), which
+    /// were verified at open.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(|b| (**b).as_ref())
     }
 
     /// The host this package was opened on.

@@ -657,14 +657,6 @@ impl InstanceState {
             roots[k] = self.root(idx[k])?;
         }
         let (ins, outs) = (&idx[..arity.inputs], &idx[arity.inputs..n]);
-        for (k, &r) in roots[..arity.inputs].iter().enumerate() {
-            if !self.slots[r as usize].written {
-                return Err((
-                    TrapKind::UninitializedRead,
-                    format!("kernel {kernel}: input {k} was never written"),
-                ));
-            }
-        }
         for (k, &o) in outs.iter().enumerate() {
             let s = &self.slots[o as usize];
             if s.readonly {
@@ -720,6 +712,16 @@ impl InstanceState {
             }
         }
 
+        // Checked last, in the contract's order: a mis-shaped launch is
+        // reported as such even if its inputs are also unwritten.
+        for (k, &r) in roots[..arity.inputs].iter().enumerate() {
+            if !self.slots[r as usize].written {
+                return Err((
+                    TrapKind::UninitializedRead,
+                    format!("kernel {kernel}: input {k} was never written"),
+                ));
+            }
+        }
         // Inputs: cheap clones sharing storage, shaped as the operands see
         // them. No output aliases an input, so this leaves every output's
         // storage uniquely owned by its slot.
