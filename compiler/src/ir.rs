@@ -31,7 +31,9 @@
 use std::fmt;
 
 use ampoule_host::ScalarValue;
-use ampoule_kernels::{AttrValue, Attrs, Bound, KernelError, Registry, Tensor, TensorMeta};
+use ampoule_kernels::{
+    AttrValue, Attrs, Bound, KernelError, Registry, Tensor, TensorMeta, MAX_OPERANDS,
+};
 
 /// A value: the output of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,6 +169,8 @@ pub enum BuildError {
     },
     #[error("value {0} does not exist in this graph")]
     UnknownValue(ValueId),
+    #[error("`{op}` needs at least one input")]
+    Empty { op: &'static str },
     #[error("{what} index {index} is out of range ({count} defined)")]
     Index {
         what: &'static str,
@@ -306,6 +310,39 @@ impl Graph {
             });
         }
         Ok(outs)
+    }
+
+    /// Joins `inputs` along `axis` with `concat@1`. More inputs than a launch
+    /// carries (five, plus the output) become a chain of concats: the first
+    /// five, then the running result with up to four more, and so on.
+    /// Concatenation along one axis is associative, so the result is the same.
+    pub fn concat(
+        &mut self,
+        registry: &Registry,
+        inputs: &[ValueId],
+        axis: i64,
+    ) -> Result<ValueId, BuildError> {
+        const MAX_INPUTS: usize = MAX_OPERANDS - 1;
+        let node = |n: usize| {
+            attrs([
+                ("axis", AttrValue::Int(axis)),
+                ("n", AttrValue::Int(n as i64)),
+            ])
+        };
+        let (first, mut rest) = inputs.split_at(inputs.len().min(MAX_INPUTS));
+        if first.is_empty() {
+            return Err(BuildError::Empty { op: "concat@1" });
+        }
+        let mut acc = self.kernel(registry, "concat@1", node(first.len()), first)?[0];
+        while !rest.is_empty() {
+            let (chunk, tail) = rest.split_at(rest.len().min(MAX_INPUTS - 1));
+            let mut ins = Vec::with_capacity(chunk.len() + 1);
+            ins.push(acc);
+            ins.extend_from_slice(chunk);
+            acc = self.kernel(registry, "concat@1", node(ins.len()), &ins)?[0];
+            rest = tail;
+        }
+        Ok(acc)
     }
 
     /// Declares an output.

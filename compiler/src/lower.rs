@@ -16,6 +16,10 @@
 //!   for the instance's life), in `run` when it is an input (input handles
 //!   are new on every run).
 //!
+//! Launches never exceed the ABI's six operands: builders split what would
+//! (`Graph::concat` chains concats of more than five inputs), and lowering
+//! refuses any launch that still does.
+//!
 //! `run` is the kernel launches in node order, with the input views placed
 //! right before their first use. So a static entry's `run` makes no `alloc`
 //! call. Kernel-table rows are deduplicated by (kernel, attributes).

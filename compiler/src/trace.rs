@@ -755,32 +755,18 @@ impl Tracer<'_> {
     }
 
     /// Joins `xs` along `axis`. More than five inputs become a chain of
-    /// concats, since a launch carries at most six operands.
+    /// concats ([`Graph::concat`]), since a launch carries at most six
+    /// operands.
     pub fn concat(&mut self, xs: &[Traced], axis: i64) -> Result<Traced, TraceError> {
-        const MAX_INPUTS: usize = ampoule_kernels::MAX_OPERANDS - 1;
-        let (first, mut rest) = xs.split_at(xs.len().min(MAX_INPUTS));
-        if first.is_empty() {
-            return Err(TraceError::Invalid {
+        let ins: Vec<ValueId> = xs.iter().map(|t| t.0).collect();
+        let v = self
+            .graph
+            .concat(self.registry, &ins, axis)
+            .map_err(|source| TraceError::Op {
                 op: "concat".into(),
-                message: "needs at least one input".into(),
-            });
-        }
-        let node = |n: usize| {
-            attrs([
-                ("axis", AttrValue::Int(axis)),
-                ("n", AttrValue::Int(n as i64)),
-            ])
-        };
-        let mut acc = self.one("concat", "concat@1", node(first.len()), first)?;
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(MAX_INPUTS - 1));
-            let mut ins = Vec::with_capacity(chunk.len() + 1);
-            ins.push(acc);
-            ins.extend_from_slice(chunk);
-            acc = self.one("concat", "concat@1", node(ins.len()), &ins)?;
-            rest = tail;
-        }
-        Ok(acc)
+                source,
+            })?;
+        Ok(Traced(v))
     }
 
     /// ONNX `Slice` with one start, end and step per axis (negative indices

@@ -457,3 +457,33 @@ fn reshapes_of_intermediates_are_views_made_in_init() {
     let decl = &entry.manifest().functions[0].entries[0];
     assert!(decl.buffers.len() >= 3, "{:?}", decl.buffers);
 }
+
+/// Seven inputs to one `concat` run as a chain of launches of at most six
+/// operands each; the result is the plain concatenation.
+#[test]
+fn long_concats_run_as_chains() {
+    let def = function("cat", |cx, x| {
+        let mut parts = x.to_vec();
+        parts.push(cx.neg(x[0])?);
+        Ok(vec![cx.concat(&parts, 0)?])
+    });
+    let mut f = CompiledFunction::new(host(), def).unwrap();
+    let xs: Vec<Tensor> = (0..6)
+        .map(|i| tensor(&[i % 3 + 1, 2], 30 + i as u64))
+        .collect();
+    let out = f.call(&xs).unwrap();
+    let mut want: Vec<f32> = xs.iter().flat_map(|t| t.to_vec::<f32>().unwrap()).collect();
+    want.extend(xs[0].to_vec::<f32>().unwrap().iter().map(|v| -v));
+    assert_eq!(out[0].shape(), [want.len() / 2, 2]);
+    assert_eq!(out[0].to_vec::<f32>().unwrap(), want);
+    let kernels: Vec<String> = f.compiler().manifest().functions[0].entries[0]
+        .kernels
+        .iter()
+        .map(|k| format!("{}{:?}", k.kernel, k.attrs.get("n")))
+        .collect();
+    assert!(
+        kernels.contains(&"concat@1Some(Int(5))".to_string())
+            && kernels.contains(&"concat@1Some(Int(3))".to_string()),
+        "{kernels:?}"
+    );
+}
