@@ -337,13 +337,13 @@ fn two_functions_with_the_same_shapes_share_a_package_without_collision() {
     let x = xs(3);
     let v = x.to_vec::<f32>().unwrap();
     assert_eq!(
-        c.call("double", &[x.clone()]).unwrap()[0]
+        c.call("double", std::slice::from_ref(&x)).unwrap()[0]
             .to_vec::<f32>()
             .unwrap(),
         v.iter().map(|a| a + a).collect::<Vec<_>>()
     );
     assert_eq!(
-        c.call("square", &[x.clone()]).unwrap()[0]
+        c.call("square", std::slice::from_ref(&x)).unwrap()[0]
             .to_vec::<f32>()
             .unwrap(),
         v.iter().map(|a| a * a).collect::<Vec<_>>()
@@ -352,13 +352,13 @@ fn two_functions_with_the_same_shapes_share_a_package_without_collision() {
     let p = test_host().open(&pkg, Bindings::new()).unwrap();
     assert_eq!(p.manifest().functions.len(), 2);
     assert_eq!(
-        p.call("double", &[x.clone()]).unwrap()[0]
+        p.call("double", std::slice::from_ref(&x)).unwrap()[0]
             .to_vec::<f32>()
             .unwrap(),
         v.iter().map(|a| a + a).collect::<Vec<_>>()
     );
     assert_eq!(
-        p.call("square", &[x.clone()]).unwrap()[0]
+        p.call("square", std::slice::from_ref(&x)).unwrap()[0]
             .to_vec::<f32>()
             .unwrap(),
         v.iter().map(|a| a * a).collect::<Vec<_>>()

@@ -398,7 +398,7 @@ impl PackageDraft {
     pub fn to_files(&self) -> (Vec<u8>, PackageFiles) {
         let mut files = PackageFiles::new();
         for (name, bytes) in &self.files {
-            files.insert(name.clone(), bytes.to_vec());
+            files.insert_shared(name.clone(), bytes.clone());
         }
         (self.manifest_json(), files)
     }

@@ -32,3 +32,4 @@ pub use guard::{EntryMiss, Guard, ScalarValue};
 pub use manifest::Manifest;
 pub use package::{Bindings, Package, PackageFiles, Stats};
 pub use sandbox::{Host, HostConfig, Limits};
+pub use verify::FileBytes;

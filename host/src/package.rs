@@ -71,6 +71,11 @@ impl PackageFiles {
     pub fn insert(&mut self, name: String, bytes: Vec<u8>) {
         self.0.insert(name, Arc::new(bytes));
     }
+
+    /// Adds a file whose bytes are shared with the caller (no copy).
+    pub fn insert_shared(&mut self, name: String, bytes: FileBytes) {
+        self.0.insert(name, bytes);
+    }
 }
 
 /// Counters of work done by a host, for tests, benchmarks and `inspect`.

@@ -18,9 +18,10 @@
 //! [`Instance`] is `Send` but used by one call at a time (the package's pool
 //! hands each call its own).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ampoule_kernels::{Bound, DType, Impl, Registry, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
@@ -115,6 +116,9 @@ pub(crate) struct HostInner {
     pub linker: Linker<InstanceState>,
     pub config: HostConfig,
     pub cache: Option<ArtifactCache>,
+    /// Wrappers compiled by this host, by digest: reopening a package (as
+    /// compile-on-miss does) never recompiles what this host already has.
+    pub compiled: Mutex<HashMap<String, Component>>,
     pub counters: Counters,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -124,6 +128,9 @@ impl Drop for HostInner {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// Compiled wrappers a host keeps in memory.
+const MAX_COMPILED_IN_MEMORY: usize = 256;
 
 /// One epoch tick; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(2);
@@ -190,6 +197,7 @@ impl Host {
                 linker,
                 config,
                 cache,
+                compiled: Mutex::new(HashMap::new()),
                 counters: Counters::default(),
                 ticker_stop,
             }),
@@ -212,19 +220,39 @@ impl Host {
         let _span =
             tracing::debug_span!("sandbox.prepare", wrapper = &digest[..12.min(digest.len())])
                 .entered();
-        let component = match inner.cache.as_ref().and_then(|c| c.load(digest)) {
-            Some(c) => {
-                inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-                c
-            }
+        let known = inner
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|m| m.get(digest).cloned());
+        let component = match known {
+            Some(c) => c,
             None => {
-                inner.counters.wasm_compiles.fetch_add(1, Ordering::Relaxed);
-                let c = Component::new(&inner.engine, bytes).map_err(|e| Error::Compile {
-                    wrapper: digest.to_string(),
-                    message: format!("{e:#}"),
-                })?;
-                if let Some(cache) = &inner.cache {
-                    cache.store(digest, &c);
+                let c = match inner.cache.as_ref().and_then(|c| c.load(digest)) {
+                    Some(c) => {
+                        inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        c
+                    }
+                    None => {
+                        inner.counters.wasm_compiles.fetch_add(1, Ordering::Relaxed);
+                        let c =
+                            Component::new(&inner.engine, bytes).map_err(|e| Error::Compile {
+                                wrapper: digest.to_string(),
+                                message: format!("{e:#}"),
+                            })?;
+                        if let Some(cache) = &inner.cache {
+                            cache.store(digest, &c);
+                        }
+                        c
+                    }
+                };
+                if let Ok(mut m) = inner.compiled.lock() {
+                    // Bounded: a long-lived host serving many packages keeps
+                    // the most recent wrappers, not all of them.
+                    if m.len() >= MAX_COMPILED_IN_MEMORY {
+                        m.clear();
+                    }
+                    m.insert(digest.to_string(), c.clone());
                 }
                 c
             }

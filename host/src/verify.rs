@@ -30,10 +30,13 @@ use crate::sandbox::{Limits, HOST_INTERFACE, WIT_PACKAGE};
 /// A file's bytes, read or mapped.
 pub type FileBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+/// An entry's kernel table, bound.
+pub(crate) type KernelTable = Arc<[Arc<dyn Bound>]>;
+
 /// What verification produces besides problems: the bound kernel tables.
 pub(crate) struct Verified {
     /// `kernels[function][entry]`: the bound kernel table.
-    pub kernels: Vec<Vec<Arc<[Arc<dyn Bound>]>>>,
+    pub kernels: Vec<Vec<KernelTable>>,
 }
 
 struct Problems(Vec<Problem>);
@@ -379,14 +382,12 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
     for payload in Parser::new(0).parse_all(bytes) {
         let Ok(payload) = payload else { break };
         match payload {
-            Payload::Version { encoding, .. } => {
-                if depth == 0 && !saw_component {
-                    if encoding != wasmparser::Encoding::Component {
-                        problems.push("a wrapper must be a component, not a core module".into());
-                        return problems;
-                    }
-                    saw_component = true;
+            Payload::Version { encoding, .. } if depth == 0 && !saw_component => {
+                if encoding != wasmparser::Encoding::Component {
+                    problems.push("a wrapper must be a component, not a core module".into());
+                    return problems;
                 }
+                saw_component = true;
             }
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
