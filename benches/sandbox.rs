@@ -3,6 +3,9 @@
 //! through a loaded package (guards + export call + N checked launches),
 //! against the same N kernels called directly from Rust in the same run.
 //!
+//! The baseline calls `Bound::run_prechecked`, the entry point the host
+//! itself uses after its launch check, so the difference is the sandbox.
+//!
 //! `cargo bench --bench sandbox`. Per-launch overhead is the slope between
 //! the 1- and 10-kernel programs; per-call overhead is the 10-kernel call
 //! minus the direct 10-kernel baseline.
@@ -66,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 for i in 0..n {
                     let (done, rest) = bufs.split_at_mut(i);
                     let input = if i == 0 { &x } else { &done[i - 1] };
-                    add.run(Impl::Optimized, &[input, &x], &mut rest[..1])
+                    add.run_prechecked(Impl::Optimized, &[input, &x], &mut rest[..1])
                         .unwrap();
                 }
                 black_box(&bufs[n - 1]);

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use ampoule_kernels::{Bound, DType, Impl, Registry, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store};
@@ -750,27 +752,32 @@ impl InstanceState {
                 ));
             }
         }
-        // Inputs: cheap clones sharing storage, shaped as the operands see
-        // them. No output aliases an input, so this leaves every output's
-        // storage uniquely owned by its slot.
-        let in_tensors: Vec<Tensor> = ins
-            .iter()
-            .zip(&roots[..arity.inputs])
-            .map(|(&i, &r)| self.operand(i, r))
-            .collect();
-        // Outputs: taken out of their slots for the duration of the kernel.
-        let mut taken: Vec<(u32, Vec<usize>)> = Vec::with_capacity(outs.len());
-        let mut outputs: Vec<Tensor> = Vec::with_capacity(outs.len());
+        // Outputs: taken out of their slots for the duration of the kernel
+        // (views reshaped as the operand sees them, and back afterwards).
+        // No output aliases an input, so each is uniquely owned here.
+        let mut outputs: SmallVec<[Tensor; 2]> = SmallVec::new();
+        let mut base_shapes: SmallVec<[Option<Vec<usize>>; 2]> = SmallVec::new();
         for (k, &o) in outs.iter().enumerate() {
             let root = roots[arity.inputs + k];
-            let shape = self.meta_of(o).shape.clone();
+            let view_shape = match &self.slots[o as usize].data {
+                SlotData::View { meta, .. } => Some(meta.shape.clone()),
+                _ => None,
+            };
             let SlotData::Tensor(t) =
                 std::mem::replace(&mut self.slots[root as usize].data, SlotData::Free)
             else {
                 return Err((TrapKind::Contract, "output root is not a tensor".into()));
             };
-            taken.push((root, t.shape().to_vec()));
-            let mut t = t.reshaped(&shape).unwrap_or(t);
+            let mut t = match &view_shape {
+                Some(shape) => {
+                    base_shapes.push(Some(t.shape().to_vec()));
+                    t.reshaped(shape).unwrap_or(t)
+                }
+                None => {
+                    base_shapes.push(None);
+                    t
+                }
+            };
             if t.bytes_mut().is_err() {
                 // The caller still holds last run's result: write fresh storage.
                 t = Tensor::zeros(t.dtype(), t.shape())
@@ -778,15 +785,37 @@ impl InstanceState {
             }
             outputs.push(t);
         }
-        let in_refs: Vec<&Tensor> = in_tensors.iter().collect();
+        // Inputs: borrowed from their slots; only views need a reshaped
+        // handle (a cheap clone sharing storage).
+        let views: SmallVec<[Tensor; 2]> = ins
+            .iter()
+            .zip(&roots[..arity.inputs])
+            .filter(|(i, r)| i != r)
+            .map(|(&i, &r)| self.operand(i, r))
+            .collect();
         let result = {
+            let mut views = views.iter();
+            let mut refs: SmallVec<[&Tensor; MAX_OPERANDS]> = SmallVec::new();
+            for (&i, &r) in ins.iter().zip(&roots[..arity.inputs]) {
+                let t = match (&self.slots[r as usize].data, i == r) {
+                    (SlotData::Tensor(t), true) => Some(t),
+                    (SlotData::Tensor(_), false) => views.next(),
+                    _ => None,
+                };
+                match t {
+                    Some(t) => refs.push(t),
+                    None => return Err((TrapKind::Contract, "input root is not a tensor".into())),
+                }
+            }
             let _span = tracing::trace_span!("kernel.launch", kernel).entered();
-            bound.run(self.imp, &in_refs, &mut outputs)
+            bound.run_prechecked(self.imp, &refs, &mut outputs)
         };
-        drop(in_refs);
-        drop(in_tensors);
-        for ((root, base_shape), t) in taken.into_iter().zip(outputs) {
-            let t = t.reshaped(&base_shape).unwrap_or(t);
+        for ((k, t), base) in outputs.into_iter().enumerate().zip(base_shapes) {
+            let root = roots[arity.inputs + k];
+            let t = match base {
+                Some(shape) => t.reshaped(&shape).unwrap_or(t),
+                None => t,
+            };
             self.slots[root as usize].data = SlotData::Tensor(t);
         }
         result.map_err(|e| (TrapKind::KernelFailed, e.to_string()))?;

@@ -128,6 +128,20 @@ pub trait Bound: Send + Sync + 'static {
     /// uniquely owned storage.
     fn run(&self, imp: Impl, inputs: &[&Tensor], outputs: &mut [Tensor])
         -> Result<(), KernelError>;
+
+    /// Runs the kernel on operands the caller has already checked: their
+    /// metas passed [`Bound::check`] and each output has exactly the meta it
+    /// returned. Skips re-deriving the signature (the host's launch path
+    /// checks, memoized, before calling this). Still never undefined
+    /// behaviour; output count and unique ownership are still checked.
+    fn run_prechecked(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), KernelError> {
+        self.run(imp, inputs, outputs)
+    }
 }
 
 /// The kernels a host provides, by `name@version`.

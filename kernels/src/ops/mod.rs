@@ -159,6 +159,27 @@ impl<O: Op> Bound for Checked<O> {
         Ok(vec![out])
     }
 
+    fn run_prechecked(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        outputs: &mut [Tensor],
+    ) -> Result<(), KernelError> {
+        let [out] = outputs else {
+            return Err(self.run_error(format!("expected 1 output (y), got {}", outputs.len())));
+        };
+        if inputs.len() != self.0.input_names().len() {
+            return Err(self.run_error(format!(
+                "expected {} inputs, got {}",
+                self.0.input_names().len(),
+                inputs.len()
+            )));
+        }
+        self.0
+            .compute(imp, inputs, out)
+            .map_err(|e| self.run_error(e))
+    }
+
     fn run(
         &self,
         imp: Impl,
