@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use ampoule::host::guard::prefix;
 use ampoule::host::manifest::{ArgKind, GlobalSource, Manifest};
 use ampoule::host::{Bindings, Host, HostConfig, Impl};
 use anyhow::{bail, Context, Result};
@@ -191,7 +192,7 @@ fn inspect(dir: &Path, json: bool) -> Result<()> {
             f.name,
             sig(&f.signature.inputs),
             sig(&f.signature.outputs),
-            &f.program_hash[..16.min(f.program_hash.len())]
+            prefix(&f.program_hash, 16)
         );
         for (ei, e) in f.entries.iter().enumerate() {
             let bytes: u64 = e
@@ -231,15 +232,18 @@ fn inspect(dir: &Path, json: bool) -> Result<()> {
     let mut total = 0;
     for (name, digest, len) in &files {
         total += len;
-        println!("  {name:<90} {len:>12} bytes  sha256 {}", &digest[..16]);
+        println!(
+            "  {name:<90} {len:>12} bytes  sha256 {}",
+            prefix(digest, 16)
+        );
     }
     println!("total {total} bytes");
     Ok(())
 }
 
 fn short(s: &str) -> String {
-    if s.len() > 20 {
-        format!("{}…", &s[..16])
+    if s.chars().count() > 20 {
+        format!("{}…", prefix(s, 16))
     } else {
         s.to_string()
     }

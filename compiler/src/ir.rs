@@ -484,7 +484,7 @@ impl fmt::Display for Graph {
                 GlobalSource::Embedded(_) => "embedded".to_string(),
                 GlobalSource::Bound { digest: None } => "bound".to_string(),
                 GlobalSource::Bound { digest: Some(d) } => {
-                    format!("bound, sha256 {}", &d[..d.len().min(16)])
+                    format!("bound, sha256 {}", ampoule_host::guard::prefix(d, 16))
                 }
             };
             writeln!(f, "global {}: {} ({src})", g.name, g.meta)?;

@@ -186,7 +186,7 @@ impl Guard {
                 global(*g)?;
                 match (globals.digest)(*g as usize) {
                     Some(d) if d == *sha256 => Ok(()),
-                    Some(d) => Err(format!("sha256 {}", &d[..d.len().min(16)])),
+                    Some(d) => Err(format!("sha256 {}", prefix(&d, 16))),
                     None => Err("no digest".to_string()),
                 }
             }
@@ -231,11 +231,7 @@ impl Guard {
                 format!("global `{}` is {dtype}{shape:?}", global(*g))
             }
             Guard::GlobalDigest { global: g, sha256 } => {
-                format!(
-                    "global `{}` has sha256 {}",
-                    global(*g),
-                    &sha256[..sha256.len().min(16)]
-                )
+                format!("global `{}` has sha256 {}", global(*g), prefix(sha256, 16))
             }
         }
     }
@@ -261,6 +257,12 @@ impl Guard {
             _ => None,
         }
     }
+}
+
+/// The first `n` characters of `s` (which may come from a package: never
+/// slice it at a byte offset).
+pub fn prefix(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
 }
 
 fn expect_eq<T: PartialEq>(
@@ -484,6 +486,20 @@ mod tests {
         }
         .check_global(&view)
         .is_err());
+    }
+
+    #[test]
+    fn explanations_of_hostile_strings_do_not_panic() {
+        // A package controls these strings; multi-byte characters must not
+        // be sliced at a byte offset.
+        let g = Guard::GlobalDigest {
+            global: 0,
+            sha256: "é".repeat(40),
+        };
+        assert_eq!(
+            g.describe(&sig(), &[]),
+            format!("global `global#0` has sha256 {}", "é".repeat(16))
+        );
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Host {
     ) -> Result<WrapperPre<InstanceState>, Error> {
         let inner = &self.inner;
         let _span =
-            tracing::debug_span!("sandbox.prepare", wrapper = &digest[..12.min(digest.len())])
+            tracing::debug_span!("sandbox.prepare", wrapper = %crate::guard::prefix(digest, 12))
                 .entered();
         let known = inner
             .compiled
