@@ -654,7 +654,7 @@ impl InstanceState {
         kernel: u32,
         args: [u32; MAX_OPERANDS],
     ) -> Result<(), (TrapKind, String)> {
-        let Some(bound) = self.kernels.get(kernel as usize).cloned() else {
+        let Some(bound) = self.kernels.get(kernel as usize) else {
             return Err((
                 TrapKind::LaunchRejected,
                 format!(
