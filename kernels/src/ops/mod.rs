@@ -206,9 +206,7 @@ impl<O: Op> Bound for Checked<O> {
                 "output 0 (y): storage is shared with another tensor; outputs must be uniquely owned".to_string(),
             ));
         }
-        self.0
-            .compute(imp, inputs, out)
-            .map_err(|e| self.run_error(e))
+        self.run_prechecked(imp, inputs, outputs)
     }
 }
 
