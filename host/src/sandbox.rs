@@ -808,7 +808,19 @@ impl InstanceState {
                 }
             }
             let _span = tracing::trace_span!("kernel.launch", kernel).entered();
-            bound.run_prechecked(self.imp, &refs, &mut outputs)
+            // Defense in depth: kernels never panic on checked operands, but
+            // if one ever did, a guest must not be able to take the host
+            // down with it. The instance traps and is discarded.
+            let imp = self.imp;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                bound.run_prechecked(imp, &refs, &mut outputs)
+            }))
+            .unwrap_or_else(|_| {
+                Err(ampoule_kernels::KernelError::Run {
+                    kernel: format!("kernel {kernel}"),
+                    message: "the kernel panicked (a host bug; please report it)".into(),
+                })
+            })
         };
         for ((k, t), base) in outputs.into_iter().enumerate().zip(base_shapes) {
             let root = roots[arity.inputs + k];
