@@ -88,14 +88,6 @@ pub enum PackageError {
     },
     #[error("cannot write a weights file: {0}")]
     Weights(String),
-    #[error("package file `{file}` changed while it was being read: expected sha256 {expected}, got {actual}")]
-    Integrity {
-        file: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("package file `{file}` is {size} bytes, above the host's package limit of {limit}")]
-    TooLarge { file: String, size: u64, limit: u64 },
     #[error("the package's manifest is not valid JSON of the expected form: {0}")]
     Manifest(String),
     #[error(transparent)]
@@ -560,11 +552,10 @@ impl PackageDraft {
 
     /// Loads the package in `dir` into a draft, and opens it on `host`.
     ///
-    /// The manifest (checked against `manifest.sha256`) and every file it
-    /// lists are read through `cap-std` (confined to `dir`), each checked
-    /// against its digest; then the host opens exactly
-    /// those bytes with full verification, so the draft holds precisely what
-    /// was verified.
+    /// The directory is read by the host's own reader
+    /// ([`Host::read_package`]: cap-std, size limit, manifest digest), then
+    /// the host opens exactly those bytes with full verification, so the
+    /// draft holds precisely what was verified.
     pub fn load(
         host: &Host,
         dir: impl AsRef<Path>,
@@ -572,66 +563,13 @@ impl PackageDraft {
     ) -> Result<(PackageDraft, Package), PackageError> {
         let dir = dir.as_ref();
         let _span = tracing::debug_span!("package.load", dir = %dir.display()).entered();
-        let limit = host.config().limits.max_package_bytes;
-        let root = Dir::open_ambient_dir(dir, cap_std::ambient_authority()).map_err(|source| {
-            PackageError::Io {
-                action: "open package directory",
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
-        let read = |name: &str| -> Result<Vec<u8>, PackageError> {
-            let io_err = |source| PackageError::Io {
-                action: "read",
-                path: dir.join(name),
-                source,
-            };
-            let size = root.metadata(name).map_err(io_err)?.len();
-            if size > limit {
-                return Err(PackageError::TooLarge {
-                    file: name.to_string(),
-                    size,
-                    limit,
-                });
-            }
-            root.read(name).map_err(io_err)
-        };
-        let manifest_bytes = read(MANIFEST_FILE)?;
-        let recorded = read(MANIFEST_DIGEST_FILE)?;
-        let (expected, actual) = (
-            String::from_utf8_lossy(&recorded).trim().to_string(),
-            sha256_hex(&manifest_bytes),
-        );
-        if expected != actual {
-            return Err(PackageError::Integrity {
-                file: MANIFEST_FILE.to_string(),
-                expected,
-                actual,
-            });
-        }
+        let (manifest_bytes, read) = host.read_package(dir)?;
         let manifest = Manifest::from_json(&manifest_bytes)
             .map_err(|e| PackageError::Manifest(e.to_string()))?;
-        let mut files = BTreeMap::new();
-        for (name, digest) in &manifest.files {
-            // Only names of the two blob forms are ever opened.
-            let blob = ampoule_host::verify::blob_digest(name, "wrappers", "wasm")
-                .or_else(|| ampoule_host::verify::blob_digest(name, "weights", "safetensors"));
-            if blob.is_none() {
-                return Err(PackageError::Manifest(format!(
-                    "file name `{name}` is not a package blob name"
-                )));
-            }
-            let bytes = read(name)?;
-            let actual = sha256_hex(&bytes);
-            if actual != *digest {
-                return Err(PackageError::Integrity {
-                    file: name.clone(),
-                    expected: digest.clone(),
-                    actual,
-                });
-            }
-            files.insert(name.clone(), Arc::new(bytes));
-        }
+        let files = read
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), Arc::new(bytes.to_vec())))
+            .collect();
         let mut draft = PackageDraft {
             manifest,
             files,

@@ -72,6 +72,11 @@ impl PackageFiles {
         self.0.insert(name, Arc::new(bytes));
     }
 
+    /// Every file, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.0.iter().map(|(n, b)| (n.as_str(), (**b).as_ref()))
+    }
+
     /// Adds a file whose bytes are shared with the caller (no copy).
     pub fn insert_shared(&mut self, name: String, bytes: FileBytes) {
         self.0.insert(name, bytes);
@@ -129,6 +134,16 @@ impl Host {
         bindings: Bindings,
     ) -> Result<Package, Error> {
         self.open_files_inner(manifest_json, files.0, bindings)
+    }
+
+    /// Reads the package directory `dir` exactly as `open` does (through
+    /// cap-std, within the size limit, the manifest checked against
+    /// `manifest.sha256`), without verifying or opening it: for tools that
+    /// rewrite packages and then hand the bytes to [`Host::open_files`].
+    pub fn read_package(&self, dir: impl AsRef<Path>) -> Result<(Vec<u8>, PackageFiles), Error> {
+        let (manifest_bytes, files) =
+            read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
+        Ok((manifest_bytes, PackageFiles(files)))
     }
 
     /// Fully verifies the package directory `dir` without binding globals;
