@@ -182,7 +182,7 @@ impl Host {
             )
             .map_err(Error::Verify)?
         };
-        let globals = resolve_globals(&manifest, &files, bindings)?;
+        let globals = resolve_globals(&manifest, &files, &verified.weights, bindings)?;
         let digests: Vec<OnceLock<String>> = (0..globals.len()).map(|_| OnceLock::new()).collect();
         let digest = |g: usize| -> Option<String> {
             let t = globals.get(g)?.as_ref()?;
@@ -331,10 +331,11 @@ fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<()
 fn resolve_globals(
     m: &Manifest,
     files: &BTreeMap<String, FileBytes>,
+    weights: &[Option<usize>],
     mut bindings: Bindings,
 ) -> Result<Vec<Option<Tensor>>, Error> {
     let mut out = Vec::with_capacity(m.globals.len());
-    for decl in &m.globals {
+    for (g, decl) in m.globals.iter().enumerate() {
         let shape: Vec<usize> = decl.shape.iter().map(|&d| d as usize).collect();
         out.push(match &decl.source {
             GlobalSource::Bound => {
@@ -347,22 +348,15 @@ fn resolve_globals(
                         })?,
                 )
             }
-            GlobalSource::Weight { file, tensor } => {
+            GlobalSource::Weight { file, .. } => {
                 let bytes = files[file].clone();
-                let st = safetensors::SafeTensors::deserialize((*bytes).as_ref()).map_err(|e| {
+                // Verification found every embedded global's offset.
+                let offset = weights[g].ok_or_else(|| {
                     Error::Verify(vec![Problem {
-                        at: file.clone(),
-                        message: e.to_string(),
+                        at: format!("global `{}`", decl.name),
+                        message: "no verified location in its weights file".into(),
                     }])
                 })?;
-                let view = st.tensor(tensor).map_err(|e| {
-                    Error::Verify(vec![Problem {
-                        at: file.clone(),
-                        message: e.to_string(),
-                    }])
-                })?;
-                let base = (*bytes).as_ref().as_ptr() as usize;
-                let offset = view.data().as_ptr() as usize - base;
                 Some(
                     Tensor::from_external(decl.dtype, &shape, bytes.clone(), offset).map_err(
                         |e| {

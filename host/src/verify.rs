@@ -37,6 +37,9 @@ pub(crate) type KernelTable = Arc<[Arc<dyn Bound>]>;
 pub(crate) struct Verified {
     /// `kernels[function][entry]`: the bound kernel table.
     pub kernels: Vec<Vec<KernelTable>>,
+    /// `weights[global]`: for an embedded global, the byte offset of its
+    /// data in its weights file (found while checking the file's header).
+    pub weights: Vec<Option<usize>>,
 }
 
 struct Problems(Vec<Problem>);
@@ -130,6 +133,7 @@ pub(crate) fn verify_package(
     let mut total: u64 = 0;
     let mut names = HashSet::new();
     let mut parsed: BTreeMap<&str, Option<safetensors::SafeTensors<'_>>> = BTreeMap::new();
+    let mut weights = vec![None; m.globals.len()];
     for (g, decl) in m.globals.iter().enumerate() {
         let at = format!("globals[{g}] `{}`", decl.name);
         if !names.insert(decl.name.as_str()) {
@@ -190,6 +194,9 @@ pub(crate) fn verify_package(
                                     shape
                                 ),
                             );
+                        } else {
+                            let base = (**bytes).as_ref().as_ptr() as usize;
+                            weights[g] = Some(view.data().as_ptr() as usize - base);
                         }
                     }
                 }
@@ -346,7 +353,7 @@ pub(crate) fn verify_package(
         }
     }
     if p.0.is_empty() {
-        Ok(Verified { kernels })
+        Ok(Verified { kernels, weights })
     } else {
         Err(p.0)
     }
