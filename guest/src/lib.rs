@@ -9,6 +9,12 @@
 //! for byte.
 //!
 //! No input reaches a panic: every problem in a program is an [`EmitError`].
+//!
+//! # Thread safety
+//!
+//! Everything here is plain data or a pure function: [`Program`], [`Step`],
+//! [`Layout`] and the error types are `Send + Sync` (checked at compile time
+//! below), and [`emit`] may run on many threads at once.
 
 #![forbid(unsafe_code)]
 
@@ -35,3 +41,13 @@ pub const WIT: &str = include_str!("../../wit/runtime.wit");
 pub const WIT_PACKAGE: &str = "ampoule:runtime@0.1.0";
 /// The interface wrappers import; the only import a wrapper may have.
 pub const HOST_INTERFACE: &str = "ampoule:runtime/host@0.1.0";
+
+// The thread-safety contract in the crate doc, checked by the compiler.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Program>();
+    send_sync::<Step>();
+    send_sync::<Layout>();
+    send_sync::<EmitError>();
+    send_sync::<VerifyError>();
+};

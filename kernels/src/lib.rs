@@ -44,6 +44,16 @@
 //! | `copy@1` | x: any | same | none |
 //!
 //! Reshape is not a kernel: the host's `view` import reshapes without a copy.
+//!
+//! # Thread safety
+//!
+//! Every public type is `Send + Sync` (checked at compile time below).
+//! [`Tensor`] is an immutable view of shared storage: clones share bytes,
+//! and [`Tensor::bytes_mut`] refuses (`TensorError::Shared`) while the
+//! storage is shared, so no owner ever sees another's writes. [`Registry`], [`Kernel`] and
+//! [`Bound`] are immutable after construction; a bound kernel is called from
+//! many threads at once and keeps no state between calls. Optimized kernels
+//! may run on rayon's global pool.
 
 // `unsafe` is denied everywhere but in the one function that calls `gemm`
 // (`ops::matmul::gemm_into`), which carries its `// SAFETY:` proof.
@@ -208,3 +218,15 @@ pub fn parse_id(id: &str) -> Option<(&str, u32)> {
 }
 
 mod ops;
+
+// The thread-safety contract in the crate doc, checked by the compiler.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tensor>();
+    send_sync::<TensorMeta>();
+    send_sync::<DType>();
+    send_sync::<Registry>();
+    send_sync::<AttrValue>();
+    send_sync::<KernelError>();
+    send_sync::<Arc<dyn Bound>>();
+};
