@@ -503,6 +503,21 @@ mod tests {
     }
 
     #[test]
+    fn float_values_read_back_exactly() {
+        // Found by fuzz/guards (fuzz/regressions/guards/): this subnormal
+        // read back one ulp off, so an entry specialized on it could never
+        // match again once its manifest was written and read.
+        for v in [5.25465300634615e-308, 0.1, -1.0e300, f64::MIN_POSITIVE / 3.0, 2.5] {
+            let g = Guard::ScalarValue {
+                input: 0,
+                value: ScalarValue::Float(v),
+            };
+            let back: Guard = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+            assert_eq!(back, g, "{v:e}");
+        }
+    }
+
+    #[test]
     fn serde_rejects_unknown_fields_and_kinds() {
         let g: Guard =
             serde_json::from_str(r#"{"kind":"dim","input":0,"axis":1,"size":4}"#).unwrap();
