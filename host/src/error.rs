@@ -101,6 +101,18 @@ pub enum Error {
         message: String,
     },
 
+    #[error("package is not signed, and this host's trust policy requires a signature: have it signed (`ampoule sign PKG --key KEY`) by a key the host trusts")]
+    Unsigned,
+
+    #[error("the package's signature by key {key} does not verify: the package was changed after it was signed, or signature.json is corrupt; get an intact copy, or have it re-signed")]
+    BadSignature { key: String },
+
+    #[error("package is signed only by keys this host does not trust ({}); if you trust the signer, add its public key to the trust policy (`--trust KEY.pub`)", .keys.join(", "))]
+    UntrustedSigner { keys: Vec<String> },
+
+    #[error("package file `signature.json` is malformed: {message}; have the package re-signed")]
+    MalformedSignature { message: String },
+
     #[error("cannot compile wrapper `{wrapper}`: {message}")]
     Compile { wrapper: String, message: String },
 

@@ -10,7 +10,9 @@
 //!   selecting entries, serving calls;
 //! - [`sandbox`]: the wasmtime engine, the wrapper contract from `wit/`, slot
 //!   handles, launch checks and limits;
-//! - [`cache`]: the local compiled-artifact cache.
+//! - [`cache`]: the local compiled-artifact cache;
+//! - [`trust`]: package signatures (ed25519 over the manifest digest) and
+//!   the trust policy `open` and `verify` apply.
 //!
 //! Thread safety: [`Host`] and [`Package`] are `Send + Sync` and cheap to
 //! share; a `Package` serves calls from many threads at once, each call on
@@ -24,6 +26,7 @@ pub mod guard;
 pub mod manifest;
 pub mod package;
 pub mod sandbox;
+pub mod trust;
 pub mod verify;
 
 pub use ampoule_kernels::{DType, Impl, Registry, Tensor, TensorMeta};
@@ -32,4 +35,5 @@ pub use guard::{EntryMiss, Guard, ScalarValue};
 pub use manifest::Manifest;
 pub use package::{Bindings, Package, PackageFiles, Stats};
 pub use sandbox::{Host, HostConfig, Limits};
+pub use trust::{PublicKey, SecretKey, SignatureStatus, TrustPolicy};
 pub use verify::FileBytes;

@@ -31,12 +31,11 @@ use crate::manifest::{
     MANIFEST_FILE,
 };
 use crate::sandbox::{classify, Host, Instance, InstanceState, WrapperPre};
+use crate::trust::{manifest_digest, read_signature_file, SIGNATURE_FILE};
 use crate::verify::{blob_digest, verify_package, FileBytes};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
-/// Files a package directory may hold besides those in the manifest.
-const SIGNATURE_FILE: &str = "signature.json";
 
 /// Values for host-bound globals, by name.
 #[derive(Clone, Default)]
@@ -59,9 +58,13 @@ impl Bindings {
 }
 
 /// A package's files held in memory (for packages being built, or received
-/// over a network), keyed by their names in the manifest.
+/// over a network), keyed by their names in the manifest, and its
+/// `signature.json`, if it has one.
 #[derive(Clone, Default)]
-pub struct PackageFiles(BTreeMap<String, FileBytes>);
+pub struct PackageFiles {
+    files: BTreeMap<String, FileBytes>,
+    signature: Option<Vec<u8>>,
+}
 
 impl PackageFiles {
     pub fn new() -> Self {
@@ -69,17 +72,28 @@ impl PackageFiles {
     }
 
     pub fn insert(&mut self, name: String, bytes: Vec<u8>) {
-        self.0.insert(name, Arc::new(bytes));
+        self.files.insert(name, Arc::new(bytes));
     }
 
-    /// Every file, by name.
+    /// Every file listed in the manifest, by name (not the signature).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, b)| (n.as_str(), (**b).as_ref()))
+        self.files.iter().map(|(n, b)| (n.as_str(), (**b).as_ref()))
     }
 
     /// Adds a file whose bytes are shared with the caller (no copy).
     pub fn insert_shared(&mut self, name: String, bytes: FileBytes) {
-        self.0.insert(name, bytes);
+        self.files.insert(name, bytes);
+    }
+
+    /// Sets the contents of the package's `signature.json`, which the
+    /// host's trust policy checks at [`Host::open_files`].
+    pub fn set_signature(&mut self, signature_json: Vec<u8>) {
+        self.signature = Some(signature_json);
+    }
+
+    /// The contents of the package's `signature.json`, if it has one.
+    pub fn signature(&self) -> Option<&[u8]> {
+        self.signature.as_deref()
     }
 }
 
@@ -120,42 +134,74 @@ pub struct Package {
 
 impl Host {
     /// Opens and fully verifies the package directory `dir`.
+    ///
+    /// The host's trust policy ([`crate::trust`]) is applied first, as soon
+    /// as the manifest digest is known.
     pub fn open(&self, dir: impl AsRef<Path>, bindings: Bindings) -> Result<Package, Error> {
-        let (manifest_bytes, files) =
+        let (manifest_bytes, files, signature) =
             read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
-        self.open_files_inner(&manifest_bytes, files, bindings)
+        self.open_files_inner(&manifest_bytes, files, signature.as_deref(), bindings)
     }
 
-    /// Opens a package held in memory; verification is the same as `open`.
+    /// Opens a package held in memory; verification, and the trust policy
+    /// (against [`PackageFiles::signature`]), are the same as `open`.
     pub fn open_files(
         &self,
         manifest_json: &[u8],
         files: PackageFiles,
         bindings: Bindings,
     ) -> Result<Package, Error> {
-        self.open_files_inner(manifest_json, files.0, bindings)
+        self.open_files_inner(
+            manifest_json,
+            files.files,
+            files.signature.as_deref(),
+            bindings,
+        )
     }
 
     /// Reads the package directory `dir` exactly as `open` does (through
     /// cap-std, within the size limit, the manifest checked against
-    /// `manifest.sha256`), without verifying or opening it: for tools that
-    /// rewrite packages and then hand the bytes to [`Host::open_files`].
+    /// `manifest.sha256`, `signature.json` into [`PackageFiles::signature`]),
+    /// without verifying or opening it: for tools that rewrite packages and
+    /// then hand the bytes to [`Host::open_files`].
     pub fn read_package(&self, dir: impl AsRef<Path>) -> Result<(Vec<u8>, PackageFiles), Error> {
-        let (manifest_bytes, files) =
+        let (manifest_bytes, files, signature) =
             read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
-        Ok((manifest_bytes, PackageFiles(files)))
+        Ok((manifest_bytes, PackageFiles { files, signature }))
     }
 
-    /// Fully verifies the package directory `dir` without binding globals;
-    /// returns its manifest.
+    /// Fully verifies the package directory `dir` without binding globals,
+    /// under the host's trust policy; returns its manifest.
     pub fn verify(&self, dir: impl AsRef<Path>) -> Result<Manifest, Error> {
-        let (manifest_bytes, files) =
+        let (manifest_bytes, files, signature) =
             read_dir(dir.as_ref(), self.config().limits.max_package_bytes)?;
-        let manifest = parse_manifest(&manifest_bytes)?;
-        check_digests(&manifest, &files)?;
+        self.check_trust(&manifest_bytes, signature.as_deref())?;
+        self.verify_files(&manifest_bytes, &files)
+    }
+
+    /// Applies the trust policy to a package's manifest and signature file.
+    fn check_trust(&self, manifest_bytes: &[u8], signature: Option<&[u8]>) -> Result<(), Error> {
+        let policy = &self.config().trust;
+        if policy.is_permissive() {
+            return Ok(());
+        }
+        let _s = tracing::info_span!("package.trust").entered();
+        policy
+            .check(&manifest_digest(manifest_bytes), signature)
+            .inspect_err(|e| tracing::debug!(error = %e, "package refused by the trust policy"))
+    }
+
+    /// Parsing, digests and full verification, without the trust policy.
+    pub(crate) fn verify_files(
+        &self,
+        manifest_bytes: &[u8],
+        files: &BTreeMap<String, FileBytes>,
+    ) -> Result<Manifest, Error> {
+        let manifest = parse_manifest(manifest_bytes)?;
+        check_digests(&manifest, files)?;
         verify_package(
             &manifest,
-            &files,
+            files,
             &self.config().registry,
             &self.config().limits,
         )
@@ -167,9 +213,11 @@ impl Host {
         &self,
         manifest_bytes: &[u8],
         files: BTreeMap<String, FileBytes>,
+        signature: Option<&[u8]>,
         bindings: Bindings,
     ) -> Result<Package, Error> {
         let _span = tracing::info_span!("package.open").entered();
+        self.check_trust(manifest_bytes, signature)?;
         let manifest = parse_manifest(manifest_bytes)?;
         check_digests(&manifest, &files)?;
         let verified = {
@@ -398,42 +446,37 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
-/// Reads a package directory through cap-std: the manifest, every file under
-/// `wrappers/` and `weights/` (weights mmapped), refusing anything else.
-fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, FileBytes>), Error> {
-    let io = |file: &str, e: std::io::Error| Error::Io {
+/// The files of a package directory: the manifest's bytes, every file
+/// under `wrappers/` and `weights/`, and `signature.json`'s bytes if present.
+pub(crate) type DirContents = (Vec<u8>, BTreeMap<String, FileBytes>, Option<Vec<u8>>);
+
+fn io(file: &str, e: std::io::Error) -> Error {
+    Error::Io {
         file: file.to_string(),
         message: e.to_string(),
-    };
-    let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())
-        .map_err(|e| io(&path.display().to_string(), e))?;
-    let manifest = {
-        let mut f = dir.open(MANIFEST_FILE).map_err(|e| io(MANIFEST_FILE, e))?;
-        let mut buf = Vec::new();
-        (&mut f)
-            .take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| io(MANIFEST_FILE, e))?;
-        if buf.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(Error::Verify(vec![Problem {
-                at: MANIFEST_FILE.into(),
-                message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
-            }]));
-        }
-        let mut expected = String::new();
-        dir.open(MANIFEST_DIGEST_FILE)
-            .and_then(|f| f.take(128).read_to_string(&mut expected))
-            .map_err(|e| io(MANIFEST_DIGEST_FILE, e))?;
-        let (expected, actual) = (expected.trim().to_string(), sha256_hex(&buf));
-        if expected != actual {
-            return Err(Error::Integrity {
-                file: MANIFEST_FILE.into(),
-                expected,
-                actual,
-            });
-        }
-        buf
-    };
+    }
+}
+
+fn open_package_dir(path: &Path) -> Result<Dir, Error> {
+    Dir::open_ambient_dir(path, cap_std::ambient_authority())
+        .map_err(|e| io(&path.display().to_string(), e))
+}
+
+/// Reads only a package directory's manifest (checked against
+/// `manifest.sha256`) and its `signature.json`, if present.
+pub(crate) fn read_manifest_and_signature(
+    path: &Path,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), Error> {
+    let dir = open_package_dir(path)?;
+    Ok((read_manifest(&dir)?, read_signature_file(&dir)?))
+}
+
+/// Reads a package directory through cap-std: the manifest, every file under
+/// `wrappers/` and `weights/` (weights mmapped), `signature.json`, refusing
+/// anything else.
+pub(crate) fn read_dir(path: &Path, max_bytes: u64) -> Result<DirContents, Error> {
+    let dir = open_package_dir(path)?;
+    let manifest = read_manifest(&dir)?;
     let mut files = BTreeMap::new();
     let mut problems = Vec::new();
     let mut total: u64 = 0;
@@ -498,11 +541,41 @@ fn read_dir(path: &Path, max_bytes: u64) -> Result<(Vec<u8>, BTreeMap<String, Fi
             }),
         }
     }
-    if problems.is_empty() {
-        Ok((manifest, files))
-    } else {
-        Err(Error::Verify(problems))
+    if !problems.is_empty() {
+        return Err(Error::Verify(problems));
     }
+    let signature = read_signature_file(&dir)?;
+    Ok((manifest, files, signature))
+}
+
+/// Reads `manifest.json` (within [`MAX_MANIFEST_BYTES`]) and checks it
+/// against `manifest.sha256`.
+fn read_manifest(dir: &Dir) -> Result<Vec<u8>, Error> {
+    let mut f = dir.open(MANIFEST_FILE).map_err(|e| io(MANIFEST_FILE, e))?;
+    let mut buf = Vec::new();
+    (&mut f)
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io(MANIFEST_FILE, e))?;
+    if buf.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(Error::Verify(vec![Problem {
+            at: MANIFEST_FILE.into(),
+            message: format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+        }]));
+    }
+    let mut expected = String::new();
+    dir.open(MANIFEST_DIGEST_FILE)
+        .and_then(|f| f.take(128).read_to_string(&mut expected))
+        .map_err(|e| io(MANIFEST_DIGEST_FILE, e))?;
+    let (expected, actual) = (expected.trim().to_string(), sha256_hex(&buf));
+    if expected != actual {
+        return Err(Error::Integrity {
+            file: MANIFEST_FILE.into(),
+            expected,
+            actual,
+        });
+    }
+    Ok(buf)
 }
 
 impl Package {

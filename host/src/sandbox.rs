@@ -32,6 +32,7 @@ use wasmtime::{Config, Engine, Store};
 
 use crate::cache::ArtifactCache;
 use crate::error::{Error, TrapKind};
+use crate::trust::TrustPolicy;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -90,6 +91,9 @@ pub struct HostConfig {
     pub registry: Registry,
     /// Where compiled wrappers are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Which signers' packages this host accepts; permissive by default
+    /// (see [`crate::trust`]).
+    pub trust: TrustPolicy,
 }
 
 impl Default for HostConfig {
@@ -99,6 +103,7 @@ impl Default for HostConfig {
             kernels: Impl::Optimized,
             registry: Registry::standard(),
             cache_dir: ArtifactCache::default_dir(),
+            trust: TrustPolicy::default(),
         }
     }
 }
