@@ -1,13 +1,16 @@
-//! The `ampoule` command line: `demo`, `inspect`, `verify`, `run`.
+//! The `ampoule` command line: `demo`, `inspect`, `verify`, `run`, and
+//! package signing: `keygen`, `sign`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ampoule::host::guard::prefix;
 use ampoule::host::manifest::{ArgKind, GlobalSource, Manifest};
-use ampoule::host::{Bindings, Host, HostConfig, Impl};
+use ampoule::host::{
+    Bindings, Host, HostConfig, Impl, PublicKey, SecretKey, SignatureStatus, TrustPolicy,
+};
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -42,9 +45,31 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Fully verify a package; exit status 0 only if it passes.
-    Verify { package: PathBuf },
+    Verify {
+        package: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
+    /// Make an ed25519 key pair for signing packages: writes KEY (the secret
+    /// key, hex, readable only by you) and KEY.pub (the public key, hex).
+    /// Never overwrites a file.
+    Keygen {
+        /// Where to write the secret key; the public key goes to KEY.pub.
+        #[arg(short, long, value_name = "KEY")]
+        output: PathBuf,
+    },
+    /// Sign a package (after full verification): adds the key's signature
+    /// of the manifest digest to the package's `signature.json`.
+    Sign {
+        package: PathBuf,
+        /// The secret key file written by `ampoule keygen`.
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+    },
     /// Run a function of a package on `.npy` inputs; write `<output>.npy`
     /// files.
     Run {
@@ -64,6 +89,8 @@ enum Command {
         /// Use reference kernels only.
         #[arg(long)]
         reference: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Internal: time, in this fresh process, `Host::new` and `open` of the
     /// demo package to its first result; prints `host_ns open_to_first_ns`
@@ -80,6 +107,36 @@ enum Command {
         #[arg(long)]
         reference: bool,
     },
+}
+
+/// The trust policy of `inspect`, `verify` and `run`. Without options,
+/// signatures are not consulted.
+#[derive(Args)]
+struct TrustArgs {
+    /// Trust packages signed by this public key (a `.pub` file from
+    /// `ampoule keygen`); repeat for more keys. A signature present must then
+    /// verify and be by a trusted key.
+    #[arg(long = "trust", value_name = "PUBKEY_FILE")]
+    trust: Vec<PathBuf>,
+    /// Refuse packages that are not signed by a trusted key.
+    #[arg(long)]
+    require_signature: bool,
+}
+
+impl TrustArgs {
+    fn policy(&self) -> Result<TrustPolicy> {
+        if self.require_signature && self.trust.is_empty() {
+            bail!("--require-signature needs at least one --trust PUBKEY_FILE (a policy that trusts no key refuses every package)");
+        }
+        Ok(TrustPolicy {
+            trusted: self
+                .trust
+                .iter()
+                .map(|p| read_public_key(p))
+                .collect::<Result<_>>()?,
+            require_signature: self.require_signature,
+        })
+    }
 }
 
 fn main() {
@@ -105,8 +162,14 @@ fn main() {
             reference,
         } => ampoule::demo::cli_demo_run(&package, &output_dir, reference),
         Command::ColdStart { package } => ampoule::demo::cli_cold_start(&package),
-        Command::Inspect { package, json } => inspect(&package, json),
-        Command::Verify { package } => verify(&package),
+        Command::Inspect {
+            package,
+            json,
+            trust,
+        } => inspect(&package, json, &trust),
+        Command::Verify { package, trust } => verify(&package, &trust),
+        Command::Keygen { output } => keygen(&output),
+        Command::Sign { package, key } => sign(&package, &key),
         Command::Run {
             package,
             function,
@@ -114,7 +177,16 @@ fn main() {
             binds,
             output_dir,
             reference,
-        } => run(&package, function, &inputs, &binds, &output_dir, reference),
+            trust,
+        } => run(
+            &package,
+            function,
+            &inputs,
+            &binds,
+            &output_dir,
+            reference,
+            &trust,
+        ),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -122,16 +194,135 @@ fn main() {
     }
 }
 
-fn host(reference: bool) -> Result<Host> {
+fn host(reference: bool, trust: &TrustArgs) -> Result<Host> {
     let config = HostConfig {
         kernels: if reference {
             Impl::Reference
         } else {
             Impl::Optimized
         },
+        trust: trust.policy()?,
         ..HostConfig::default()
     };
     Ok(Host::new(config)?)
+}
+
+/// Largest key file read (a key is 64 hex digits).
+const MAX_KEY_FILE_BYTES: u64 = 1024;
+
+fn read_key_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("cannot read key file `{}`", path.display()))?;
+    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+        bail!(
+            "key file `{}` is too large to be a key (64 hex digits)",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
+fn read_public_key(path: &Path) -> Result<PublicKey> {
+    PublicKey::from_hex(&read_key_file(path)?).with_context(|| {
+        format!(
+            "`{}` is not an ampoule public key file (from `ampoule keygen`, KEY.pub)",
+            path.display()
+        )
+    })
+}
+
+fn read_secret_key(path: &Path) -> Result<SecretKey> {
+    if path.extension().is_some_and(|e| e == "pub") {
+        bail!(
+            "`{}` looks like a public key; sign with the secret key file (the one without `.pub`)",
+            path.display()
+        );
+    }
+    SecretKey::from_hex(&read_key_file(path)?).with_context(|| {
+        format!(
+            "`{}` is not an ampoule secret key file (from `ampoule keygen`)",
+            path.display()
+        )
+    })
+}
+
+/// `KEY` -> `KEY.pub`.
+fn public_key_path(secret: &Path) -> PathBuf {
+    let mut name = secret.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Creates `path`, which must not exist, with `contents`; on Unix with
+/// permissions `mode` from the start (never briefly readable by others).
+fn write_new_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn keygen(secret_path: &Path) -> Result<()> {
+    let public_path = public_key_path(secret_path);
+    for p in [secret_path, public_path.as_path()] {
+        if p.symlink_metadata().is_ok() {
+            bail!(
+                "`{}` already exists; keygen never overwrites a key (choose another name, or remove it first)",
+                p.display()
+            );
+        }
+    }
+    let key = SecretKey::generate()?;
+    write_new_file(secret_path, &format!("{}\n", key.to_hex()), 0o600)?;
+    if let Err(e) = write_new_file(&public_path, &format!("{}\n", key.public_key()), 0o644) {
+        let _ = std::fs::remove_file(secret_path);
+        return Err(e);
+    }
+    println!("secret key: {}  (keep it private)", secret_path.display());
+    println!(
+        "public key: {}  {}",
+        public_path.display(),
+        key.public_key()
+    );
+    Ok(())
+}
+
+fn sign(dir: &Path, key_path: &Path) -> Result<()> {
+    let key = read_secret_key(key_path)?;
+    let host = Host::new(HostConfig::default())?;
+    let out = host
+        .sign(dir, &key)
+        .with_context(|| format!("cannot sign package `{}`", dir.display()))?;
+    println!(
+        "signed package {} (manifest sha256 {}) with key {}",
+        dir.display(),
+        out.digest,
+        out.signer
+    );
+    for k in &out.dropped {
+        println!("  removed a signature by {k}, which no longer matched the package");
+    }
+    if out.signers.len() > 1 {
+        for k in out.signers.iter().filter(|k| **k != out.signer) {
+            println!("  also signed by {k}");
+        }
+    }
+    Ok(())
 }
 
 fn file_sizes(dir: &Path, m: &Manifest) -> Result<Vec<(String, String, u64)>> {
@@ -145,18 +336,29 @@ fn file_sizes(dir: &Path, m: &Manifest) -> Result<Vec<(String, String, u64)>> {
     Ok(out)
 }
 
-fn inspect(dir: &Path, json: bool) -> Result<()> {
-    let host = host(false)?;
+fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
+    let host = host(false, trust)?;
     let m = host
         .verify(dir)
         .with_context(|| format!("package `{}` failed verification", dir.display()))?;
     let files = file_sizes(dir, &m)?;
+    let status = host.signature_status(dir)?;
     if json {
         let files: serde_json::Map<String, serde_json::Value> = files
             .iter()
             .map(|(n, d, l)| (n.clone(), serde_json::json!({ "sha256": d, "bytes": l })))
             .collect();
-        let out = serde_json::json!({ "manifest": m, "files": files });
+        let signature = match &status {
+            SignatureStatus::Unsigned => serde_json::json!({ "status": "unsigned" }),
+            SignatureStatus::Signed { signers } => serde_json::json!({
+                "status": "signed",
+                "signers": signers.iter().map(PublicKey::to_hex).collect::<Vec<_>>(),
+            }),
+            SignatureStatus::Invalid { reason } => {
+                serde_json::json!({ "status": "invalid", "reason": reason })
+            }
+        };
+        let out = serde_json::json!({ "manifest": m, "files": files, "signature": signature });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -166,6 +368,15 @@ fn inspect(dir: &Path, json: bool) -> Result<()> {
         m.format,
         m.abi.wit
     );
+    match &status {
+        SignatureStatus::Unsigned => println!("signature: none"),
+        SignatureStatus::Signed { signers } => {
+            for k in signers {
+                println!("signature: signed by {k} (verifies)");
+            }
+        }
+        SignatureStatus::Invalid { reason } => println!("signature: INVALID: {reason}"),
+    }
     println!("kernels: {}", m.abi.kernels.join(", "));
     println!("globals ({}):", m.globals.len());
     for (i, g) in m.globals.iter().enumerate() {
@@ -249,8 +460,8 @@ fn short(s: &str) -> String {
     }
 }
 
-fn verify(dir: &Path) -> Result<()> {
-    let host = host(false)?;
+fn verify(dir: &Path, trust: &TrustArgs) -> Result<()> {
+    let host = host(false, trust)?;
     let start = Instant::now();
     let m = host
         .verify(dir)
@@ -280,8 +491,9 @@ fn run(
     binds: &[String],
     out_dir: &Path,
     reference: bool,
+    trust: &TrustArgs,
 ) -> Result<()> {
-    let host = host(reference)?;
+    let host = host(reference, trust)?;
     let mut bindings = Bindings::new();
     for b in binds {
         let (name, file) = parse_pair(b)?;
