@@ -548,10 +548,25 @@ pub(crate) fn read_dir(path: &Path, max_bytes: u64) -> Result<DirContents, Error
     Ok((manifest, files, signature))
 }
 
+/// Opens `name` in `dir` for reading if it is a regular file: not a
+/// symlink, directory, device or FIFO. Opening a FIFO blocks until some
+/// process writes to it, so a package holding one could hang `open`
+/// forever (found by `fuzz/open_dir`).
+fn open_regular(dir: &Dir, name: &str) -> Result<cap_std::fs::File, Error> {
+    let md = dir.symlink_metadata(name).map_err(|e| io(name, e))?;
+    if !md.is_file() {
+        return Err(Error::Io {
+            file: name.to_string(),
+            message: "not a regular file".into(),
+        });
+    }
+    dir.open(name).map_err(|e| io(name, e))
+}
+
 /// Reads `manifest.json` (within [`MAX_MANIFEST_BYTES`]) and checks it
 /// against `manifest.sha256`.
 fn read_manifest(dir: &Dir) -> Result<Vec<u8>, Error> {
-    let mut f = dir.open(MANIFEST_FILE).map_err(|e| io(MANIFEST_FILE, e))?;
+    let mut f = open_regular(dir, MANIFEST_FILE)?;
     let mut buf = Vec::new();
     (&mut f)
         .take(MAX_MANIFEST_BYTES + 1)
@@ -564,8 +579,9 @@ fn read_manifest(dir: &Dir) -> Result<Vec<u8>, Error> {
         }]));
     }
     let mut expected = String::new();
-    dir.open(MANIFEST_DIGEST_FILE)
-        .and_then(|f| f.take(128).read_to_string(&mut expected))
+    open_regular(dir, MANIFEST_DIGEST_FILE)?
+        .take(128)
+        .read_to_string(&mut expected)
         .map_err(|e| io(MANIFEST_DIGEST_FILE, e))?;
     let (expected, actual) = (expected.trim().to_string(), sha256_hex(&buf));
     if expected != actual {
