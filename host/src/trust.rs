@@ -66,6 +66,8 @@ pub const MAX_SIGNATURE_FILE_BYTES: u64 = 64 << 10;
 pub const MAX_SIGNATURES: usize = 32;
 
 /// Why a key could not be made or parsed.
+///
+/// Thread safety: plain data, `Send + Sync`.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{what} is not hex: {message}")]
@@ -180,6 +182,18 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+// The thread-safety promises above, checked.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<PublicKey>();
+    send_sync::<SecretKey>();
+    send_sync::<TrustPolicy>();
+    send_sync::<Signatures>();
+    send_sync::<SignatureStatus>();
+    send_sync::<SignOutcome>();
+    send_sync::<KeyError>();
+};
+
 fn hex32(what: &'static str, s: &str) -> Result<[u8; 32], KeyError> {
     let bytes = hex::decode(s.trim()).map_err(|e| KeyError::Hex {
         what,
@@ -277,6 +291,8 @@ impl TrustPolicy {
 
 /// What a package's signatures say about it, whatever the policy: for
 /// tools that report it (`ampoule inspect`).
+///
+/// Thread safety: plain data, `Send + Sync`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SignatureStatus {
     /// No `signature.json`, or one with no signatures.
@@ -324,6 +340,8 @@ struct SignatureEntry {
 /// The parsed contents of a `signature.json`: each signature with the key
 /// it names. Keys are kept as bytes, since a key that is not a valid point
 /// is a signature that does not verify, not a syntax error.
+///
+/// Thread safety: plain data, `Send + Sync`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Signatures {
     entries: Vec<([u8; 32], [u8; 64])>,
@@ -503,6 +521,8 @@ pub(crate) fn read_signature_file(dir: &Dir) -> Result<Option<Vec<u8>>, Error> {
 }
 
 /// What [`Host::sign`] did.
+///
+/// Thread safety: plain data, `Send + Sync`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignOutcome {
     /// The signed manifest digest, lowercase hex ([`crate::Package::digest`]).
@@ -556,6 +576,19 @@ impl Host {
             dropped,
         })
     }
+
+    /// What the signatures of the package directory `dir` say, whatever
+    /// this host's policy. Reads only the manifest (checked against
+    /// `manifest.sha256`) and `signature.json`; it does not verify the
+    /// package.
+    pub fn signature_status(&self, dir: impl AsRef<Path>) -> Result<SignatureStatus, Error> {
+        let (manifest_bytes, signature) =
+            crate::package::read_manifest_and_signature(dir.as_ref())?;
+        Ok(SignatureStatus::of(
+            &manifest_digest(&manifest_bytes),
+            signature.as_deref(),
+        ))
+    }
 }
 
 /// Writes `name` in `dir` by writing a new temporary file beside it,
@@ -585,21 +618,6 @@ fn write_atomically(dir: &Dir, name: &str, bytes: &[u8]) -> Result<(), Error> {
         let _ = dir.remove_file(&tmp);
         io(name, e)
     })
-}
-
-impl Host {
-    /// What the signatures of the package directory `dir` say, whatever
-    /// this host's policy. Reads only the manifest (checked against
-    /// `manifest.sha256`) and `signature.json`; it does not verify the
-    /// package.
-    pub fn signature_status(&self, dir: impl AsRef<Path>) -> Result<SignatureStatus, Error> {
-        let (manifest_bytes, signature) =
-            crate::package::read_manifest_and_signature(dir.as_ref())?;
-        Ok(SignatureStatus::of(
-            &manifest_digest(&manifest_bytes),
-            signature.as_deref(),
-        ))
-    }
 }
 
 #[cfg(test)]
