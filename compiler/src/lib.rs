@@ -41,6 +41,19 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Thread safety
+//!
+//! - [`FunctionDef`] (its body is `Fn + Send + Sync`), [`Trace`], [`Graph`],
+//!   [`CompiledEntry`] and [`PackageDraft`] are `Send + Sync` plain data.
+//! - [`Compiler`] and [`CompiledFunction`] are `Send + Sync`, but `call`
+//!   takes `&mut self` because a miss compiles and extends the package: share
+//!   one behind a `Mutex`, or serve concurrent calls from the opened
+//!   [`Package`](ampoule_host::Package) (`Compiler::package`), which needs no
+//!   lock.
+//! - [`Tracer`] lives only for the duration of one trace, on one thread.
+//!
+//! These bounds are checked at compile time below.
 
 #![forbid(unsafe_code)]
 
@@ -61,3 +74,16 @@ pub use function::{CompiledFunction, Compiler, CompilerBuilder, Error, Options};
 pub use ir::Graph;
 pub use package::{PackageDraft, PackageError};
 pub use trace::{function, Example, FunctionDef, Trace, TraceError, Traced, Tracer};
+
+// The thread-safety contract in the crate doc, checked by the compiler.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<FunctionDef>();
+    send_sync::<Trace>();
+    send_sync::<Graph>();
+    send_sync::<CompiledEntry>();
+    send_sync::<PackageDraft>();
+    send_sync::<Compiler>();
+    send_sync::<CompiledFunction>();
+    send_sync::<Error>();
+};
