@@ -14,9 +14,24 @@
 //! - [`trust`]: package signatures (ed25519 over the manifest digest) and
 //!   the trust policy `open` and `verify` apply.
 //!
-//! Thread safety: [`Host`] and [`Package`] are `Send + Sync` and cheap to
-//! share; a `Package` serves calls from many threads at once, each call on
-//! an instance of its own taken from a per-entry pool.
+//! # Thread safety
+//!
+//! - [`Host`] is `Send + Sync` and cheap to clone (an `Arc`): clones share
+//!   the engine, the compiled-wrapper table, the artifact cache and the
+//!   counters. Open packages from any thread.
+//! - [`Package`] is `Send + Sync`: one opened package serves calls from many
+//!   threads at once (`call` takes `&self`). Each call runs on a wasmtime
+//!   instance of its own, taken from a per-entry pool and returned only if
+//!   it did not trap; no instance is ever used by two calls at once. Wrappers
+//!   are compiled once per entry, on first use, behind a `OnceLock`.
+//!   `tests/stress.rs` checks this under load.
+//! - [`Manifest`] and its parts, [`Guard`], [`Bindings`], [`PackageFiles`],
+//!   [`Stats`], [`Limits`], [`HostConfig`], [`TrustPolicy`], the key types
+//!   and the error types are `Send + Sync` data.
+//! - [`sandbox::InstanceState`] belongs to one wasmtime `Store`, and so to
+//!   one call at a time; it is public only for the bindings' sake.
+//!
+//! These bounds are checked at compile time at the end of this file.
 
 #![deny(unsafe_code)]
 
@@ -37,3 +52,24 @@ pub use package::{Bindings, Package, PackageFiles, Stats};
 pub use sandbox::{Host, HostConfig, Limits};
 pub use trust::{PublicKey, SecretKey, SignatureStatus, TrustPolicy};
 pub use verify::FileBytes;
+
+// The thread-safety contract in the crate doc, checked by the compiler.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Host>();
+    send_sync::<Package>();
+    send_sync::<HostConfig>();
+    send_sync::<Limits>();
+    send_sync::<Manifest>();
+    send_sync::<Guard>();
+    send_sync::<EntryMiss>();
+    send_sync::<Bindings>();
+    send_sync::<PackageFiles>();
+    send_sync::<Stats>();
+    send_sync::<TrustPolicy>();
+    send_sync::<PublicKey>();
+    send_sync::<SecretKey>();
+    send_sync::<Error>();
+    send_sync::<cache::ArtifactCache>();
+    send_sync::<sandbox::InstanceState>();
+};
