@@ -1,5 +1,6 @@
 ;; expect: budget-exceeded
 ;; `run` allocs f32[4096,4096] (64 MiB) in an endless loop and never releases; the host tensor budget must stop it.
+;; message: host tensor budget of 268435456 bytes exceeded
 (module
   (import "ampoule:runtime/host@0.1.0" "alloc"
     (func $alloc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))

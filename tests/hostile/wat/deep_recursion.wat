@@ -1,5 +1,6 @@
 ;; expect: wasm
 ;; `run` recurses without end (not a tail call) until the Wasm stack overflows: a stack-overflow trap, never a host crash.
+;; message: call stack exhausted
 (module
   (import "ampoule:runtime/host@0.1.0" "release" (func $release (param i32)))
   (memory (export "memory") 1)

@@ -1,6 +1,7 @@
 ;; expect: forbidden-import
 ;; Imports `hostile:escape/fs@0.1.0#read-file`, outside the contract; the host must refuse the package at open.
 ;; wit: extra_import.wit hostile
+;; message: imports `hostile:escape/fs@0.1.0`
 (module
   (import "ampoule:runtime/host@0.1.0" "release" (func $release (param i32)))
   (import "hostile:escape/fs@0.1.0" "read-file" (func $read_file (param i32 i32 i32)))

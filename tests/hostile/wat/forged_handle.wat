@@ -1,5 +1,6 @@
 ;; expect: bad-handle
 ;; `run` launches kernel 0 on a handle the host never issued (0x00abcdef) in every operand.
+;; message: handle 0x00abcdef was not issued by this instance
 (module
   (import "ampoule:runtime/host@0.1.0" "launch"
     (func $launch (param i32 i32 i32 i32 i32 i32 i32)))

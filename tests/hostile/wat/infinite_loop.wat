@@ -1,5 +1,6 @@
 ;; expect: deadline
 ;; `run` loops forever without calling the host; only the epoch deadline can stop it.
+;; message: ran past its deadline
 (module
   (import "ampoule:runtime/host@0.1.0" "release" (func $release (param i32)))
   (memory (export "memory") 1)

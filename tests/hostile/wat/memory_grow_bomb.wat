@@ -1,5 +1,6 @@
 ;; expect: guest-memory-limit
 ;; `run` grows its memory (declared with no maximum) by 16 MiB at a time forever; the host's limiter must trap the grow that passes the limit (a refused grow returning -1 hits `unreachable` instead).
+;; message: guest memory would grow to
 (module
   (import "ampoule:runtime/host@0.1.0" "release" (func $release (param i32)))
   (memory (export "memory") 1)

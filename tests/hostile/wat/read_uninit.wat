@@ -1,5 +1,6 @@
 ;; expect: uninitialized-read
 ;; `run` allocs an i64[1] and reads element 0 with `read-i64` before anything wrote it.
+;; message: which nothing wrote
 (module
   (import "ampoule:runtime/host@0.1.0" "alloc"
     (func $alloc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))

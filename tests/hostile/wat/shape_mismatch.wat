@@ -1,5 +1,6 @@
 ;; expect: launch-rejected
 ;; `run` launches kernel 0 (add) on f32[2,3] + f32[4,5] -> f32[2,3]; operands are unwritten, so the host must check shapes before "written", in the contract's order.
+;; message: shapes do not broadcast
 (module
   (import "ampoule:runtime/host@0.1.0" "launch"
     (func $launch (param i32 i32 i32 i32 i32 i32 i32)))

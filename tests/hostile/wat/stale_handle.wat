@@ -1,5 +1,6 @@
 ;; expect: stale-handle
 ;; `run` allocs an f32[4], releases it, then asks `dim` of the released handle.
+;; message: names a slot that was freed
 (module
   (import "ampoule:runtime/host@0.1.0" "alloc"
     (func $alloc (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))

@@ -1,5 +1,6 @@
 ;; expect: deadline
 ;; The core module's start function loops forever, so instantiation itself never ends; the host must put a deadline on instantiation too (or refuse modules with a start function).
+;; message: ran past its deadline
 (module
   (import "ampoule:runtime/host@0.1.0" "release" (func $release (param i32)))
   (memory (export "memory") 1)
