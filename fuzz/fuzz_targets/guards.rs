@@ -1,0 +1,227 @@
+//! Guard evaluation: arbitrary guard lists against arbitrary calls.
+//!
+//! The input is either JSON (a guard list as a manifest holds it, parsed
+//! with the host's own serde types) or a structured description from which
+//! guards, a signature, globals and call inputs are built. Every guard is
+//! then evaluated (`check`, `check_global`) against the call and the
+//! globals, and explained (`describe`, `EntryMiss` display).
+//!
+//! Failures:
+//! - any panic (guards are untrusted package data; evaluation must never
+//!   panic, whatever the indices, names and values);
+//! - an evaluation that contradicts the guard's meaning (a dtype guard that
+//!   holds for an input of another dtype, an input guard failing in
+//!   `check_global`, a missing input reported as anything but "missing"...);
+//! - a guard that does not survive a serde round trip unchanged (the
+//!   compiler writes guards the host must read back exactly).
+#![no_main]
+
+use ampoule_host::guard::{CallView, EntryMiss, GlobalsView, Guard, ScalarValue};
+use ampoule_host::manifest::{ArgDecl, ArgKind, GlobalDecl, GlobalSource, Signature};
+use ampoule_kernels::{DType, Tensor};
+use arbitrary::{Arbitrary, Unstructured};
+use libfuzzer_sys::fuzz_target;
+
+const DTYPES: [DType; 7] = DType::ALL;
+
+#[derive(Arbitrary, Debug)]
+enum G {
+    InputCount(u8),
+    InputNames(Vec<String>),
+    Dtype(u8, u8),
+    Rank(u8, u8),
+    Dim(u8, u8, u8),
+    ScalarInt(u8, i64),
+    ScalarFloat(u8, f64),
+    GlobalMeta(u8, u8, Vec<u8>),
+    GlobalDigest(u8, String),
+    /// Indices far out of range.
+    Huge(u32, u32),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    dtype: u8,
+    shape: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Case {
+    guards: Vec<G>,
+    inputs: Vec<Input>,
+    names: Option<Vec<String>>,
+    /// Signature input names (for `describe`).
+    sig_names: Vec<String>,
+    /// Globals: `None` is an unbound one.
+    globals: Vec<Option<Input>>,
+    global_names: Vec<String>,
+}
+
+fn dtype(b: u8) -> DType {
+    DTYPES[b as usize % DTYPES.len()]
+}
+
+/// A small tensor: rank <= 8, dims <= 4, contents from `bytes` (cycled).
+fn tensor(i: &Input) -> Tensor {
+    let d = dtype(i.dtype);
+    let shape: Vec<usize> = i.shape.iter().take(8).map(|&s| s as usize % 5).collect();
+    let n: usize = shape.iter().product::<usize>() * d.size();
+    let bytes: Vec<u8> = if i.bytes.is_empty() {
+        vec![0; n]
+    } else {
+        i.bytes.iter().copied().cycle().take(n).collect()
+    };
+    Tensor::from_bytes(d, &shape, &bytes).expect("consistent length")
+}
+
+fn guard(g: &G) -> Guard {
+    match g {
+        G::InputCount(c) => Guard::InputCount { count: u32::from(*c % 6) },
+        G::InputNames(n) => Guard::InputNames { names: n.clone() },
+        G::Dtype(i, d) => Guard::Dtype { input: u32::from(*i % 6), dtype: dtype(*d) },
+        G::Rank(i, r) => Guard::Rank { input: u32::from(*i % 6), rank: u32::from(*r % 10) },
+        G::Dim(i, a, s) => Guard::Dim {
+            input: u32::from(*i % 6),
+            axis: u32::from(*a % 10),
+            size: u64::from(*s % 6),
+        },
+        G::ScalarInt(i, v) => Guard::ScalarValue {
+            input: u32::from(*i % 6),
+            value: ScalarValue::Int(*v),
+        },
+        G::ScalarFloat(i, v) => Guard::ScalarValue {
+            input: u32::from(*i % 6),
+            value: ScalarValue::Float(*v),
+        },
+        G::GlobalMeta(gi, d, shape) => Guard::GlobalMeta {
+            global: u32::from(*gi % 6),
+            dtype: dtype(*d),
+            shape: shape.iter().take(9).map(|&s| u64::from(s % 5)).collect(),
+        },
+        G::GlobalDigest(gi, s) => Guard::GlobalDigest { global: u32::from(*gi % 6), sha256: s.clone() },
+        G::Huge(i, a) => Guard::Dim { input: *i, axis: *a, size: u64::MAX },
+    }
+}
+
+fn run(guards: &[Guard], case: &Case) {
+    let inputs: Vec<Tensor> = case.inputs.iter().take(6).map(tensor).collect();
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let globals: Vec<Option<Tensor>> = case.globals.iter().take(6).map(|g| g.as_ref().map(tensor)).collect();
+    let sig = Signature {
+        inputs: case
+            .sig_names
+            .iter()
+            .take(6)
+            .map(|n| ArgDecl { name: n.clone(), kind: ArgKind::Scalar { dtype: DType::F32 } })
+            .collect(),
+        outputs: vec![],
+    };
+    let decls: Vec<GlobalDecl> = case
+        .global_names
+        .iter()
+        .take(6)
+        .map(|n| GlobalDecl { name: n.clone(), dtype: DType::F32, shape: vec![], source: GlobalSource::Bound })
+        .collect();
+    let digest = |g: usize| -> Option<String> {
+        let t = globals.get(g)?.as_ref()?;
+        Some(ampoule_host::manifest::sha256_hex(t.bytes()))
+    };
+    let gview = GlobalsView { values: &globals, digest: &digest };
+    for names in [None, case.names.as_deref()] {
+        let call = CallView { names, inputs: &refs };
+        for (ei, g) in guards.iter().enumerate() {
+            let r = g.check(&call);
+            let rg = g.check_global(&gview);
+            if g.is_input_guard() {
+                assert!(rg.is_ok(), "input guard {g:?} failed check_global");
+                assert!(g.global().is_none());
+            } else {
+                assert!(r.is_ok(), "global guard {g:?} failed check");
+                assert!(g.input().is_none());
+            }
+            if let Some(i) = g.input() {
+                if i as usize >= refs.len() {
+                    assert_eq!(r.clone().err().as_deref(), Some("missing"), "{g:?}");
+                }
+            }
+            // The guard's meaning, for the kinds whose meaning is simple.
+            match g {
+                Guard::Dtype { input, dtype } => {
+                    if let Some(t) = refs.get(*input as usize) {
+                        assert_eq!(r.is_ok(), t.dtype() == *dtype, "{g:?} on {}", t.meta());
+                    }
+                }
+                Guard::Rank { input, rank } => {
+                    if let Some(t) = refs.get(*input as usize) {
+                        assert_eq!(r.is_ok(), t.shape().len() as u64 == u64::from(*rank));
+                    }
+                }
+                Guard::Dim { input, axis, size } => {
+                    if let Some(t) = refs.get(*input as usize) {
+                        let d = t.shape().get(*axis as usize).map(|&d| d as u64);
+                        assert_eq!(r.is_ok(), d == Some(*size), "{g:?} on {}", t.meta());
+                    }
+                }
+                Guard::InputCount { count } => {
+                    assert_eq!(r.is_ok(), refs.len() as u64 == u64::from(*count));
+                }
+                _ => {}
+            }
+            let expected = g.describe(&sig, &decls);
+            let miss = EntryMiss {
+                entry: ei,
+                expected,
+                actual: r.err().or(rg.err()).unwrap_or_default(),
+            };
+            let _ = miss.to_string();
+        }
+    }
+}
+
+/// Guards as the compiler writes them must read back exactly.
+fn round_trip(guards: &[Guard]) {
+    let json = serde_json::to_vec(guards).expect("guards serialize");
+    let back: Vec<Guard> = serde_json::from_slice(&json).expect("serialized guards parse");
+    for (a, b) in guards.iter().zip(&back) {
+        let same = match (a, b) {
+            (
+                Guard::ScalarValue { input: i, value: ScalarValue::Float(x) },
+                Guard::ScalarValue { input: j, value: ScalarValue::Float(y) },
+            ) => i == j && (x.to_bits() == y.to_bits()),
+            _ => a == b,
+        };
+        assert!(same, "{a:?} reads back as {b:?} from {}", String::from_utf8_lossy(&json));
+    }
+    assert_eq!(guards.len(), back.len());
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let mut u = Unstructured::new(rest);
+    if mode & 1 == 0 {
+        // A guard list as JSON, then the call from whatever bytes follow
+        // the first NUL.
+        let (json, tail) = match rest.iter().position(|&b| b == 0) {
+            Some(p) => (&rest[..p], &rest[p + 1..]),
+            None => (rest, &[][..]),
+        };
+        let Ok(guards) = serde_json::from_slice::<Vec<Guard>>(json) else { return };
+        let mut u = Unstructured::new(tail);
+        let Ok(case) = Case::arbitrary(&mut u) else { return };
+        run(&guards, &case);
+        round_trip(&guards);
+    } else {
+        let Ok(case) = Case::arbitrary(&mut u) else { return };
+        let guards: Vec<Guard> = case.guards.iter().map(guard).collect();
+        run(&guards, &case);
+        // Non-finite floats have no JSON form; a specialized scalar is read
+        // from a real input, so the compiler must not write them (see the
+        // README); round-trip the finite ones.
+        let finite: Vec<Guard> = guards
+            .into_iter()
+            .filter(|g| !matches!(g, Guard::ScalarValue { value: ScalarValue::Float(v), .. } if !v.is_finite()))
+            .collect();
+        round_trip(&finite);
+    }
+});
