@@ -3,7 +3,8 @@
 //! The pieces, in pipeline order:
 //!
 //! - [`trace`]: the Rust tracing frontend ([`function`], [`Tracer`],
-//!   [`Traced`]); [`hash`]: the program hash of a trace;
+//!   [`Traced`]); [`onnx`]: the ONNX importer (a model becomes a
+//!   [`FunctionDef`]); [`hash`]: the program hash of a trace;
 //! - [`ir`]: the typed graph IR; [`verify`]: its verifier, run after tracing
 //!   and after every pass; [`interp`]: its reference interpreter (the oracle
 //!   compiled entries are tested against);
@@ -64,6 +65,7 @@ pub mod hash;
 pub mod interp;
 pub mod ir;
 pub mod lower;
+pub mod onnx;
 pub mod package;
 pub mod passes;
 pub mod trace;

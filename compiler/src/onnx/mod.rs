@@ -1,0 +1,967 @@
+//! The ONNX importer: an ONNX model becomes a [`FunctionDef`] that the rest
+//! of the compiler traces, compiles and packages like any Rust function.
+//!
+//! - [`proto`]: the protobuf messages, hand-derived from `onnx.proto` of
+//!   ONNX 1.17 (decoded with `prost`, no `protoc`);
+//! - [`tensor`]: `TensorProto` to and from host tensors;
+//! - [`load`] decodes and checks a model into an [`OnnxModel`];
+//!   [`OnnxModel::function`] gives the definition, [`OnnxModel::examples`]
+//!   the example inputs of one entry (static dims from the model, symbolic
+//!   dims from [`InputSpec`]s).
+//!
+//! Invariants [`load`] establishes, so that tracing a loaded model never
+//! meets a structural surprise:
+//! - nothing in the model bytes can make the importer panic or allocate
+//!   more than a bounded multiple of the model's size: every malformed part
+//!   is an [`OnnxError`] naming the node, tensor or field;
+//! - every node's domain is imported by `opset_import`, and its op is
+//!   supported at that opset; otherwise [`OnnxError::Unsupported`] lists
+//!   **every** unsupported node at once (name, op, domain, opset, reason);
+//! - every value is defined once (by a graph input, an initializer or one
+//!   node output), every node input and graph output is defined, and the
+//!   nodes are kept in a topological order (the model's own order where it
+//!   is already one);
+//! - every initializer decodes to a host tensor; an initializer that is
+//!   also listed as a graph input (IR < 4 style) is a constant, not an input.
+//!
+//! Tracing walks the nodes in that order with a compile-time value
+//! environment (see [`ops`](self) internals): values whose content is known
+//! at trace time (initializers, `Constant`s, `Shape`s of traced tensors,
+//! which are static per entry, and small computations on them) are folded
+//! into host tensors on the reference kernels, so a `Shape → Gather →
+//! Concat → Reshape` chain becomes a plain reshape with no kernel. Known
+//! values that reach a kernel become globals: initializers and large
+//! `Constant`s as weights under their ONNX names, small values as folded
+//! constants.
+
+mod ops;
+pub mod proto;
+pub mod tensor;
+
+pub use ops::{supported_ops, FOLD_LIMIT, MAX_CREATED, WEIGHT_MIN};
+
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use ampoule_kernels::{DType, Registry, Tensor, TensorMeta, MAX_RANK};
+use prost::Message;
+
+use crate::trace::{function, Example, FunctionDef};
+use proto::{
+    attribute_type, tensor_shape_proto::dimension, type_proto, AttributeProto, ModelProto,
+};
+
+/// The newest default-domain (`ai.onnx`) opset the importer knows: the one of
+/// ONNX 1.17.
+pub const MAX_OPSET: i64 = 22;
+
+/// Why a model cannot be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// The bytes are not a `ModelProto` (prost names the message and field).
+    #[error("not an ONNX model: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("the ONNX model has no graph")]
+    NoGraph,
+    /// A part of the model is malformed. `what` names it (`node `n` (Reshape)`,
+    /// `initializer `w``, `graph input `x``, ..).
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    /// Every node the importer cannot translate, listed together.
+    #[error("{}", fmt_unsupported(.nodes))]
+    Unsupported { nodes: Vec<UnsupportedNode> },
+    /// An input dim has no concrete size.
+    #[error("graph input `{input}` axis {axis} is {dim}; give it a size with --input {input}=DIMS (e.g. {example})")]
+    SymbolicDim {
+        input: String,
+        axis: usize,
+        dim: String,
+        example: String,
+    },
+    #[error("graph input `{input}`: {message}")]
+    Input { input: String, message: String },
+    #[error("the model has no graph input `{name}`; its inputs are: {available}")]
+    UnknownInput { name: String, available: String },
+}
+
+/// One node the importer cannot translate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsupportedNode {
+    /// The node's name, or `#index` if it has none.
+    pub node: String,
+    pub op_type: String,
+    /// The node's domain (empty: the default `ai.onnx`).
+    pub domain: String,
+    /// The opset version the model imports for that domain, if any.
+    pub opset: Option<i64>,
+    pub reason: String,
+}
+
+fn fmt_unsupported(nodes: &[UnsupportedNode]) -> String {
+    let mut s = format!(
+        "the model has {} unsupported node{}:",
+        nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" }
+    );
+    for n in nodes {
+        let domain = if n.domain.is_empty() {
+            "ai.onnx"
+        } else {
+            &n.domain
+        };
+        let opset = match n.opset {
+            Some(v) => format!("opset {v}"),
+            None => "no opset imported".to_string(),
+        };
+        s.push_str(&format!(
+            "\n  node `{}`: op `{}` (domain `{domain}`, {opset}): {}",
+            n.node, n.op_type, n.reason
+        ));
+    }
+    s
+}
+
+/// One dim of a graph input's declared shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(usize),
+    /// A `dim_param`.
+    Symbolic(String),
+    /// Neither a value nor a name.
+    Unknown,
+}
+
+/// A graph input (initializers excluded) as the model declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputInfo {
+    pub name: String,
+    /// The ONNX element type.
+    pub elem_type: i32,
+    /// Its ampoule dtype, when it has one.
+    pub dtype: Option<DType>,
+    /// The declared shape; `None` when the model gives no shape (not even a
+    /// rank).
+    pub dims: Option<Vec<Dim>>,
+}
+
+/// Concrete dims (and optionally the dtype) for one graph input of one
+/// entry: the CLI's `--input NAME=DIMS[:DTYPE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputSpec {
+    pub dims: Vec<usize>,
+    pub dtype: Option<DType>,
+}
+
+impl InputSpec {
+    /// Parses `NAME=DIMS[:DTYPE]`: DIMS like `1x3x224x224` (empty for a
+    /// scalar), DTYPE an ampoule or numpy name (`f32`, `float32`, `int64`, ..).
+    pub fn parse(s: &str) -> Result<(String, InputSpec), String> {
+        let (name, rest) = s
+            .split_once('=')
+            .filter(|(n, _)| !n.is_empty())
+            .ok_or_else(|| format!("`{s}` must look like NAME=DIMS[:DTYPE], e.g. x=1x3x224x224"))?;
+        let (dims, dtype) = match rest.split_once(':') {
+            Some((d, t)) => (
+                d,
+                Some(parse_dtype(t).ok_or_else(|| {
+                    format!("`{s}`: unknown dtype `{t}` (use f32, f64, i8, u8, i32, i64 or bool)")
+                })?),
+            ),
+            None => (rest, None),
+        };
+        let dims = if dims.is_empty() {
+            Vec::new()
+        } else {
+            dims.split(['x', 'X'])
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| format!("`{s}`: DIMS must be sizes joined by `x`, e.g. 1x3x224x224"))?
+        };
+        if dims.len() > MAX_RANK {
+            return Err(format!(
+                "`{s}`: rank {} exceeds the maximum of {MAX_RANK}",
+                dims.len()
+            ));
+        }
+        Ok((name.to_string(), InputSpec { dims, dtype }))
+    }
+}
+
+fn parse_dtype(s: &str) -> Option<DType> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "float" => DType::F32,
+        "f64" | "float64" | "double" => DType::F64,
+        "i8" | "int8" => DType::I8,
+        "u8" | "uint8" => DType::U8,
+        "i32" | "int32" => DType::I32,
+        "i64" | "int64" => DType::I64,
+        "bool" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// A node, checked and ready to translate.
+#[derive(Clone, Debug)]
+pub(crate) struct Node {
+    /// The node's name, or `#index`.
+    pub label: String,
+    pub op_type: String,
+    /// The imported opset of the node's domain.
+    pub opset: i64,
+    /// Input names; an empty name is an omitted optional input.
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attrs: BTreeMap<String, AttributeProto>,
+}
+
+impl Node {
+    /// How messages name this node.
+    pub fn what(&self) -> String {
+        format!("node `{}` ({})", self.label, self.op_type)
+    }
+}
+
+/// The checked graph a [`FunctionDef`] body walks.
+#[derive(Debug)]
+pub(crate) struct Model {
+    pub nodes: Vec<Node>,
+    pub initializers: HashMap<String, Tensor>,
+    pub inputs: Vec<InputInfo>,
+    pub outputs: Vec<String>,
+}
+
+/// A decoded and checked ONNX model. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct OnnxModel {
+    model: Arc<Model>,
+    graph_name: String,
+    opsets: BTreeMap<String, i64>,
+}
+
+/// Decodes `bytes` as an ONNX `ModelProto` and checks it (see the module
+/// doc), including that every op is supported.
+pub fn load(bytes: &[u8]) -> Result<OnnxModel, OnnxError> {
+    let proto = ModelProto::decode(bytes)?;
+    from_proto(proto)
+}
+
+/// Reads and [`load`]s the model at `path`.
+pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<OnnxModel, OnnxError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| OnnxError::Invalid {
+        what: format!("`{}`", path.display()),
+        message: format!("cannot read: {e}"),
+    })?;
+    load(&bytes)
+}
+
+fn invalid(what: impl Into<String>, message: impl Into<String>) -> OnnxError {
+    OnnxError::Invalid {
+        what: what.into(),
+        message: message.into(),
+    }
+}
+
+/// The opset domain a node or import names: empty for `ai.onnx`.
+fn canonical_domain(d: &str) -> &str {
+    if d == "ai.onnx" {
+        ""
+    } else {
+        d
+    }
+}
+
+/// Checks a decoded model (see the module doc).
+pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
+    let graph = proto.graph.ok_or(OnnxError::NoGraph)?;
+    let mut opsets = BTreeMap::new();
+    for o in &proto.opset_import {
+        let domain = canonical_domain(&o.domain).to_string();
+        if opsets.insert(domain.clone(), o.version).is_some() {
+            return Err(invalid(
+                "opset_import",
+                format!("domain `{domain}` is imported twice"),
+            ));
+        }
+    }
+    // Initializers.
+    let mut initializers = HashMap::new();
+    for (i, t) in graph.initializer.iter().enumerate() {
+        let what = if t.name.is_empty() {
+            format!("initializer #{i}")
+        } else {
+            format!("initializer `{}`", t.name)
+        };
+        if t.name.is_empty() {
+            return Err(invalid(what, "has no name"));
+        }
+        let tensor = tensor::from_proto(t).map_err(|m| invalid(&what, m))?;
+        if initializers.insert(t.name.clone(), tensor).is_some() {
+            return Err(invalid(what, "is defined twice"));
+        }
+    }
+    // Graph inputs (initializers listed as inputs are constants).
+    let mut defined: BTreeSet<String> = initializers.keys().cloned().collect();
+    let mut inputs = Vec::new();
+    for vi in &graph.input {
+        if initializers.contains_key(&vi.name) {
+            continue;
+        }
+        let what = format!("graph input `{}`", vi.name);
+        if vi.name.is_empty() {
+            return Err(invalid("a graph input", "has no name"));
+        }
+        if !defined.insert(vi.name.clone()) {
+            return Err(invalid(what, "is defined twice"));
+        }
+        let (elem_type, dims) = match vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(type_proto::Value::TensorType(t)) => {
+                let dims = match &t.shape {
+                    Some(s) => {
+                        if s.dim.len() > MAX_RANK {
+                            return Err(invalid(
+                                what,
+                                format!("rank {} exceeds the maximum of {MAX_RANK}", s.dim.len()),
+                            ));
+                        }
+                        let dims = s
+                            .dim
+                            .iter()
+                            .map(|d| match &d.value {
+                                Some(dimension::Value::DimValue(v)) => usize::try_from(*v)
+                                    .map(Dim::Fixed)
+                                    .map_err(|_| invalid(&what, format!("has a negative dim {v}"))),
+                                Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
+                                    Ok(Dim::Symbolic(p.clone()))
+                                }
+                                _ => Ok(Dim::Unknown),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Some(dims)
+                    }
+                    None => None,
+                };
+                (t.elem_type, dims)
+            }
+            None => (proto::data_type::UNDEFINED, None),
+        };
+        inputs.push(InputInfo {
+            name: vi.name.clone(),
+            elem_type,
+            dtype: tensor::dtype_of(elem_type),
+            dims,
+        });
+    }
+    // Nodes: opsets, support, definitions.
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut unsupported = Vec::new();
+    let mut producer: HashMap<String, usize> = HashMap::new();
+    for (i, n) in graph.node.iter().enumerate() {
+        let label = if n.name.is_empty() {
+            format!("#{i}")
+        } else {
+            n.name.clone()
+        };
+        let domain = canonical_domain(&n.domain).to_string();
+        let opset = opsets.get(&domain).copied();
+        let mut attrs = BTreeMap::new();
+        for a in &n.attribute {
+            if attrs.insert(a.name.clone(), a.clone()).is_some() {
+                return Err(invalid(
+                    format!("node `{label}` ({})", n.op_type),
+                    format!("attribute `{}` is given twice", a.name),
+                ));
+            }
+        }
+        let reason = match opset {
+            None => Some(format!(
+                "the model does not import domain `{}`",
+                if domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    &domain
+                }
+            )),
+            Some(v) => ops::check_support(&n.op_type, &domain, v).err(),
+        };
+        if let Some(reason) = reason {
+            unsupported.push(UnsupportedNode {
+                node: label.clone(),
+                op_type: n.op_type.clone(),
+                domain: domain.clone(),
+                opset,
+                reason,
+            });
+        }
+        for o in &n.output {
+            if o.is_empty() {
+                continue;
+            }
+            if defined.contains(o) || producer.insert(o.clone(), i).is_some() {
+                return Err(invalid(
+                    format!("node `{label}` ({})", n.op_type),
+                    format!("output `{o}` is already defined; every value must be defined once"),
+                ));
+            }
+        }
+        nodes.push(Node {
+            label,
+            op_type: n.op_type.clone(),
+            opset: opset.unwrap_or(0),
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attrs,
+        });
+    }
+    if !unsupported.is_empty() {
+        return Err(OnnxError::Unsupported { nodes: unsupported });
+    }
+    let order = topological_order(&nodes, &producer, &defined)?;
+    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let nodes: Vec<Node> = order.into_iter().filter_map(|i| nodes[i].take()).collect();
+    let mut outputs = Vec::new();
+    for vi in &graph.output {
+        if !defined.contains(&vi.name) && !producer.contains_key(&vi.name) {
+            return Err(invalid(
+                format!("graph output `{}`", vi.name),
+                "is not defined by any node, initializer or graph input",
+            ));
+        }
+        outputs.push(vi.name.clone());
+    }
+    if outputs.is_empty() {
+        return Err(invalid("the graph", "has no outputs"));
+    }
+    Ok(OnnxModel {
+        model: Arc::new(Model {
+            nodes,
+            initializers,
+            inputs,
+            outputs,
+        }),
+        graph_name: graph.name,
+        opsets,
+    })
+}
+
+/// Kahn's algorithm, preferring the lowest node index, so a model already in
+/// order keeps it.
+fn topological_order(
+    nodes: &[Node],
+    producer: &HashMap<String, usize>,
+    defined: &BTreeSet<String>,
+) -> Result<Vec<usize>, OnnxError> {
+    let mut pending = vec![0usize; nodes.len()];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
+            match producer.get(input) {
+                Some(&p) => {
+                    pending[i] += 1;
+                    users[p].push(i);
+                }
+                None if defined.contains(input) => {}
+                None => return Err(invalid(
+                    n.what(),
+                    format!(
+                        "input `{input}` is not defined by any node, initializer or graph input"
+                    ),
+                )),
+            }
+        }
+    }
+    let mut ready: BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
+        .filter(|&i| pending[i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &u in &users[i] {
+            pending[u] -= 1;
+            if pending[u] == 0 {
+                ready.push(std::cmp::Reverse(u));
+            }
+        }
+    }
+    if order.len() != nodes.len() {
+        let stuck: Vec<String> = (0..nodes.len())
+            .filter(|&i| pending[i] > 0)
+            .take(5)
+            .map(|i| format!("`{}`", nodes[i].label))
+            .collect();
+        return Err(invalid(
+            "the graph",
+            format!("has a cycle through nodes {}", stuck.join(", ")),
+        ));
+    }
+    Ok(order)
+}
+
+impl OnnxModel {
+    /// The graph inputs (initializers excluded), in order.
+    pub fn inputs(&self) -> &[InputInfo] {
+        &self.model.inputs
+    }
+
+    /// The graph output names, in order.
+    pub fn outputs(&self) -> &[String] {
+        &self.model.outputs
+    }
+
+    /// The graph's name in the model.
+    pub fn graph_name(&self) -> &str {
+        &self.graph_name
+    }
+
+    /// The imported opsets, by domain (empty: `ai.onnx`).
+    pub fn opsets(&self) -> &BTreeMap<String, i64> {
+        &self.opsets
+    }
+
+    /// The number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.model.nodes.len()
+    }
+
+    /// The model as a function named `name`: inputs and outputs named as
+    /// the graph's.
+    pub fn function(&self, name: &str) -> FunctionDef {
+        let model = Arc::clone(&self.model);
+        let registry = Arc::new(Registry::standard());
+        let inputs: Vec<String> = model.inputs.iter().map(|i| i.name.clone()).collect();
+        let outputs = model.outputs.clone();
+        function(name, move |cx, xs| {
+            ops::trace_model(&model, &registry, cx, xs)
+        })
+        .inputs(inputs)
+        .outputs(outputs)
+    }
+
+    /// The examples of one entry: each input's dims come from `given` when
+    /// named there, else from the model (which must then be static).
+    pub fn examples(&self, given: &BTreeMap<String, InputSpec>) -> Result<Vec<Example>, OnnxError> {
+        for name in given.keys() {
+            if !self.model.inputs.iter().any(|i| &i.name == name) {
+                return Err(OnnxError::UnknownInput {
+                    name: name.clone(),
+                    available: self
+                        .model
+                        .inputs
+                        .iter()
+                        .map(|i| format!("`{}`", i.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+        }
+        self.model
+            .inputs
+            .iter()
+            .map(|info| example_for(info, given.get(&info.name)))
+            .collect()
+    }
+}
+
+fn example_for(info: &InputInfo, spec: Option<&InputSpec>) -> Result<Example, OnnxError> {
+    let err = |message: String| OnnxError::Input {
+        input: info.name.clone(),
+        message,
+    };
+    let dtype = match (info.dtype, spec.and_then(|s| s.dtype)) {
+        (Some(m), Some(g)) if m != g => {
+            return Err(err(format!("the model declares {m}, but {g} was given")))
+        }
+        (Some(m), _) => m,
+        (None, Some(g)) if info.elem_type == proto::data_type::UNDEFINED => g,
+        (None, _) if info.elem_type != proto::data_type::UNDEFINED => {
+            return Err(err(tensor::require_dtype(info.elem_type).unwrap_err()))
+        }
+        (None, _) => {
+            return Err(err(format!(
+                "the model gives no element type; give one with --input {}=DIMS:DTYPE",
+                info.name
+            )))
+        }
+    };
+    let shape = match (spec, &info.dims) {
+        (Some(s), Some(dims)) => {
+            if s.dims.len() != dims.len() {
+                return Err(err(format!(
+                    "the model declares rank {}, but {} dims were given",
+                    dims.len(),
+                    s.dims.len()
+                )));
+            }
+            for (axis, (d, &g)) in dims.iter().zip(&s.dims).enumerate() {
+                if let Dim::Fixed(m) = d {
+                    if *m != g {
+                        return Err(err(format!(
+                            "axis {axis} is fixed at {m} in the model, but {g} was given"
+                        )));
+                    }
+                }
+            }
+            s.dims.clone()
+        }
+        (Some(s), None) => s.dims.clone(),
+        (None, None) => {
+            return Err(err(format!(
+                "the model gives no shape; give one with --input {}=DIMS",
+                info.name
+            )))
+        }
+        (None, Some(dims)) => dims
+            .iter()
+            .enumerate()
+            .map(|(axis, d)| match d {
+                Dim::Fixed(v) => Ok(*v),
+                other => Err(OnnxError::SymbolicDim {
+                    input: info.name.clone(),
+                    axis,
+                    dim: match other {
+                        Dim::Symbolic(p) => format!("symbolic (`{p}`)"),
+                        _ => "unknown".to_string(),
+                    },
+                    example: format!(
+                        "{}={}",
+                        info.name,
+                        dims.iter()
+                            .map(|d| match d {
+                                Dim::Fixed(v) => v.to_string(),
+                                _ => "1".to_string(),
+                            })
+                            .collect::<Vec<_>>()
+                            .join("x")
+                    ),
+                }),
+            })
+            .collect::<Result<Vec<usize>, _>>()?,
+    };
+    Ok(Example::meta(TensorMeta::new(dtype, shape)))
+}
+
+/// The kind name of an attribute type, for messages.
+pub(crate) fn attribute_kind(t: i32) -> &'static str {
+    match t {
+        attribute_type::FLOAT => "FLOAT",
+        attribute_type::INT => "INT",
+        attribute_type::STRING => "STRING",
+        attribute_type::TENSOR => "TENSOR",
+        attribute_type::GRAPH => "GRAPH",
+        attribute_type::FLOATS => "FLOATS",
+        attribute_type::INTS => "INTS",
+        attribute_type::STRINGS => "STRINGS",
+        attribute_type::TENSORS => "TENSORS",
+        attribute_type::GRAPHS => "GRAPHS",
+        attribute_type::SPARSE_TENSOR => "SPARSE_TENSOR",
+        attribute_type::SPARSE_TENSORS => "SPARSE_TENSORS",
+        attribute_type::TYPE_PROTO => "TYPE_PROTO",
+        attribute_type::TYPE_PROTOS => "TYPE_PROTOS",
+        _ => "UNDEFINED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proto::{data_type, GraphProto, NodeProto, TensorProto, ValueInfoProto};
+    use super::*;
+    use crate::ir::Op;
+    use ampoule_kernels::Registry;
+
+    fn ints(name: &str, v: &[i64]) -> TensorProto {
+        tensor::to_proto(name, &Tensor::from_vec(&[v.len()], v.to_vec()).unwrap())
+    }
+
+    fn graph(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: &[&str]) -> GraphProto {
+        GraphProto {
+            name: "g".into(),
+            node: nodes,
+            input: inputs,
+            output: outputs
+                .iter()
+                .map(|o| ValueInfoProto {
+                    name: o.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn model(g: GraphProto, opset: i64) -> OnnxModel {
+        load(&ModelProto::with_opset(g, opset).encode_to_vec()).unwrap()
+    }
+
+    /// Traces `m` for `inputs` and evaluates the trace with the reference
+    /// interpreter; returns the outputs and the traced graph.
+    fn run(m: &OnnxModel, inputs: &[Tensor]) -> (Vec<Tensor>, crate::ir::Graph) {
+        let reg = Registry::standard();
+        let ex: Vec<Example> = inputs.iter().map(Example::of).collect();
+        let t = m.function("f").trace(&ex, &reg, &BTreeMap::new()).unwrap();
+        crate::verify::verify(&t.graph, &reg).unwrap();
+        let out = crate::interp::evaluate(&t.graph, &reg, inputs, &BTreeMap::new()).unwrap();
+        (out, t.graph)
+    }
+
+    fn kernels(g: &crate::ir::Graph) -> Vec<String> {
+        g.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Kernel { kernel, .. } => Some(kernel.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shape_chain_folds_to_a_reshape() {
+        // y = Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [-1]))
+        let mut g = graph(
+            vec![
+                NodeProto::new("shape", "Shape", &["x"], &["s"]),
+                NodeProto::new("gather", "Gather", &["s", "zero"], &["n"]),
+                NodeProto::new("unsq", "Unsqueeze", &["n", "axes"], &["n1"]),
+                NodeProto::new("cat", "Concat", &["n1", "minus1"], &["target"])
+                    .attr(AttributeProto::int("axis", 0)),
+                NodeProto::new("reshape", "Reshape", &["x", "target"], &["y"]),
+            ],
+            vec![ValueInfoProto::tensor(
+                "x",
+                data_type::FLOAT,
+                &[Err("batch"), Ok(3), Ok(4)],
+            )],
+            &["y"],
+        );
+        g.initializer = vec![
+            tensor::to_proto("zero", &Tensor::scalar(0i64)),
+            ints("axes", &[0]),
+            ints("minus1", &[-1]),
+        ];
+        let m = model(g, 13);
+        let x = Tensor::from_vec(&[2, 3, 4], (0..24).map(|i| i as f32).collect()).unwrap();
+        let (out, graph) = run(&m, &[x]);
+        assert_eq!(out[0].shape(), [2, 12]);
+        assert_eq!(out[0].to_vec::<f32>().unwrap()[13], 13.0);
+        assert!(kernels(&graph).is_empty(), "{:?}", kernels(&graph));
+        let err = m.examples(&BTreeMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "graph input `x` axis 0 is symbolic (`batch`); give it a size with --input x=DIMS (e.g. x=1x3x4)"
+        );
+        let (name, spec) = InputSpec::parse("x=5x3x4").unwrap();
+        let ex = m.examples(&BTreeMap::from([(name, spec)])).unwrap();
+        assert_eq!(ex[0].meta, TensorMeta::new(DType::F32, [5, 3, 4]));
+    }
+
+    #[test]
+    fn every_unsupported_node_is_listed() {
+        let mut conv = NodeProto::new("conv1", "Conv", &["x", "x"], &["a"]);
+        conv.domain = String::new();
+        let mut custom = NodeProto::new("fused", "FusedGemm", &["a"], &["b"]);
+        custom.domain = "com.microsoft".into();
+        let gelu = NodeProto::new("", "Gelu", &["b"], &["y"]);
+        let g = graph(
+            vec![conv, custom, gelu],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[1, 4])],
+            &["y"],
+        );
+        let err = load(&ModelProto::with_opset(g, 13).encode_to_vec()).unwrap_err();
+        let OnnxError::Unsupported { nodes } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(nodes.len(), 3);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the model has 3 unsupported nodes:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("node `conv1`: op `Conv` (domain `ai.onnx`, opset 13)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "node `fused`: op `FusedGemm` (domain `com.microsoft`, no opset imported)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "node `#2`: op `Gelu` (domain `ai.onnx`, opset 13): supported from opset 20"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn softmax_axis_semantics_follow_the_opset() {
+        let node =
+            || NodeProto::new("sm", "Softmax", &["x"], &["y"]).attr(AttributeProto::int("axis", 1));
+        let x =
+            Tensor::from_vec(&[2, 2, 2], vec![1.0f32, 2.0, 3.0, 4.0, 0.0, 0.0, 1.0, 1.0]).unwrap();
+        let input = || vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[2, 2, 2])];
+        // Opset 13: softmax over axis 1 alone.
+        let (new, _) = run(
+            &model(graph(vec![node()], input(), &["y"]), 13),
+            &[x.clone()],
+        );
+        let v = new[0].to_vec::<f32>().unwrap();
+        let e = |a: f32, b: f32| a.exp() / (a.exp() + b.exp());
+        assert!((v[0] - e(1.0, 3.0)).abs() < 1e-6);
+        // Opset 11: softmax over the flattened trailing [2, 2].
+        let (old, _) = run(&model(graph(vec![node()], input(), &["y"]), 11), &[x]);
+        let v = old[0].to_vec::<f32>().unwrap();
+        let z: f32 = [1.0f32, 2.0, 3.0, 4.0].iter().map(|a| a.exp()).sum();
+        assert!((v[0] - 1.0f32.exp() / z).abs() < 1e-6);
+        let e1 = 1.0f32.exp();
+        assert!((v[4] - 1.0 / (2.0 + 2.0 * e1)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gemm_attributes() {
+        // y = 2 * A^T @ B^T + 0.5 * C
+        let mut g = graph(
+            vec![NodeProto::new("gemm", "Gemm", &["a", "b", "c"], &["y"])
+                .attr(AttributeProto::float("alpha", 2.0))
+                .attr(AttributeProto::float("beta", 0.5))
+                .attr(AttributeProto::int("transA", 1))
+                .attr(AttributeProto::int("transB", 1))],
+            vec![ValueInfoProto::fixed("a", data_type::FLOAT, &[3, 2])],
+            &["y"],
+        );
+        let b = Tensor::from_vec(&[4, 3], (0..12).map(|i| i as f32).collect()).unwrap();
+        let c = Tensor::from_vec(&[1, 4], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        g.initializer = vec![tensor::to_proto("b", &b), tensor::to_proto("c", &c)];
+        let a = Tensor::from_vec(&[3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+        let (out, _) = run(&model(g, 13), &[a.clone()]);
+        let (av, bv, cv) = (
+            a.to_vec::<f32>().unwrap(),
+            b.to_vec::<f32>().unwrap(),
+            c.to_vec::<f32>().unwrap(),
+        );
+        let mut want = vec![0.0f32; 8];
+        for i in 0..2 {
+            for j in 0..4 {
+                let dot: f32 = (0..3).map(|k| av[k * 2 + i] * bv[j * 3 + k]).sum();
+                want[i * 4 + j] = 2.0 * dot + 0.5 * cv[j];
+            }
+        }
+        assert_eq!(out[0].shape(), [2, 4]);
+        assert_eq!(out[0].to_vec::<f32>().unwrap(), want);
+    }
+
+    #[test]
+    fn unsqueeze_axes_attribute_became_an_input() {
+        let input = || vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[3])];
+        let old = graph(
+            vec![NodeProto::new("u", "Unsqueeze", &["x"], &["y"])
+                .attr(AttributeProto::ints("axes", &[0, 2]))],
+            input(),
+            &["y"],
+        );
+        let x = Tensor::from_vec(&[3], vec![1.0f32, 2.0, 3.0]).unwrap();
+        assert_eq!(run(&model(old, 11), &[x.clone()]).0[0].shape(), [1, 3, 1]);
+        let mut new = graph(
+            vec![NodeProto::new("u", "Unsqueeze", &["x", "axes"], &["y"])],
+            input(),
+            &["y"],
+        );
+        new.initializer = vec![ints("axes", &[-1])];
+        assert_eq!(
+            run(&model(new.clone(), 13), &[x.clone()]).0[0].shape(),
+            [3, 1]
+        );
+        // At opset 13 the attribute form is gone: the axes input is required.
+        let mut attr_only = new;
+        attr_only.node[0].input.truncate(1);
+        let reg = Registry::standard();
+        let err = model(attr_only, 13)
+            .function("f")
+            .trace(&[Example::of(&x)], &reg, &BTreeMap::new())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`node `u` (Unsqueeze)`: Unsqueeze needs axes"
+        );
+    }
+
+    #[test]
+    fn malformed_models_are_errors() {
+        assert!(matches!(
+            load(&[0x0a, 0xff, 0xff, 0xff]),
+            Err(OnnxError::Decode(_))
+        ));
+        assert!(matches!(load(&[]), Err(OnnxError::NoGraph)));
+        let input = || vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[2])];
+        let undefined = graph(
+            vec![NodeProto::new("r", "Relu", &["nope"], &["y"])],
+            input(),
+            &["y"],
+        );
+        let err = load(&ModelProto::with_opset(undefined, 13).encode_to_vec()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node `r` (Relu): input `nope` is not defined by any node, initializer or graph input"
+        );
+        let cycle = graph(
+            vec![
+                NodeProto::new("a", "Relu", &["b_out"], &["a_out"]),
+                NodeProto::new("b", "Relu", &["a_out"], &["b_out"]),
+            ],
+            input(),
+            &["a_out"],
+        );
+        let err = load(&ModelProto::with_opset(cycle, 13).encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
+        let mut bad_init = graph(
+            vec![NodeProto::new("r", "Relu", &["w"], &["y"])],
+            vec![],
+            &["y"],
+        );
+        bad_init.initializer = vec![TensorProto {
+            name: "w".into(),
+            dims: vec![4],
+            data_type: data_type::FLOAT,
+            raw_data: vec![0; 3],
+            ..Default::default()
+        }];
+        let err = load(&ModelProto::with_opset(bad_init, 13).encode_to_vec()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "initializer `w`: dims [4] of f32 need 16 bytes but `raw_data` holds 3"
+        );
+    }
+
+    #[test]
+    fn out_of_order_nodes_are_sorted() {
+        let g = graph(
+            vec![
+                NodeProto::new("second", "Neg", &["h"], &["y"]),
+                NodeProto::new("first", "Exp", &["x"], &["h"]),
+            ],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[1])],
+            &["y"],
+        );
+        let x = Tensor::from_vec(&[1], vec![0.0f32]).unwrap();
+        assert_eq!(
+            run(&model(g, 13), &[x]).0[0].to_vec::<f32>().unwrap(),
+            [-1.0]
+        );
+    }
+
+    #[test]
+    fn input_specs_parse() {
+        let (n, s) = InputSpec::parse("ids=1x128:int64").unwrap();
+        assert_eq!(
+            (n.as_str(), s.dims.as_slice(), s.dtype),
+            ("ids", &[1usize, 128][..], Some(DType::I64))
+        );
+        assert_eq!(InputSpec::parse("t=").unwrap().1.dims, Vec::<usize>::new());
+        assert!(InputSpec::parse("x=1xq").is_err());
+        assert!(InputSpec::parse("=1").is_err());
+        assert!(InputSpec::parse("x=1:complex")
+            .unwrap_err()
+            .contains("unknown dtype"));
+    }
+}

@@ -1,0 +1,1382 @@
+//! Translation of ONNX nodes into tracer ops, with a compile-time value
+//! environment.
+//!
+//! Every ONNX value is a [`Val`]: either **known** (a host tensor whose
+//! content is fixed at trace time) or **traced** (a value of the graph being
+//! recorded). Shapes are static within an entry, so `Shape` and `Size` are
+//! always known, as are `Constant`, `ConstantOfShape`, `Range` and
+//! initializers.
+//!
+//! Invariants:
+//! - An op whose inputs are all known and small (at most [`FOLD_LIMIT`]
+//!   elements each, and a result of at most that many) is evaluated at trace
+//!   time on the registry's *reference* kernels — the same kernels and
+//!   implementation the compiler's folding pass uses — and emits nothing.
+//!   Larger known inputs become globals and the op is traced.
+//! - A known value becomes a global only when a traced op needs it:
+//!   initializers (and `Constant` outputs) of more than [`WEIGHT_MIN`]
+//!   elements as weights named after the ONNX value, everything else as a
+//!   constant (deduplicated by content).
+//! - Inputs that define shapes or indices (`Reshape`'s shape, `Slice`'s
+//!   starts, reduction axes, ..) must be known; a traced one is an error
+//!   naming the node and input, never a guess.
+//! - Every value a model creates out of nothing (`ConstantOfShape`, `Range`,
+//!   `Expand`) is bounded by [`MAX_CREATED`] elements, so a malformed model
+//!   cannot make the importer allocate without bound.
+//!
+//! Errors are `TraceError::Invalid` whose `op` names the ONNX node.
+
+use std::collections::HashMap;
+
+use ampoule_kernels::{
+    AttrValue, Attrs, Bool8, DType, Impl, Registry, Tensor, TensorMeta, MAX_RANK,
+};
+
+use super::proto::{attribute_type, AttributeProto};
+use super::{attribute_kind, tensor, Model, Node, MAX_OPSET};
+use crate::ir::attrs;
+use crate::trace::{TraceError, Traced, Tracer};
+
+/// The largest known value (in elements) an op is folded on at trace time.
+pub const FOLD_LIMIT: usize = 1 << 16;
+
+/// Known values larger than this that came from an initializer or a
+/// `Constant` node become weights named after the value.
+pub const WEIGHT_MIN: usize = 64;
+
+/// The most elements a created value (`ConstantOfShape`, `Range`, `Expand`
+/// of a known value) may have.
+pub const MAX_CREATED: usize = 1 << 26;
+
+/// The first default-domain opset at which the importer supports `op`.
+fn since(op: &str) -> Option<i64> {
+    Some(match op {
+        "MatMul" | "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax"
+        | "ReduceMin" | "Transpose" | "Slice" | "Squeeze" | "Unsqueeze" | "Flatten" | "Gather"
+        | "Shape" | "Size" | "Constant" | "Identity" | "Not" => 1,
+        "Concat" => 4,
+        "Reshape" => 5,
+        "Sqrt" | "Reciprocal" | "Neg" | "Exp" | "Log" | "Tanh" | "Sigmoid" | "Floor" | "Ceil"
+        | "Relu" | "Abs" | "Cast" | "Clip" | "LeakyRelu" | "HardSigmoid" => 6,
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Less" | "Greater" | "Gemm"
+        | "Dropout" | "Sin" | "Cos" | "And" | "Or" => 7,
+        "Min" | "Max" | "Expand" => 8,
+        "Erf" | "Where" | "ConstantOfShape" | "IsNaN" => 9,
+        "Range" => 11,
+        "LessOrEqual" | "GreaterOrEqual" => 12,
+        "HardSwish" => 14,
+        "LayerNormalization" => 17,
+        "Gelu" => 20,
+        _ => return None,
+    })
+}
+
+/// Every op the importer translates (default domain), sorted.
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut ops: Vec<&'static str> = [
+        "Abs",
+        "Add",
+        "And",
+        "Cast",
+        "Ceil",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Cos",
+        "Div",
+        "Dropout",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "Gelu",
+        "Gemm",
+        "Greater",
+        "GreaterOrEqual",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "IsNaN",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "MatMul",
+        "Max",
+        "Min",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "Pow",
+        "Range",
+        "Reciprocal",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Shape",
+        "Sigmoid",
+        "Sin",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Tanh",
+        "Transpose",
+        "Unsqueeze",
+        "Where",
+    ]
+    .to_vec();
+    ops.sort_unstable();
+    ops
+}
+
+/// Whether `op` of `domain` (empty: default) at `opset` can be translated;
+/// the error is the reason.
+pub(crate) fn check_support(op: &str, domain: &str, opset: i64) -> Result<(), String> {
+    if !domain.is_empty() {
+        return Err(format!(
+            "domain `{domain}` is not supported (only the default `ai.onnx` domain is)"
+        ));
+    }
+    let Some(first) = since(op) else {
+        return Err("this op is not supported by the importer".into());
+    };
+    if opset > MAX_OPSET {
+        return Err(format!(
+            "opset {opset} is newer than the newest this importer knows ({MAX_OPSET}, ONNX 1.17)"
+        ));
+    }
+    if opset < first {
+        return Err(format!("supported from opset {first} on"));
+    }
+    Ok(())
+}
+
+/// A value of the ONNX graph while tracing.
+#[derive(Clone, Debug)]
+pub(crate) enum Val {
+    /// Content known at trace time; `weight` names it when it should become
+    /// a named weight.
+    Known {
+        t: Tensor,
+        weight: Option<String>,
+    },
+    Traced(Traced),
+}
+
+fn known(t: Tensor) -> Val {
+    Val::Known { t, weight: None }
+}
+
+type R<T> = Result<T, String>;
+
+/// Traces `model` with inputs `xs` (the body of the function
+/// `OnnxModel::function` gives).
+pub(crate) fn trace_model(
+    model: &Model,
+    registry: &Registry,
+    cx: &mut Tracer<'_>,
+    xs: &[Traced],
+) -> Result<Vec<Traced>, TraceError> {
+    let mut env: HashMap<String, Val> = HashMap::new();
+    for (info, &x) in model.inputs.iter().zip(xs) {
+        env.insert(info.name.clone(), Val::Traced(x));
+    }
+    for node in &model.nodes {
+        let mut b = Builder {
+            cx: &mut *cx,
+            registry,
+            model,
+            env: &env,
+            node,
+        };
+        let outs = b.lower().map_err(|message| TraceError::Invalid {
+            op: node.what(),
+            message,
+        })?;
+        for (name, v) in node.outputs.iter().zip(outs) {
+            if !name.is_empty() {
+                env.insert(name.clone(), v);
+            }
+        }
+    }
+    let mut outs = Vec::with_capacity(model.outputs.len());
+    for name in &model.outputs {
+        let what = || format!("graph output `{name}`");
+        let v = lookup(model, &env, name).ok_or_else(|| TraceError::Invalid {
+            op: what(),
+            message: "is not computed".into(),
+        })?;
+        let t = materialize(cx, &v).map_err(|message| TraceError::Invalid {
+            op: what(),
+            message,
+        })?;
+        outs.push(t);
+    }
+    Ok(outs)
+}
+
+fn lookup(model: &Model, env: &HashMap<String, Val>, name: &str) -> Option<Val> {
+    env.get(name).cloned().or_else(|| {
+        model.initializers.get(name).map(|t| Val::Known {
+            t: t.clone(),
+            weight: Some(name.to_string()),
+        })
+    })
+}
+
+fn materialize(cx: &mut Tracer<'_>, v: &Val) -> R<Traced> {
+    match v {
+        Val::Traced(t) => Ok(*t),
+        Val::Known {
+            t,
+            weight: Some(name),
+        } if t.numel() > WEIGHT_MIN => cx.capture(name, t).map_err(|e| e.to_string()),
+        Val::Known { t, .. } => Ok(cx.constant(t.clone())),
+    }
+}
+
+struct Builder<'a, 't> {
+    cx: &'a mut Tracer<'t>,
+    registry: &'a Registry,
+    model: &'a Model,
+    env: &'a HashMap<String, Val>,
+    node: &'a Node,
+}
+
+fn e<E: std::fmt::Display>(err: E) -> String {
+    err.to_string()
+}
+
+fn s(v: &str) -> AttrValue {
+    AttrValue::Str(v.to_string())
+}
+
+/// Normalizes `axis` against `rank` (negative counts from the end).
+fn norm_axis(axis: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("axis {axis} is out of range for rank {rank}"))
+    }
+}
+
+fn product(dims: &[usize]) -> R<usize> {
+    ampoule_kernels::checked_numel(dims).ok_or_else(|| format!("shape {dims:?} overflows"))
+}
+
+/// A rank-0 tensor of `dtype` holding `v`.
+fn scalar(v: f64, dtype: DType) -> Tensor {
+    match dtype {
+        DType::F32 => Tensor::scalar(v as f32),
+        DType::F64 => Tensor::scalar(v),
+        DType::I8 => Tensor::scalar(v as i8),
+        DType::U8 => Tensor::scalar(v as u8),
+        DType::I32 => Tensor::scalar(v as i32),
+        DType::I64 => Tensor::scalar(v as i64),
+        DType::Bool => Tensor::scalar(Bool8(u8::from(v != 0.0))),
+    }
+}
+
+/// `shape` filled with the single element of `fill`.
+fn filled(fill: &Tensor, shape: &[usize]) -> R<Tensor> {
+    let n = product(shape)?;
+    if n > MAX_CREATED {
+        return Err(format!(
+            "creating {shape:?} ({n} elements) exceeds the limit of {MAX_CREATED}"
+        ));
+    }
+    if fill.numel() != 1 {
+        return Err(format!(
+            "the fill value must have one element, not {}",
+            fill.numel()
+        ));
+    }
+    let bytes = fill.bytes().repeat(n);
+    Tensor::from_bytes(fill.dtype(), shape, &bytes).map_err(e)
+}
+
+/// Numpy broadcasting of two shapes.
+fn broadcast(a: &[usize], b: &[usize]) -> R<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+        };
+    }
+    Ok(out)
+}
+
+/// Resolves an ONNX `Reshape` shape (`0` copies the input dim unless
+/// `allowzero`, one `-1` is inferred).
+fn reshape_dims(input: &[usize], spec: &[i64], allowzero: bool) -> R<Vec<usize>> {
+    if spec.len() > MAX_RANK {
+        return Err(format!("shape {spec:?} has rank above {MAX_RANK}"));
+    }
+    let numel = product(input)?;
+    let mut infer = None;
+    let mut dims = Vec::with_capacity(spec.len());
+    for (i, &d) in spec.iter().enumerate() {
+        match d {
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                dims.push(1);
+            }
+            -1 => return Err(format!("shape {spec:?} has more than one -1")),
+            0 if !allowzero => dims.push(*input.get(i).ok_or_else(|| {
+                format!(
+                    "shape {spec:?} copies dim {i} (a 0) but the input {input:?} has rank {}",
+                    input.len()
+                )
+            })?),
+            d => dims.push(
+                usize::try_from(d).map_err(|_| format!("shape {spec:?} has a negative dim"))?,
+            ),
+        }
+    }
+    let known = product(&dims)?;
+    if let Some(i) = infer {
+        if known == 0 || numel % known != 0 {
+            return Err(format!(
+                "cannot infer the -1 in {spec:?} for input {input:?}"
+            ));
+        }
+        dims[i] = numel / known;
+    } else if known != numel {
+        return Err(format!(
+            "cannot reshape {input:?} ({numel} elements) to {dims:?}"
+        ));
+    }
+    Ok(dims)
+}
+
+impl Builder<'_, '_> {
+    // ---- inputs and attributes ----
+
+    fn opt_input(&self, i: usize) -> R<Option<Val>> {
+        match self.node.inputs.get(i) {
+            None => Ok(None),
+            Some(name) if name.is_empty() => Ok(None),
+            Some(name) => lookup(self.model, self.env, name)
+                .map(Some)
+                .ok_or_else(|| format!("input `{name}` is not computed")),
+        }
+    }
+
+    fn input(&self, i: usize) -> R<Val> {
+        self.opt_input(i)?
+            .ok_or_else(|| format!("input {i} is required but missing"))
+    }
+
+    fn attr(&self, name: &str, kind: i32) -> R<Option<&AttributeProto>> {
+        match self.node.attrs.get(name) {
+            None => Ok(None),
+            Some(a) if !a.ref_attr_name.is_empty() => Err(format!(
+                "attribute `{name}` refers to a function attribute, which is not supported"
+            )),
+            Some(a) if a.r#type == kind || a.r#type == attribute_type::UNDEFINED => Ok(Some(a)),
+            Some(a) => Err(format!(
+                "attribute `{name}` is {}, expected {}",
+                attribute_kind(a.r#type),
+                attribute_kind(kind)
+            )),
+        }
+    }
+
+    fn int(&self, name: &str, default: i64) -> R<i64> {
+        Ok(self
+            .attr(name, attribute_type::INT)?
+            .map_or(default, |a| a.i))
+    }
+
+    fn float(&self, name: &str, default: f32) -> R<f32> {
+        Ok(self
+            .attr(name, attribute_type::FLOAT)?
+            .map_or(default, |a| a.f))
+    }
+
+    fn ints(&self, name: &str) -> R<Option<Vec<i64>>> {
+        Ok(self
+            .attr(name, attribute_type::INTS)?
+            .map(|a| a.ints.clone()))
+    }
+
+    fn string(&self, name: &str, default: &str) -> R<String> {
+        match self.attr(name, attribute_type::STRING)? {
+            None => Ok(default.to_string()),
+            Some(a) => String::from_utf8(a.s.clone())
+                .map_err(|_| format!("attribute `{name}` is not UTF-8")),
+        }
+    }
+
+    /// The content of a known integer tensor (a shape, axes, indices).
+    fn known_ints(&self, v: &Val, what: &str) -> R<Vec<i64>> {
+        let Val::Known { t, .. } = v else {
+            return Err(format!(
+                "{what} must be known at compile time (a constant, an initializer or computed from shapes)"
+            ));
+        };
+        match t.dtype() {
+            DType::I64 => t.to_vec::<i64>().map_err(e),
+            DType::I32 => Ok(t
+                .to_vec::<i32>()
+                .map_err(e)?
+                .into_iter()
+                .map(i64::from)
+                .collect()),
+            d => Err(format!("{what} must be int64 or int32, not {d}")),
+        }
+    }
+
+    /// A known scalar as f64 (for `Range`, `Clip` bounds).
+    fn known_f64(&self, v: &Val, what: &str) -> R<f64> {
+        let Val::Known { t, .. } = v else {
+            return Err(format!("{what} must be known at compile time"));
+        };
+        if t.numel() != 1 {
+            return Err(format!("{what} must have one element, not {}", t.numel()));
+        }
+        Ok(match t.dtype() {
+            DType::F32 => f64::from(t.data::<f32>().map_err(e)?[0]),
+            DType::F64 => t.data::<f64>().map_err(e)?[0],
+            DType::I8 => f64::from(t.data::<i8>().map_err(e)?[0]),
+            DType::U8 => f64::from(t.data::<u8>().map_err(e)?[0]),
+            DType::I32 => f64::from(t.data::<i32>().map_err(e)?[0]),
+            DType::I64 => t.data::<i64>().map_err(e)?[0] as f64,
+            DType::Bool => f64::from(t.data::<Bool8>().map_err(e)?[0].0),
+        })
+    }
+
+    // ---- values ----
+
+    fn shape(&self, v: &Val) -> Vec<usize> {
+        match v {
+            Val::Known { t, .. } => t.shape().to_vec(),
+            Val::Traced(t) => self.cx.shape(*t).to_vec(),
+        }
+    }
+
+    fn dtype(&self, v: &Val) -> DType {
+        match v {
+            Val::Known { t, .. } => t.dtype(),
+            Val::Traced(t) => self.cx.dtype(*t),
+        }
+    }
+
+    fn traced(&mut self, v: &Val) -> R<Traced> {
+        materialize(self.cx, v)
+    }
+
+    fn small(v: &Val) -> Option<&Tensor> {
+        match v {
+            Val::Known { t, .. } if t.numel() <= FOLD_LIMIT => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Runs `kernel` on known inputs at trace time, if they and the result
+    /// are small; `None` means "trace it".
+    fn try_fold(&self, kernel: &str, a: &Attrs, ins: &[Val]) -> R<Option<Tensor>> {
+        let Some(ts) = ins
+            .iter()
+            .map(Self::small)
+            .collect::<Option<Vec<&Tensor>>>()
+        else {
+            return Ok(None);
+        };
+        let bound = self.registry.bind(kernel, a).map_err(e)?;
+        let metas: Vec<&TensorMeta> = ts.iter().map(|t| t.meta()).collect();
+        let out_metas = bound.check(&metas).map_err(e)?;
+        let [meta] = out_metas.as_slice() else {
+            return Ok(None);
+        };
+        if meta.numel().is_none_or(|n| n > FOLD_LIMIT) {
+            return Ok(None);
+        }
+        let mut outs = vec![Tensor::zeros(meta.dtype, &meta.shape).map_err(e)?];
+        bound.run(Impl::Reference, &ts, &mut outs).map_err(e)?;
+        Ok(outs.pop())
+    }
+
+    /// One kernel with one output, folded when possible.
+    fn kernel(&mut self, kernel: &str, a: Attrs, ins: &[Val]) -> R<Val> {
+        if let Some(t) = self.try_fold(kernel, &a, ins)? {
+            return Ok(known(t));
+        }
+        let ts = ins.iter().map(|v| self.traced(v)).collect::<R<Vec<_>>>()?;
+        let outs = self.cx.kernel(kernel, a, &ts).map_err(e)?;
+        outs.first()
+            .copied()
+            .map(Val::Traced)
+            .ok_or_else(|| format!("kernel `{kernel}` gave no output"))
+    }
+
+    fn binary(&mut self, op: &str, a: &Val, b: &Val) -> R<Val> {
+        self.kernel("binary@1", attrs([("op", s(op))]), &[a.clone(), b.clone()])
+    }
+
+    fn compare(&mut self, op: &str, a: &Val, b: &Val) -> R<Val> {
+        self.kernel("compare@1", attrs([("op", s(op))]), &[a.clone(), b.clone()])
+    }
+
+    fn unary(&mut self, op: &str, x: &Val) -> R<Val> {
+        self.kernel("unary@1", attrs([("op", s(op))]), &[x.clone()])
+    }
+
+    fn where_(&mut self, c: &Val, x: &Val, y: &Val) -> R<Val> {
+        self.kernel("where@1", Attrs::new(), &[c.clone(), x.clone(), y.clone()])
+    }
+
+    fn reduce(&mut self, op: &str, x: &Val, axes: &[i64], keepdims: bool) -> R<Val> {
+        let a = attrs([
+            ("op", s(op)),
+            ("axes", AttrValue::Ints(axes.to_vec())),
+            ("keepdims", AttrValue::Int(i64::from(keepdims))),
+        ]);
+        self.kernel("reduce@1", a, &[x.clone()])
+    }
+
+    fn cast(&mut self, x: &Val, to: DType) -> R<Val> {
+        if self.dtype(x) == to {
+            return Ok(x.clone());
+        }
+        self.kernel("cast@1", attrs([("to", s(to.name()))]), &[x.clone()])
+    }
+
+    fn scalar_like(&self, v: f64, like: &Val) -> Val {
+        known(scalar(v, self.dtype(like)))
+    }
+
+    fn reshape(&mut self, x: &Val, dims: &[usize]) -> R<Val> {
+        if self.shape(x) == dims {
+            return Ok(x.clone());
+        }
+        match x {
+            Val::Known { t, .. } if t.numel() <= FOLD_LIMIT => t
+                .reshaped(dims)
+                .map(known)
+                .ok_or_else(|| format!("cannot reshape {} to {dims:?}", t.meta())),
+            _ => {
+                let t = self.traced(x)?;
+                let spec: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+                Ok(Val::Traced(self.cx.reshape(t, &spec).map_err(e)?))
+            }
+        }
+    }
+
+    fn transpose(&mut self, x: &Val, perm: &[usize]) -> R<Val> {
+        let perm: Vec<i64> = perm.iter().map(|&p| p as i64).collect();
+        self.kernel(
+            "transpose@1",
+            attrs([("perm", AttrValue::Ints(perm))]),
+            &[x.clone()],
+        )
+    }
+
+    fn concat(&mut self, xs: &[Val], axis: usize) -> R<Val> {
+        if xs.len() == 1 {
+            return Ok(xs[0].clone());
+        }
+        if xs.iter().all(|v| Self::small(v).is_some()) {
+            // Fold in chunks of at most five (the kernel's limit).
+            let mut acc: Option<Val> = None;
+            let mut rest = xs;
+            while !rest.is_empty() {
+                let room = if acc.is_some() { 4 } else { 5 };
+                let take = rest.len().min(room);
+                let mut chunk: Vec<Val> = acc.take().into_iter().collect();
+                chunk.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                let a = attrs([
+                    ("axis", AttrValue::Int(axis as i64)),
+                    ("n", AttrValue::Int(chunk.len() as i64)),
+                ]);
+                match self.try_fold("concat@1", &a, &chunk)? {
+                    Some(t) => acc = Some(known(t)),
+                    None => return self.concat_traced(xs, axis),
+                }
+            }
+            return acc.ok_or_else(|| "concat of no inputs".to_string());
+        }
+        self.concat_traced(xs, axis)
+    }
+
+    fn concat_traced(&mut self, xs: &[Val], axis: usize) -> R<Val> {
+        let ts = xs.iter().map(|v| self.traced(v)).collect::<R<Vec<_>>>()?;
+        Ok(Val::Traced(self.cx.concat(&ts, axis as i64).map_err(e)?))
+    }
+
+    // ---- the ops ----
+
+    fn lower(&mut self) -> R<Vec<Val>> {
+        let n = self.node;
+        let op = n.op_type.as_str();
+        let one = |v: Val| Ok(vec![v]);
+        match op {
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let (a, b) = (self.input(0)?, self.input(1)?);
+                let k = match op {
+                    "Add" => "add",
+                    "Sub" => "sub",
+                    "Mul" => "mul",
+                    _ => "div",
+                };
+                one(self.binary(k, &a, &b)?)
+            }
+            "Pow" => {
+                let (a, b) = (self.input(0)?, self.input(1)?);
+                let b = self.cast(&b, self.dtype(&a))?;
+                one(self.binary("pow", &a, &b)?)
+            }
+            "Min" | "Max" => {
+                let k = if op == "Min" { "min" } else { "max" };
+                let mut acc = self.input(0)?;
+                for i in 1..n.inputs.len() {
+                    let b = self.input(i)?;
+                    acc = self.binary(k, &acc, &b)?;
+                }
+                one(acc)
+            }
+            "Sqrt" | "Reciprocal" | "Exp" | "Log" | "Erf" | "Tanh" | "Sigmoid" | "Floor"
+            | "Ceil" | "Sin" | "Cos" => {
+                let k = match op {
+                    "Sqrt" => "sqrt",
+                    "Reciprocal" => "recip",
+                    "Exp" => "exp",
+                    "Log" => "log",
+                    "Erf" => "erf",
+                    "Tanh" => "tanh",
+                    "Sigmoid" => "sigmoid",
+                    "Floor" => "floor",
+                    "Ceil" => "ceil",
+                    "Sin" => "sin",
+                    _ => "cos",
+                };
+                let x = self.input(0)?;
+                one(self.unary(k, &x)?)
+            }
+            "Neg" | "Abs" | "Relu" => {
+                let x = self.input(0)?;
+                if self.dtype(&x).is_float() {
+                    let k = match op {
+                        "Neg" => "neg",
+                        "Abs" => "abs",
+                        _ => "relu",
+                    };
+                    return one(self.unary(k, &x)?);
+                }
+                let zero = self.scalar_like(0.0, &x);
+                match op {
+                    "Neg" => one(self.binary("sub", &zero, &x)?),
+                    "Relu" => one(self.binary("max", &x, &zero)?),
+                    _ => {
+                        let neg = self.binary("sub", &zero, &x)?;
+                        one(self.binary("max", &x, &neg)?)
+                    }
+                }
+            }
+            "Gelu" => {
+                let x = self.input(0)?;
+                let k = match self.string("approximate", "none")?.as_str() {
+                    "none" => "gelu",
+                    "tanh" => "gelu_tanh",
+                    other => return Err(format!("approximate `{other}` is not `none` or `tanh`")),
+                };
+                one(self.unary(k, &x)?)
+            }
+            "LeakyRelu" => {
+                let x = self.input(0)?;
+                let alpha = self.scalar_like(f64::from(self.float("alpha", 0.01)?), &x);
+                let zero = self.scalar_like(0.0, &x);
+                let neg = self.compare("lt", &x, &zero)?;
+                let scaled = self.binary("mul", &x, &alpha)?;
+                one(self.where_(&neg, &scaled, &x)?)
+            }
+            "HardSigmoid" | "HardSwish" => {
+                let x = self.input(0)?;
+                let (alpha, beta) = if op == "HardSigmoid" {
+                    (
+                        f64::from(self.float("alpha", 0.2)?),
+                        f64::from(self.float("beta", 0.5)?),
+                    )
+                } else {
+                    (1.0 / 6.0, 0.5)
+                };
+                let (a, b) = (self.scalar_like(alpha, &x), self.scalar_like(beta, &x));
+                let (zero, onev) = (self.scalar_like(0.0, &x), self.scalar_like(1.0, &x));
+                let y = self.binary("mul", &x, &a)?;
+                let y = self.binary("add", &y, &b)?;
+                let y = self.binary("min", &y, &onev)?;
+                let y = self.binary("max", &y, &zero)?;
+                if op == "HardSwish" {
+                    return one(self.binary("mul", &x, &y)?);
+                }
+                one(y)
+            }
+            "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
+                let (a, b) = (self.input(0)?, self.input(1)?);
+                let k = match op {
+                    "Equal" => "eq",
+                    "Less" => "lt",
+                    "Greater" => "gt",
+                    "LessOrEqual" => "le",
+                    _ => "ge",
+                };
+                one(self.compare(k, &a, &b)?)
+            }
+            "Not" | "And" | "Or" | "IsNaN" => {
+                let t = known(Tensor::scalar(Bool8(1)));
+                let f = known(Tensor::scalar(Bool8(0)));
+                let a = self.input(0)?;
+                match op {
+                    "Not" => one(self.where_(&a, &f, &t)?),
+                    "IsNaN" => {
+                        let same = self.compare("eq", &a, &a)?;
+                        one(self.where_(&same, &f, &t)?)
+                    }
+                    "And" => {
+                        let b = self.input(1)?;
+                        one(self.where_(&a, &b, &f)?)
+                    }
+                    _ => {
+                        let b = self.input(1)?;
+                        one(self.where_(&a, &t, &b)?)
+                    }
+                }
+            }
+            "Where" => {
+                let (c, x, y) = (self.input(0)?, self.input(1)?, self.input(2)?);
+                one(self.where_(&c, &x, &y)?)
+            }
+            "MatMul" => self.matmul().map(|v| vec![v]),
+            "Gemm" => self.gemm().map(|v| vec![v]),
+            "Softmax" | "LogSoftmax" => self.softmax(op == "LogSoftmax").map(|v| vec![v]),
+            "LayerNormalization" => self.layer_norm(),
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+                self.reduction().map(|v| vec![v])
+            }
+            "Reshape" => {
+                let x = self.input(0)?;
+                let spec = self.known_ints(&self.input(1)?, "the shape input")?;
+                let allowzero = n.opset >= 14 && self.int("allowzero", 0)? != 0;
+                let dims = reshape_dims(&self.shape(&x), &spec, allowzero)?;
+                one(self.reshape(&x, &dims)?)
+            }
+            "Flatten" => {
+                let x = self.input(0)?;
+                let shape = self.shape(&x);
+                let axis = self.int("axis", 1)?;
+                let axis = if axis == shape.len() as i64 {
+                    shape.len()
+                } else {
+                    norm_axis(axis, shape.len())?
+                };
+                let dims = [product(&shape[..axis])?, product(&shape[axis..])?];
+                one(self.reshape(&x, &dims)?)
+            }
+            "Squeeze" | "Unsqueeze" => self.squeeze(op == "Unsqueeze").map(|v| vec![v]),
+            "Transpose" => {
+                let x = self.input(0)?;
+                let rank = self.shape(&x).len();
+                let perm: Vec<usize> = match self.ints("perm")? {
+                    Some(p) => p
+                        .iter()
+                        .map(|&a| norm_axis(a, rank))
+                        .collect::<R<Vec<_>>>()?,
+                    None => (0..rank).rev().collect(),
+                };
+                one(self.transpose(&x, &perm)?)
+            }
+            "Concat" => {
+                let xs = (0..n.inputs.len())
+                    .map(|i| self.input(i))
+                    .collect::<R<Vec<_>>>()?;
+                let first = xs.first().ok_or("Concat needs at least one input")?;
+                let axis = self
+                    .attr("axis", attribute_type::INT)?
+                    .ok_or("attribute `axis` is required")?
+                    .i;
+                let axis = norm_axis(axis, self.shape(first).len())?;
+                one(self.concat(&xs, axis)?)
+            }
+            "Slice" => self.slice().map(|v| vec![v]),
+            "Gather" => {
+                let (data, idx) = (self.input(0)?, self.input(1)?);
+                let axis = norm_axis(self.int("axis", 0)?, self.shape(&data).len())?;
+                one(self.kernel(
+                    "gather@1",
+                    attrs([("axis", AttrValue::Int(axis as i64))]),
+                    &[data, idx],
+                )?)
+            }
+            "Shape" => {
+                let x = self.input(0)?;
+                let shape: Vec<i64> = self.shape(&x).iter().map(|&d| d as i64).collect();
+                let r = shape.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let (start, end) = if n.opset >= 15 {
+                    (clamp(self.int("start", 0)?), clamp(self.int("end", r)?))
+                } else {
+                    (0, shape.len())
+                };
+                let v = shape.get(start..end.max(start)).unwrap_or(&[]).to_vec();
+                one(known(Tensor::from_vec(&[v.len()], v).map_err(e)?))
+            }
+            "Size" => {
+                let x = self.input(0)?;
+                let numel = product(&self.shape(&x))?;
+                one(known(Tensor::scalar(numel as i64)))
+            }
+            "Constant" => self.constant().map(|v| vec![v]),
+            "ConstantOfShape" => {
+                let shape = self.known_ints(&self.input(0)?, "the shape input")?;
+                let dims = shape
+                    .iter()
+                    .map(|&d| {
+                        usize::try_from(d)
+                            .map_err(|_| format!("shape {shape:?} has a negative dim"))
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                if dims.len() > MAX_RANK {
+                    return Err(format!("shape {shape:?} has rank above {MAX_RANK}"));
+                }
+                let fill = match self.attr("value", attribute_type::TENSOR)? {
+                    Some(a) => match &a.t {
+                        Some(p) => {
+                            tensor::from_proto(p).map_err(|m| format!("attribute `value`: {m}"))?
+                        }
+                        None => return Err("attribute `value` holds no tensor".into()),
+                    },
+                    None => Tensor::scalar(0.0f32),
+                };
+                one(known(filled(&fill, &dims)?))
+            }
+            "Identity" => one(self.input(0)?),
+            "Dropout" => {
+                let x = self.input(0)?;
+                if n.opset >= 12 {
+                    if let Some(mode) = self.opt_input(2)? {
+                        if self.known_ints_or_bool(&mode)? {
+                            return Err("training_mode is true; only inference is supported".into());
+                        }
+                    }
+                }
+                let mut outs = vec![x.clone()];
+                if n.outputs.get(1).is_some_and(|o| !o.is_empty()) {
+                    let shape = self.shape(&x);
+                    outs.push(known(filled(&Tensor::scalar(Bool8(1)), &shape)?));
+                }
+                Ok(outs)
+            }
+            "Cast" => {
+                let x = self.input(0)?;
+                let to = self
+                    .attr("to", attribute_type::INT)?
+                    .ok_or("attribute `to` is required")?
+                    .i;
+                let to = i32::try_from(to)
+                    .map_err(|_| format!("`to` = {to} is not a data type"))
+                    .and_then(tensor::require_dtype)?;
+                one(self.cast(&x, to)?)
+            }
+            "Range" => self.range().map(|v| vec![v]),
+            "Expand" => {
+                let x = self.input(0)?;
+                let spec = self.known_ints(&self.input(1)?, "the shape input")?;
+                let spec = spec
+                    .iter()
+                    .map(|&d| {
+                        usize::try_from(d).map_err(|_| format!("shape {spec:?} has a negative dim"))
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                let xs = self.shape(&x);
+                let out = broadcast(&xs, &spec)?;
+                if out == xs {
+                    return one(x);
+                }
+                if out.len() > MAX_RANK || product(&out)? > MAX_CREATED {
+                    return Err(format!("expanding to {out:?} exceeds the limits"));
+                }
+                // A `true` mask with the expanded dims broadcasts x through
+                // `where` for any dtype.
+                let off = out.len() - xs.len();
+                let mask_dims: Vec<usize> = out
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| if i < off || xs[i - off] == 1 { d } else { 1 })
+                    .collect();
+                let mask = known(filled(&Tensor::scalar(Bool8(1)), &mask_dims)?);
+                one(self.where_(&mask, &x, &x)?)
+            }
+            "Clip" => {
+                let x = self.input(0)?;
+                let (lo, hi) = if n.opset < 11 {
+                    let lo = self
+                        .attr("min", attribute_type::FLOAT)?
+                        .map(|a| f64::from(a.f));
+                    let hi = self
+                        .attr("max", attribute_type::FLOAT)?
+                        .map(|a| f64::from(a.f));
+                    (
+                        lo.map(|v| self.scalar_like(v, &x)),
+                        hi.map(|v| self.scalar_like(v, &x)),
+                    )
+                } else {
+                    (self.opt_input(1)?, self.opt_input(2)?)
+                };
+                let mut y = x;
+                if let Some(lo) = lo {
+                    y = self.binary("max", &y, &lo)?;
+                }
+                if let Some(hi) = hi {
+                    y = self.binary("min", &y, &hi)?;
+                }
+                one(y)
+            }
+            other => Err(format!("op `{other}` is not supported")),
+        }
+    }
+
+    fn known_ints_or_bool(&self, v: &Val) -> R<bool> {
+        Ok(self.known_f64(v, "training_mode")? != 0.0)
+    }
+
+    fn matmul(&mut self) -> R<Val> {
+        let (a, b) = (self.input(0)?, self.input(1)?);
+        let (sa, sb) = (self.shape(&a), self.shape(&b));
+        if sa.is_empty() || sb.is_empty() {
+            return Err("MatMul operands must have rank >= 1".into());
+        }
+        let a2 = if sa.len() == 1 {
+            self.reshape(&a, &[1, sa[0]])?
+        } else {
+            a
+        };
+        let b2 = if sb.len() == 1 {
+            self.reshape(&b, &[sb[0], 1])?
+        } else {
+            b
+        };
+        let y = if self.shape(&b2).len() == 2 {
+            let la = attrs([("trans_w", AttrValue::Int(0)), ("bias", AttrValue::Int(0))]);
+            self.kernel("linear@1", la, &[a2, b2])?
+        } else {
+            self.kernel("matmul@1", Attrs::new(), &[a2, b2])?
+        };
+        let mut out = self.shape(&y);
+        if sb.len() == 1 {
+            out.pop();
+        }
+        if sa.len() == 1 {
+            let at = out.len() - if sb.len() == 1 { 1 } else { 2 };
+            out.remove(at);
+        }
+        self.reshape(&y, &out)
+    }
+
+    fn gemm(&mut self) -> R<Val> {
+        let (a, b, c) = (self.input(0)?, self.input(1)?, self.opt_input(2)?);
+        let alpha = f64::from(self.float("alpha", 1.0)?);
+        let beta = f64::from(self.float("beta", 1.0)?);
+        let trans_a = self.int("transA", 0)? != 0;
+        let trans_b = self.int("transB", 0)? != 0;
+        if self.shape(&a).len() != 2 || self.shape(&b).len() != 2 {
+            return Err("Gemm operands A and B must have rank 2".into());
+        }
+        let a = if trans_a {
+            self.transpose(&a, &[1, 0])?
+        } else {
+            a
+        };
+        let n = self.shape(&b)[usize::from(!trans_b)];
+        let bias = match &c {
+            Some(c) if alpha == 1.0 && beta == 1.0 && self.shape(c) == [n] => Some(c.clone()),
+            _ => None,
+        };
+        let la = attrs([
+            ("trans_w", AttrValue::Int(i64::from(trans_b))),
+            ("bias", AttrValue::Int(i64::from(bias.is_some()))),
+        ]);
+        let mut ins = vec![a, b];
+        ins.extend(bias.clone());
+        let mut y = self.kernel("linear@1", la, &ins)?;
+        if alpha != 1.0 {
+            let s = self.scalar_like(alpha, &y);
+            y = self.binary("mul", &y, &s)?;
+        }
+        if let (Some(c), None) = (c, bias) {
+            let c = if beta != 1.0 {
+                let s = self.scalar_like(beta, &c);
+                self.binary("mul", &c, &s)?
+            } else {
+                c
+            };
+            y = self.binary("add", &y, &c)?;
+        }
+        Ok(y)
+    }
+
+    fn softmax(&mut self, log: bool) -> R<Val> {
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let rank = shape.len();
+        let legacy = self.node.opset < 13;
+        let axis = self.int("axis", if legacy { 1 } else { -1 })?;
+        let axis = if rank == 0 { 0 } else { norm_axis(axis, rank)? };
+        // Before opset 13 the input is coerced to 2-D at `axis` and the
+        // softmax runs over the flattened trailing dims.
+        let (x2, kaxis) = if legacy && rank > 0 && axis != rank - 1 {
+            let dims = [product(&shape[..axis])?, product(&shape[axis..])?];
+            (self.reshape(&x, &dims)?, 1i64)
+        } else {
+            (x.clone(), axis as i64)
+        };
+        let y = if log {
+            let m = self.reduce("max", &x2, &[kaxis], true)?;
+            let d = self.binary("sub", &x2, &m)?;
+            let ex = self.unary("exp", &d)?;
+            let s = self.reduce("sum", &ex, &[kaxis], true)?;
+            let l = self.unary("log", &s)?;
+            self.binary("sub", &d, &l)?
+        } else {
+            self.kernel("softmax@1", attrs([("axis", AttrValue::Int(kaxis))]), &[x2])?
+        };
+        self.reshape(&y, &shape)
+    }
+
+    fn layer_norm(&mut self) -> R<Vec<Val>> {
+        if self.node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            return Err("the Mean and InvStdDev outputs are not supported (inference only)".into());
+        }
+        let x = self.input(0)?;
+        let scale = self.input(1)?;
+        let shape = self.shape(&x);
+        let axis = norm_axis(self.int("axis", -1)?, shape.len())?;
+        let eps = f64::from(self.float("epsilon", 1e-5)?);
+        let norm = shape[axis..].to_vec();
+        let fit = |b: &mut Self, v: Val, what: &str| -> R<Val> {
+            let s = b.shape(&v);
+            if s == norm {
+                Ok(v)
+            } else if product(&s)? == product(&norm)? {
+                b.reshape(&v, &norm)
+            } else {
+                Err(format!(
+                    "{what} of shape {s:?} does not match the normalized shape {norm:?}"
+                ))
+            }
+        };
+        let scale = fit(self, scale, "Scale")?;
+        let bias = match self.opt_input(2)? {
+            Some(bv) => fit(self, bv, "B")?,
+            None => known(filled(&scalar(0.0, self.dtype(&x)), &norm)?),
+        };
+        let a = attrs([
+            ("axis", AttrValue::Int(axis as i64)),
+            ("epsilon", AttrValue::Float(eps)),
+        ]);
+        Ok(vec![self.kernel("layer_norm@1", a, &[x, scale, bias])?])
+    }
+
+    fn reduction(&mut self) -> R<Val> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let rank = self.shape(&x).len();
+        let axes_as_input = if n.op_type == "ReduceSum" {
+            n.opset >= 13
+        } else {
+            n.opset >= 18
+        };
+        let axes = if axes_as_input {
+            match self.opt_input(1)? {
+                Some(v) => self.known_ints(&v, "the axes input")?,
+                None => Vec::new(),
+            }
+        } else {
+            self.ints("axes")?.unwrap_or_default()
+        };
+        let keepdims = self.int("keepdims", 1)? != 0;
+        if axes.is_empty() && axes_as_input && self.int("noop_with_empty_axes", 0)? != 0 {
+            return Ok(x);
+        }
+        let axes = axes
+            .iter()
+            .map(|&a| norm_axis(a, rank).map(|a| a as i64))
+            .collect::<R<Vec<_>>>()?;
+        let op = match n.op_type.as_str() {
+            "ReduceMean" => "mean",
+            "ReduceSum" => "sum",
+            "ReduceMax" => "max",
+            _ => "min",
+        };
+        if rank == 0 {
+            return Ok(x);
+        }
+        self.reduce(op, &x, &axes, keepdims)
+    }
+
+    fn squeeze(&mut self, unsqueeze: bool) -> R<Val> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let axes = if n.opset >= 13 {
+            match self.opt_input(1)? {
+                Some(v) => Some(self.known_ints(&v, "the axes input")?),
+                None => None,
+            }
+        } else {
+            self.ints("axes")?
+        };
+        if unsqueeze {
+            let axes = axes.ok_or("Unsqueeze needs axes")?;
+            let out_rank = shape.len() + axes.len();
+            if out_rank > MAX_RANK {
+                return Err(format!("the result's rank {out_rank} exceeds {MAX_RANK}"));
+            }
+            let mut ins = axes
+                .iter()
+                .map(|&a| norm_axis(a, out_rank))
+                .collect::<R<Vec<_>>>()?;
+            ins.sort_unstable();
+            if ins.windows(2).any(|w| w[0] == w[1]) {
+                return Err(format!("axes {axes:?} repeat an axis"));
+            }
+            let mut dims = Vec::with_capacity(out_rank);
+            let mut it = shape.iter();
+            for i in 0..out_rank {
+                if ins.binary_search(&i).is_ok() {
+                    dims.push(1);
+                } else {
+                    dims.push(*it.next().ok_or("axes do not fit the input rank")?);
+                }
+            }
+            return self.reshape(&x, &dims);
+        }
+        let dims: Vec<usize> = match axes {
+            None => shape.iter().copied().filter(|&d| d != 1).collect(),
+            Some(axes) => {
+                let axes = axes
+                    .iter()
+                    .map(|&a| norm_axis(a, shape.len()))
+                    .collect::<R<Vec<_>>>()?;
+                for &a in &axes {
+                    if shape[a] != 1 {
+                        return Err(format!(
+                            "axis {a} of {shape:?} is not 1 and cannot be squeezed"
+                        ));
+                    }
+                }
+                shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect()
+            }
+        };
+        self.reshape(&x, &dims)
+    }
+
+    fn slice(&mut self) -> R<Val> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let rank = self.shape(&x).len();
+        let (starts, ends, axes, steps) = if n.opset < 10 {
+            (
+                self.ints("starts")?
+                    .ok_or("attribute `starts` is required")?,
+                self.ints("ends")?.ok_or("attribute `ends` is required")?,
+                self.ints("axes")?,
+                None,
+            )
+        } else {
+            let starts = self.known_ints(&self.input(1)?, "the starts input")?;
+            let ends = self.known_ints(&self.input(2)?, "the ends input")?;
+            let axes = match self.opt_input(3)? {
+                Some(v) => Some(self.known_ints(&v, "the axes input")?),
+                None => None,
+            };
+            let steps = match self.opt_input(4)? {
+                Some(v) => Some(self.known_ints(&v, "the steps input")?),
+                None => None,
+            };
+            (starts, ends, axes, steps)
+        };
+        let count = starts.len();
+        let axes = axes.unwrap_or_else(|| (0..count as i64).collect());
+        let steps = steps.unwrap_or_else(|| vec![1; count]);
+        if ends.len() != count || axes.len() != count || steps.len() != count {
+            return Err(format!(
+                "starts, ends, axes and steps have different lengths ({count}, {}, {}, {})",
+                ends.len(),
+                axes.len(),
+                steps.len()
+            ));
+        }
+        let mut st = vec![0i64; rank];
+        let mut en = vec![i64::MAX; rank];
+        let mut sp = vec![1i64; rank];
+        let mut seen = vec![false; rank];
+        for j in 0..count {
+            let a = norm_axis(axes[j], rank)?;
+            if std::mem::replace(&mut seen[a], true) {
+                return Err(format!("axis {a} is sliced twice"));
+            }
+            if steps[j] == 0 {
+                return Err("a step is 0".into());
+            }
+            st[a] = starts[j];
+            en[a] = ends[j];
+            sp[a] = steps[j];
+        }
+        let a = attrs([
+            ("starts", AttrValue::Ints(st)),
+            ("ends", AttrValue::Ints(en)),
+            ("steps", AttrValue::Ints(sp)),
+        ]);
+        self.kernel("slice@1", a, &[x])
+    }
+
+    fn constant(&mut self) -> R<Val> {
+        let n = self.node;
+        let mut found = Vec::new();
+        for name in n.attrs.keys() {
+            found.push(name.as_str());
+        }
+        let [name] = found.as_slice() else {
+            return Err(format!(
+                "needs exactly one value attribute, found {found:?}"
+            ));
+        };
+        let t = match *name {
+            "value" => {
+                let a = self
+                    .attr("value", attribute_type::TENSOR)?
+                    .ok_or("no value")?;
+                let p = a.t.as_ref().ok_or("attribute `value` holds no tensor")?;
+                tensor::from_proto(p).map_err(|m| format!("attribute `value`: {m}"))?
+            }
+            "value_float" => Tensor::scalar(self.float("value_float", 0.0)?),
+            "value_int" => Tensor::scalar(self.int("value_int", 0)?),
+            "value_floats" => {
+                let a = self
+                    .attr("value_floats", attribute_type::FLOATS)?
+                    .ok_or("no value")?;
+                Tensor::from_vec(&[a.floats.len()], a.floats.clone()).map_err(e)?
+            }
+            "value_ints" => {
+                let v = self.ints("value_ints")?.unwrap_or_default();
+                Tensor::from_vec(&[v.len()], v).map_err(e)?
+            }
+            other => return Err(format!("attribute `{other}` is not supported")),
+        };
+        let weight = n.outputs.first().filter(|o| !o.is_empty()).cloned();
+        Ok(Val::Known { t, weight })
+    }
+
+    fn range(&mut self) -> R<Val> {
+        let (s, l, d) = (self.input(0)?, self.input(1)?, self.input(2)?);
+        let dtype = self.dtype(&s);
+        let (start, limit, delta) = (
+            self.known_f64(&s, "start")?,
+            self.known_f64(&l, "limit")?,
+            self.known_f64(&d, "delta")?,
+        );
+        if delta == 0.0 || !delta.is_finite() || !start.is_finite() || !limit.is_finite() {
+            return Err(format!("cannot range from {start} to {limit} by {delta}"));
+        }
+        let count = ((limit - start) / delta).ceil().max(0.0);
+        if count > MAX_CREATED as f64 {
+            return Err(format!(
+                "the range has {count} elements, above the limit of {MAX_CREATED}"
+            ));
+        }
+        let count = count as usize;
+        let t = match dtype {
+            DType::F32 => {
+                let (s0, d0) = (start as f32, delta as f32);
+                Tensor::from_vec(&[count], (0..count).map(|i| s0 + i as f32 * d0).collect())
+            }
+            DType::F64 => Tensor::from_vec(
+                &[count],
+                (0..count).map(|i| start + i as f64 * delta).collect(),
+            ),
+            DType::I32 => Tensor::from_vec(
+                &[count],
+                (0..count)
+                    .map(|i| (start as i64 + i as i64 * delta as i64) as i32)
+                    .collect(),
+            ),
+            DType::I64 => Tensor::from_vec(
+                &[count],
+                (0..count)
+                    .map(|i| start as i64 + i as i64 * delta as i64)
+                    .collect(),
+            ),
+            other => return Err(format!("Range of {other} is not supported")),
+        }
+        .map_err(e)?;
+        Ok(known(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_dims_follow_onnx() {
+        assert_eq!(reshape_dims(&[2, 3, 4], &[0, -1], false).unwrap(), [2, 12]);
+        assert_eq!(reshape_dims(&[2, 3, 4], &[-1], false).unwrap(), [24]);
+        assert_eq!(reshape_dims(&[0, 3], &[0, 3], true).unwrap(), [0, 3]);
+        assert!(reshape_dims(&[2, 3], &[-1, -1], false).is_err());
+        assert!(reshape_dims(&[2, 3], &[5], false).is_err());
+        assert!(reshape_dims(&[2], &[0, 0], false).is_err());
+    }
+
+    #[test]
+    fn broadcast_and_support() {
+        assert_eq!(broadcast(&[3, 1], &[2, 1, 4]).unwrap(), [2, 3, 4]);
+        assert!(broadcast(&[3], &[4]).is_err());
+        assert!(check_support("Add", "", 13).is_ok());
+        assert!(check_support("Gelu", "", 13)
+            .unwrap_err()
+            .contains("opset 20"));
+        assert!(check_support("Conv", "", 13)
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(check_support("Add", "com.microsoft", 1)
+            .unwrap_err()
+            .contains("domain"));
+        assert!(check_support("Add", "", 99).unwrap_err().contains("newer"));
+        assert!(supported_ops().iter().all(|op| since(op).is_some()));
+    }
+}
