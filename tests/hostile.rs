@@ -843,6 +843,26 @@ fn content(o: &serde_json::Map<String, Value>, d: &Draft) -> Result<Vec<u8>, Str
     Err("`write` needs `text`, `hex`, `copy` or `safetensors`".into())
 }
 
+/// Expands every `{repeat:TEXT*N}` in `s` to `TEXT` repeated `N` times (for
+/// inputs too large to write out, such as deeply nested JSON).
+fn expand_repeats(s: &str) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("{repeat:") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + "{repeat:".len()..];
+        let end = tail.find('}').ok_or("unclosed `{repeat:`")?;
+        let (text, n) = tail[..end]
+            .rsplit_once('*')
+            .ok_or("`{repeat:TEXT*N}` needs `*N`")?;
+        let n: usize = n.parse().map_err(|_| format!("bad repeat count {n:?}"))?;
+        out.push_str(&text.repeat(n));
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Applies one mutation (placeholders already substituted).
 fn apply(op: &Value, d: &mut Draft) -> Result<(), String> {
     let o = op.as_object().ok_or("an op is an object")?;
@@ -862,14 +882,14 @@ fn apply(op: &Value, d: &mut Draft) -> Result<(), String> {
         need_value(d)?;
         json_remove(&mut d.manifest, ptr)
     } else if let Some(from) = s("replace") {
-        let to = s("with").ok_or("`replace` needs `with`")?;
+        let to = expand_repeats(s("with").ok_or("`replace` needs `with`")?)?;
         let text = d.text.take().unwrap_or_else(|| {
             String::from_utf8(serde_json::to_vec_pretty(&d.manifest).unwrap()).unwrap() + "\n"
         });
         if !text.contains(from) {
             return Err(format!("manifest text has no {from:?}"));
         }
-        d.text = Some(text.replacen(from, to, 1));
+        d.text = Some(text.replacen(from, &to, 1));
         Ok(())
     } else if let Some(name) = s("write") {
         let bytes = content(o, d)?;

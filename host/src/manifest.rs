@@ -177,8 +177,10 @@ pub struct BufferDecl {
 }
 
 impl Manifest {
-    /// Parses manifest bytes. Only syntax is checked here.
+    /// Parses manifest bytes. Only syntax is checked here, including that
+    /// no JSON object repeats a key (see [`UniqueKeys`]).
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
+        serde_json::from_slice::<UniqueKeys>(bytes)?;
         serde_json::from_slice(bytes)
     }
 
@@ -209,4 +211,89 @@ pub fn weights_file(digest: &str) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Any JSON value in which no object repeats a key; deserializing it only
+/// checks that.
+///
+/// JSON parsers disagree about duplicate keys: serde_json keeps the last one
+/// for maps, others keep the first. A manifest with `"op": "mul", "op":
+/// "add"` in a kernel's attributes, or a file listed twice in `files`, would
+/// mean one thing to the tool that reviewed or signed it and another to this
+/// host (the CouchDB CVE-2017-12635 class). Struct fields already refuse
+/// duplicates, but maps (`files`, kernel `attrs`) do not, so the whole
+/// document is checked once before it is parsed for real.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            map.next_value::<UniqueKeys>()?;
+            seen.insert(key);
+        }
+        Ok(UniqueKeys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UniqueKeys;
+
+    #[test]
+    fn a_repeated_key_is_refused_at_any_depth() {
+        let err = serde_json::from_str::<UniqueKeys>(r#"{"a": [{"op": "mul", "op": "add"}]}"#)
+            .err()
+            .expect("duplicate refused");
+        assert!(err.to_string().starts_with("duplicate key `op`"), "{err}");
+        // The same key in sibling objects is not a duplicate.
+        serde_json::from_str::<UniqueKeys>(
+            r#"[{"op": 1}, {"op": 2, "x": {"op": 3}}, null, 1.5, -2]"#,
+        )
+        .unwrap();
+    }
 }
