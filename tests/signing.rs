@@ -491,3 +491,32 @@ fn cli_keygen_sign_and_verify_under_a_policy() {
     let out = cli(&["inspect", pkg]);
     assert!(stdout(&out).contains("INVALID"), "{}", stdout(&out));
 }
+
+#[test]
+fn the_compiler_resumes_a_signed_package_under_the_hosts_policy() {
+    use ampoule::compiler::Compiler;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = package(tmp.path());
+    let (k, foreign) = (key(1), key(2));
+    use ampoule::compiler::{Error as CError, PackageError};
+    let host_error = |e: CError| match e {
+        CError::Package(PackageError::Host(e)) | CError::Host(e) => e,
+        e => panic!("expected a host error, got {e}"),
+    };
+    // Unsigned: the compiler's loader applies the policy like `open` does.
+    let err = Compiler::builder(requiring(&k)).open(&dir).err().unwrap();
+    assert!(matches!(host_error(err), Error::Unsigned));
+    permissive().sign(&dir, &k).unwrap();
+    let c = Compiler::builder(requiring(&k))
+        .open(&dir)
+        .unwrap_or_else(|e| panic!("a signed package must load for extension: {e}"));
+    let a = f32s(&[4], vec![1.0, 2.0, 3.0, 4.0]);
+    let y = c.package().call("add", &[a.clone(), a]).unwrap();
+    assert_eq!(y[0].to_vec::<f32>().unwrap(), vec![2.0, 4.0, 6.0, 8.0]);
+    permissive().sign(&dir, &foreign).unwrap();
+    Compiler::builder(requiring(&k)).open(&dir).unwrap();
+    std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    permissive().sign(&dir, &foreign).unwrap();
+    let err = Compiler::builder(requiring(&k)).open(&dir).err().unwrap();
+    assert!(matches!(host_error(err), Error::UntrustedSigner { .. }));
+}

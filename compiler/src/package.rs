@@ -554,8 +554,9 @@ impl PackageDraft {
     ///
     /// The directory is read by the host's own reader
     /// ([`Host::read_package`]: cap-std, size limit, manifest digest), then
-    /// the host opens exactly those bytes with full verification, so the
-    /// draft holds precisely what was verified.
+    /// the host opens exactly those bytes (and signature) with full
+    /// verification and its trust policy, so the draft holds precisely what
+    /// was verified.
     pub fn load(
         host: &Host,
         dir: impl AsRef<Path>,
@@ -570,12 +571,15 @@ impl PackageDraft {
             .iter()
             .map(|(name, bytes)| (name.to_string(), Arc::new(bytes.to_vec())))
             .collect();
+        // Open the bytes as read, signature included, so the host's trust
+        // policy applies to the package on disk. (Once the draft grows an
+        // entry its manifest changes and it is unsigned until signed again.)
+        let package = host.open_files(&manifest_bytes, read, host_bindings(&manifest, bindings))?;
         let mut draft = PackageDraft {
             manifest,
             files,
             contents: Vec::new(),
         };
-        let package = draft.open(host, bindings)?;
         draft.contents = draft.embedded_contents()?;
         Ok((draft, package))
     }
