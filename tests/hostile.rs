@@ -30,6 +30,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -1306,7 +1307,11 @@ fn every_hostile_case_gets_its_typed_error_and_the_host_keeps_serving() {
     for f in &failures {
         println!("FAIL {f}");
     }
-    println!(
+    // Straight to stderr, past the test harness's capture: the summary shows
+    // in every run (CI's `cargo test --workspace` included), not only with
+    // `--nocapture`.
+    let _ = writeln!(
+        std::io::stderr(),
         "hostile corpus: {tried} cases tried, {passed} gave their expected error, {panics} panics"
     );
     assert_eq!(panics, 0, "panics: {failures:#?}");

@@ -178,7 +178,7 @@ pub struct BufferDecl {
 
 impl Manifest {
     /// Parses manifest bytes. Only syntax is checked here, including that
-    /// no JSON object repeats a key (see [`UniqueKeys`]).
+    /// no JSON object repeats a key (see `UniqueKeys`).
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, serde_json::Error> {
         serde_json::from_slice::<UniqueKeys>(bytes)?;
         serde_json::from_slice(bytes)
