@@ -828,7 +828,9 @@ impl Package {
         match self.run_instance(fi, ei, &mut inst, inputs) {
             Ok(out) => {
                 if let Ok(mut pool) = st.pool.lock() {
-                    if pool.len() < self.host.config().limits.pool_size {
+                    if pool.len() < self.host.config().limits.pool_size
+                        && !inst.store.data().worn_out()
+                    {
                         pool.push(inst);
                     }
                 }

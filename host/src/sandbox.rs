@@ -374,6 +374,8 @@ pub struct InstanceState {
     budget: usize,
     used: usize,
     max_slots: u32,
+    /// Slots retired because their generation wrapped (see `free_slot`).
+    retired: u32,
     guest_memory: usize,
     in_run: bool,
     in_init: bool,
@@ -393,6 +395,7 @@ impl InstanceState {
             budget: limits.host_tensor_bytes,
             used: 0,
             max_slots: limits.max_slots.min(MAX_SLOTS),
+            retired: 0,
             guest_memory: limits.guest_memory_bytes,
             in_run: false,
             in_init: false,
@@ -481,7 +484,11 @@ impl InstanceState {
                 if i >= self.max_slots {
                     return Err((
                         TrapKind::BudgetExceeded,
-                        format!("instance holds {i} slots, the limit"),
+                        format!(
+                            "instance holds {i} slots, the limit ({} retired after {} reuses each)",
+                            self.retired,
+                            GEN_MASK + 1
+                        ),
                     ));
                 }
                 self.slots.push(Slot {
@@ -520,7 +527,20 @@ impl InstanceState {
         s.generation = s.generation.wrapping_add(1) & GEN_MASK;
         s.readonly = false;
         s.written = false;
-        self.free.push(index);
+        // A slot whose 12-bit generation wrapped would make the handles it
+        // issued 4096 uses ago name a live tensor again (ABA): retire it.
+        if s.generation == 0 {
+            self.retired += 1;
+        } else {
+            self.free.push(index);
+        }
+    }
+
+    /// Whether the instance retired so many slots that it should not be
+    /// pooled again. A slot retires after 4096 uses, so a long-lived pooled
+    /// instance is replaced long before retirement could exhaust its slots.
+    pub(crate) fn worn_out(&self) -> bool {
+        self.retired > self.max_slots / 2
     }
 
     fn charge(&mut self, bytes: usize) -> Result<(), (TrapKind, String)> {
