@@ -13,7 +13,8 @@
 //!   host's registry with its attributes validated, globals-table indices in
 //!   range, buffer sizes in range and within the host tensor budget;
 //! - every wrapper: a valid component whose only import is the contract's
-//!   host interface, with no memory or table declared beyond the limits.
+//!   host interface, that exports functions `init` and `run`, with no memory
+//!   or table declared beyond the limits.
 //!
 //! Digests are checked before this runs ([`crate::package`]); this module
 //! never reads a file the manifest does not list.
@@ -373,7 +374,7 @@ fn meta_of(dtype: &DType, shape: &[u64]) -> Option<TensorMeta> {
 }
 
 /// Checks one wrapper component without compiling it: valid, imports only
-/// the contract, memories and tables within limits.
+/// the contract, exports `init` and `run`, memories and tables within limits.
 pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
     use wasmparser::{Parser, Payload, Validator, WasmFeatures};
     let mut problems = Vec::new();
@@ -385,6 +386,7 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
     }
     let mut depth = 0usize;
     let mut saw_component = false;
+    let mut exported: Vec<&str> = Vec::new();
     let max_pages = (limits.guest_memory_bytes / 65536) as u64;
     for payload in Parser::new(0).parse_all(bytes) {
         let Ok(payload) = payload else { break };
@@ -405,6 +407,13 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
                         problems.push(format!(
                             "imports `{name}`; a wrapper may import only `{HOST_INTERFACE}`"
                         ));
+                    }
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader.into_iter().flatten() {
+                    if export.kind == wasmparser::ComponentExternalKind::Func {
+                        exported.push(export.name.name);
                     }
                 }
             }
@@ -429,6 +438,15 @@ pub fn verify_wrapper(bytes: &[u8], limits: &Limits) -> Vec<String> {
                 }
             }
             _ => {}
+        }
+    }
+    // Checked here, not first at instantiation, so a wrapper that can never
+    // run is refused at open (the types are checked when it is linked).
+    for name in ["init", "run"] {
+        if !exported.contains(&name) {
+            problems.push(format!(
+                "does not export function `{name}`; a wrapper must export the contract's `init` and `run`"
+            ));
         }
     }
     problems
