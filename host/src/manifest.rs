@@ -140,6 +140,15 @@ impl ArgKind {
     }
 }
 
+impl std::fmt::Display for ArgKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArgKind::Tensor { dtype, rank } => write!(f, "a rank-{rank} {} tensor", dtype.name()),
+            ArgKind::Scalar { dtype } => write!(f, "a {} scalar", dtype.name()),
+        }
+    }
+}
+
 /// One compiled variant of a function.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -895,7 +895,7 @@ impl Package {
                             ei,
                             TrapKind::Contract,
                             format!(
-                                "output `{}` is {}, the signature says {:?}",
+                                "output `{}` is {}, the signature says {}",
                                 decl.name,
                                 t.meta(),
                                 decl.kind

@@ -1120,7 +1120,8 @@ pub(crate) fn classify(
         Some(wasmtime::Trap::Interrupt) => {
             (TrapKind::Deadline, "the call ran past its deadline".into())
         }
-        Some(t) => (TrapKind::Wasm, format!("wasm trap: {t}")),
+        // `Trap`'s display already reads "wasm trap: ...".
+        Some(t) => (TrapKind::Wasm, t.to_string()),
         None => (TrapKind::Wasm, format!("{err:#}")),
     }
 }
