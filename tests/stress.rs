@@ -16,6 +16,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::sync::{Arc, Barrier};
 
 use ampoule::compiler::{function, Compiler, FunctionDef};
@@ -245,7 +246,10 @@ fn eight_threads_ten_thousand_calls_each_all_checked_memory_flat() {
         .flat_map(|t| (0..CALLS).map(move |i| (t, i)))
         .filter(|(_, i)| i % 7 == 6)
         .count() as u64;
-    println!(
+    // Straight to stderr, past the test harness's capture, so the figures
+    // show in CI's plain `cargo test` run.
+    let _ = writeln!(
+        std::io::stderr(),
         "stress: {THREADS} threads x {CALLS} calls = {calls} calls ({failures} meant to fail) in {:.2} s; \
          RSS after warm-up {} KiB, at end {} KiB; peak RSS after warm-up {} KiB, at end {} KiB; \
          {} instantiations, {} traps",
