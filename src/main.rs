@@ -1,5 +1,5 @@
-//! The `ampoule` command line: `demo`, `inspect`, `verify`, `run`, and
-//! package signing: `keygen`, `sign`.
+//! The `ampoule` command line: `demo`, `compile` (ONNX models), `inspect`,
+//! `verify`, `run`, and package signing: `keygen`, `sign`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -38,6 +38,24 @@ enum Command {
         #[arg(long)]
         reference: bool,
     },
+    /// Compile an ONNX model into a new package: one entry per set of
+    /// `--input` shapes.
+    Compile {
+        /// The `.onnx` model file (external data is not supported).
+        model: PathBuf,
+        /// Where to save the package (replaced atomically).
+        #[arg(short, long, value_name = "PKG")]
+        output: PathBuf,
+        /// The size (and optionally dtype) of a graph input, as
+        /// NAME=DIMS[:DTYPE] with DIMS like 1x3x224x224. Inputs not given
+        /// take their static shape from the model; symbolic dims must be
+        /// given. Repeating a NAME starts the next entry's set.
+        #[arg(long = "input", value_name = "NAME=DIMS[:DTYPE]")]
+        inputs: Vec<String>,
+        /// The function's name in the package.
+        #[arg(long, default_value = "forward")]
+        function: String,
+    },
     /// Show a package's functions, entries, guards, kernels, globals, sizes
     /// and digests (after full verification).
     Inspect {
@@ -70,17 +88,18 @@ enum Command {
         #[arg(long, value_name = "KEY")]
         key: PathBuf,
     },
-    /// Run a function of a package on `.npy` inputs; write `<output>.npy`
-    /// files.
+    /// Run a function of a package on `.npy` (or ONNX `TensorProto` `.pb`)
+    /// inputs; write `<output>.npy` files.
     Run {
         package: PathBuf,
         /// Function to call (default: the package's only function).
         #[arg(long)]
         function: Option<String>,
-        /// An input, as NAME=FILE.npy; repeat for each input.
+        /// An input, as NAME=FILE.npy or NAME=FILE.pb (an ONNX TensorProto);
+        /// repeat for each input.
         #[arg(long = "input", value_name = "NAME=FILE")]
         inputs: Vec<String>,
-        /// A host-bound global, as NAME=FILE.npy.
+        /// A host-bound global, as NAME=FILE.npy or NAME=FILE.pb.
         #[arg(long = "bind", value_name = "NAME=FILE")]
         binds: Vec<String>,
         /// Directory for the outputs.
@@ -162,6 +181,12 @@ fn main() {
             reference,
         } => ampoule::demo::cli_demo_run(&package, &output_dir, reference),
         Command::ColdStart { package } => ampoule::demo::cli_cold_start(&package),
+        Command::Compile {
+            model,
+            output,
+            inputs,
+            function,
+        } => compile_onnx(&model, &output, &inputs, &function),
         Command::Inspect {
             package,
             json,
@@ -480,8 +505,91 @@ fn verify(dir: &Path, trust: &TrustArgs) -> Result<()> {
 fn parse_pair(s: &str) -> Result<(&str, &Path)> {
     match s.split_once('=') {
         Some((n, f)) if !n.is_empty() && !f.is_empty() => Ok((n, Path::new(f))),
-        _ => bail!("`{s}` must look like NAME=FILE.npy"),
+        _ => bail!("`{s}` must look like NAME=FILE.npy (or NAME=FILE.pb)"),
     }
+}
+
+/// Reads a tensor file: an ONNX `TensorProto` if it ends in `.pb`, else
+/// `.npy`.
+fn read_tensor(path: &Path) -> Result<ampoule::kernels::Tensor> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("pb"))
+    {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        return ampoule::compiler::onnx::tensor::decode(&bytes).map_err(|m| {
+            anyhow::anyhow!("`{}` is not a usable TensorProto file: {m}", path.display())
+        });
+    }
+    ampoule::npy::read(path)
+}
+
+/// Groups `--input NAME=DIMS[:DTYPE]` flags into one set per entry: a name
+/// already in the current set starts the next set.
+fn input_sets(
+    flags: &[String],
+) -> Result<Vec<std::collections::BTreeMap<String, ampoule::compiler::onnx::InputSpec>>> {
+    let mut sets = vec![std::collections::BTreeMap::new()];
+    for f in flags {
+        let (name, spec) =
+            ampoule::compiler::onnx::InputSpec::parse(f).map_err(anyhow::Error::msg)?;
+        if sets.last().is_some_and(|s| s.contains_key(&name)) {
+            sets.push(std::collections::BTreeMap::new());
+        }
+        if let Some(set) = sets.last_mut() {
+            set.insert(name, spec);
+        }
+    }
+    Ok(sets)
+}
+
+fn compile_onnx(model: &Path, out: &Path, flags: &[String], function: &str) -> Result<()> {
+    use ampoule::compiler::Compiler;
+    let t0 = Instant::now();
+    let m = ampoule::compiler::onnx::load_file(model)
+        .with_context(|| format!("cannot import `{}`", model.display()))?;
+    let sets = input_sets(flags)?;
+    let host = Host::new(HostConfig::default())?;
+    let mut compiler = Compiler::builder(host)
+        .function(m.function(function))
+        .create()?;
+    for (i, set) in sets.iter().enumerate() {
+        let examples = m
+            .examples(set)
+            .with_context(|| format!("input set {}", i + 1))?;
+        let entry = compiler
+            .compile(function, &examples)
+            .with_context(|| format!("cannot compile input set {}", i + 1))?;
+        let shapes: Vec<String> = m
+            .inputs()
+            .iter()
+            .zip(&examples)
+            .map(|(info, ex)| format!("{}: {}", info.name, ex.meta))
+            .collect();
+        let kernels = compiler
+            .manifest()
+            .function(function)
+            .and_then(|f| f.entries.get(entry))
+            .map_or(0, |e| e.kernels.len());
+        println!("entry {entry}: {}  ({kernels} kernels)", shapes.join(", "));
+    }
+    compiler
+        .save(out)
+        .with_context(|| format!("cannot save the package to `{}`", out.display()))?;
+    println!(
+        "compiled `{}` ({} nodes, opsets {}) into {} as function `{function}` in {:.1} ms",
+        model.display(),
+        m.node_count(),
+        m.opsets()
+            .iter()
+            .map(|(d, v)| format!("{}={v}", if d.is_empty() { "ai.onnx" } else { d }))
+            .collect::<Vec<_>>()
+            .join(","),
+        out.display(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
 }
 
 fn run(
@@ -497,7 +605,7 @@ fn run(
     let mut bindings = Bindings::new();
     for b in binds {
         let (name, file) = parse_pair(b)?;
-        bindings.insert(name, ampoule::npy::read(file)?);
+        bindings.insert(name, read_tensor(file)?);
     }
     let t0 = Instant::now();
     let pkg = host
@@ -521,7 +629,7 @@ fn run(
     let mut named = Vec::new();
     for i in inputs {
         let (name, file) = parse_pair(i)?;
-        named.push((name, ampoule::npy::read(file)?));
+        named.push((name, read_tensor(file)?));
     }
     let sig = m.function(&function).map(|f| f.signature.clone());
     let t1 = Instant::now();

@@ -461,12 +461,14 @@ fn topological_order(
                     users[p].push(i);
                 }
                 None if defined.contains(input) => {}
-                None => return Err(invalid(
-                    n.what(),
-                    format!(
+                None => {
+                    return Err(invalid(
+                        n.what(),
+                        format!(
                         "input `{input}` is not defined by any node, initializer or graph input"
                     ),
-                )),
+                    ))
+                }
             }
         }
     }

@@ -46,7 +46,7 @@ pub const WEIGHT_MIN: usize = 64;
 
 /// The most elements a created value (`ConstantOfShape`, `Range`, `Expand`
 /// of a known value) may have.
-pub const MAX_CREATED: usize = 1 << 26;
+pub const MAX_CREATED: usize = 1 << 24;
 
 /// The first default-domain opset at which the importer supports `op`.
 fn since(op: &str) -> Option<i64> {
@@ -1329,18 +1329,19 @@ impl Builder<'_, '_> {
                 &[count],
                 (0..count).map(|i| start + i as f64 * delta).collect(),
             ),
-            DType::I32 => Tensor::from_vec(
-                &[count],
-                (0..count)
-                    .map(|i| (start as i64 + i as i64 * delta as i64) as i32)
-                    .collect(),
-            ),
-            DType::I64 => Tensor::from_vec(
-                &[count],
-                (0..count)
-                    .map(|i| start as i64 + i as i64 * delta as i64)
-                    .collect(),
-            ),
+            // Integer ranges wrap like the integer kernels do; `count` is
+            // already bounded, so only the values can overflow.
+            DType::I32 | DType::I64 => {
+                let (s0, d0) = (start as i64, delta as i64);
+                let v: Vec<i64> = (0..count as i64)
+                    .map(|i| s0.wrapping_add(i.wrapping_mul(d0)))
+                    .collect();
+                if dtype == DType::I32 {
+                    Tensor::from_vec(&[count], v.into_iter().map(|x| x as i32).collect())
+                } else {
+                    Tensor::from_vec(&[count], v)
+                }
+            }
             other => return Err(format!("Range of {other} is not supported")),
         }
         .map_err(e)?;

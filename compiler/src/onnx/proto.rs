@@ -19,7 +19,7 @@
 //! The `impl` blocks at the end are conveniences for building models in
 //! code (tests and tools); the importer itself only decodes.
 
-use prost::Message;
+pub use prost::Message;
 
 /// `TensorProto.DataType` values (ONNX 1.17).
 pub mod data_type {
