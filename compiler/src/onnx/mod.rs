@@ -966,4 +966,149 @@ mod tests {
             .unwrap_err()
             .contains("unknown dtype"));
     }
+
+    mod robustness {
+        //! Model bytes are untrusted: no mutation of a valid model and no
+        //! random graph of supported ops may make loading or tracing panic.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        fn pool_model(nodes: Vec<NodeProto>) -> ModelProto {
+            let mut g = graph(
+                nodes,
+                vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[2, 3, 4])],
+                &["out"],
+            );
+            g.initializer = vec![
+                ints("i0", &[0]),
+                ints("i2", &[1, -1]),
+                tensor::to_proto("one", &Tensor::scalar(1i64)),
+                tensor::to_proto(
+                    "f4",
+                    &Tensor::from_vec(&[4], vec![0.5f32, -1.0, 2.0, 0.0]).unwrap(),
+                ),
+                tensor::to_proto("big", &Tensor::from_vec(&[1], vec![i64::MAX]).unwrap()),
+            ];
+            ModelProto::with_opset(g, 13)
+        }
+
+        fn attr_strategy() -> impl Strategy<Value = AttributeProto> {
+            let name = prop::sample::select(vec![
+                "axis",
+                "axes",
+                "perm",
+                "keepdims",
+                "to",
+                "transA",
+                "transB",
+                "alpha",
+                "starts",
+                "ends",
+                "allowzero",
+                "value",
+                "value_ints",
+                "epsilon",
+                "start",
+                "end",
+            ]);
+            (
+                name,
+                any::<i8>(),
+                prop::collection::vec(-4i64..5, 0..4),
+                0u8..4,
+            )
+                .prop_map(|(name, i, v, kind)| match kind {
+                    0 => AttributeProto::int(name, i64::from(i)),
+                    1 => AttributeProto::ints(name, &v),
+                    2 => AttributeProto::float(name, f32::from(i)),
+                    _ => AttributeProto::tensor(
+                        name,
+                        TensorProto {
+                            dims: v.iter().map(|d| d.rem_euclid(3)).collect(),
+                            data_type: data_type::INT64,
+                            int64_data: vec![i64::from(i); 1],
+                            ..Default::default()
+                        },
+                    ),
+                })
+        }
+
+        fn node_strategy(i: usize) -> impl Strategy<Value = NodeProto> {
+            let op = prop::sample::select(supported_ops());
+            let names = prop::collection::vec(0usize..(6 + i), 0..4);
+            let attrs = prop::collection::vec(attr_strategy(), 0..3);
+            (op, names, attrs).prop_map(move |(op, picks, attrs)| {
+                let pool = ["x", "i0", "i2", "one", "f4", "big"];
+                let inputs: Vec<String> = picks
+                    .iter()
+                    .map(|&p| match pool.get(p) {
+                        Some(n) => n.to_string(),
+                        None => format!("v{}", p - pool.len()),
+                    })
+                    .collect();
+                let mut n = NodeProto {
+                    name: format!("n{i}"),
+                    op_type: op.to_string(),
+                    input: inputs,
+                    output: vec![format!("v{i}")],
+                    ..Default::default()
+                };
+                let mut seen = BTreeSet::new();
+                for a in attrs {
+                    if seen.insert(a.name.clone()) {
+                        n.attribute.push(a);
+                    }
+                }
+                n
+            })
+        }
+
+        fn try_trace(bytes: &[u8]) {
+            let Ok(m) = load(bytes) else { return };
+            let Ok(ex) = m.examples(&BTreeMap::new()) else {
+                return;
+            };
+            let _ = m
+                .function("f")
+                .trace(&ex, &Registry::standard(), &BTreeMap::new());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn random_graphs_of_supported_ops_never_panic(
+                nodes in (1usize..6).prop_flat_map(|n| {
+                    (0..n).map(node_strategy).collect::<Vec<_>>()
+                })
+            ) {
+                let mut nodes = nodes;
+                let last = nodes.len() - 1;
+                nodes[last].output = vec!["out".into()];
+                try_trace(&pool_model(nodes).encode_to_vec());
+            }
+
+            #[test]
+            fn mutated_model_bytes_never_panic(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let nodes = vec![
+                    NodeProto::new("s", "Shape", &["x"], &["s"]),
+                    NodeProto::new("g", "Gather", &["s", "i0"], &["d"]),
+                    NodeProto::new("c", "Concat", &["d", "i2"], &["t"]).attr(AttributeProto::int("axis", 0)),
+                    NodeProto::new("r", "Reshape", &["x", "t"], &["out"]),
+                ];
+                let mut bytes = pool_model(nodes).encode_to_vec();
+                for (at, b) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+                try_trace(&bytes);
+                bytes.truncate(cut.index(bytes.len()));
+                try_trace(&bytes);
+            }
+        }
+    }
 }

@@ -548,7 +548,7 @@ impl Builder<'_, '_> {
     }
 
     fn unary(&mut self, op: &str, x: &Val) -> R<Val> {
-        self.kernel("unary@1", attrs([("op", s(op))]), &[x.clone()])
+        self.kernel("unary@1", attrs([("op", s(op))]), std::slice::from_ref(x))
     }
 
     fn where_(&mut self, c: &Val, x: &Val, y: &Val) -> R<Val> {
@@ -561,14 +561,14 @@ impl Builder<'_, '_> {
             ("axes", AttrValue::Ints(axes.to_vec())),
             ("keepdims", AttrValue::Int(i64::from(keepdims))),
         ]);
-        self.kernel("reduce@1", a, &[x.clone()])
+        self.kernel("reduce@1", a, std::slice::from_ref(x))
     }
 
     fn cast(&mut self, x: &Val, to: DType) -> R<Val> {
         if self.dtype(x) == to {
             return Ok(x.clone());
         }
-        self.kernel("cast@1", attrs([("to", s(to.name()))]), &[x.clone()])
+        self.kernel("cast@1", attrs([("to", s(to.name()))]), std::slice::from_ref(x))
     }
 
     fn scalar_like(&self, v: f64, like: &Val) -> Val {
@@ -597,7 +597,7 @@ impl Builder<'_, '_> {
         self.kernel(
             "transpose@1",
             attrs([("perm", AttrValue::Ints(perm))]),
-            &[x.clone()],
+            std::slice::from_ref(x),
         )
     }
 
