@@ -967,6 +967,316 @@ mod tests {
             .contains("unknown dtype"));
     }
 
+    /// A one-node model over graph inputs `ins` and initializers `inits`,
+    /// traced and evaluated; returns the node's outputs.
+    fn one_node(
+        node: NodeProto,
+        ins: &[(&str, Tensor)],
+        inits: &[(&str, Tensor)],
+        opset: i64,
+    ) -> Vec<Tensor> {
+        let outs: Vec<&str> = node.output.iter().map(String::as_str).collect();
+        let mut g = graph(
+            vec![node.clone()],
+            ins.iter()
+                .map(|(n, t)| {
+                    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+                    ValueInfoProto::fixed(n, tensor::onnx_type(t.dtype()), &dims)
+                })
+                .collect(),
+            &outs,
+        );
+        g.initializer = inits.iter().map(|(n, t)| tensor::to_proto(n, t)).collect();
+        let inputs: Vec<Tensor> = ins.iter().map(|(_, t)| t.clone()).collect();
+        run(&model(g, opset), &inputs).0
+    }
+
+    fn f(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_vec(shape, v.to_vec()).unwrap()
+    }
+
+    fn close(t: &Tensor, want: &[f32]) {
+        let got = t.to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+        for (a, b) in got.iter().zip(want) {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{got:?} vs {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn elementwise_ops() {
+        let x = f(&[4], &[-2.0, -0.5, 0.5, 3.0]);
+        let xv = x.to_vec::<f32>().unwrap();
+        let map = |g: &dyn Fn(f32) -> f32| xv.iter().map(|&v| g(v)).collect::<Vec<f32>>();
+        let pow = one_node(
+            NodeProto::new("p", "Pow", &["x", "e"], &["y"]),
+            &[("x", x.clone())],
+            &[("e", Tensor::scalar(2i64))],
+            13,
+        );
+        close(&pow[0], &map(&|v| v * v));
+        let max = one_node(
+            NodeProto::new("m", "Max", &["x", "a", "b"], &["y"]),
+            &[("x", x.clone())],
+            &[("a", Tensor::scalar(0.0f32)), ("b", f(&[1], &[1.0]))],
+            13,
+        );
+        close(&max[0], &map(&|v| v.max(1.0)));
+        let gelu = one_node(
+            NodeProto::new("g", "Gelu", &["x"], &["y"])
+                .attr(AttributeProto::string("approximate", "tanh")),
+            &[("x", x.clone())],
+            &[],
+            20,
+        );
+        let c = (2.0f32 / std::f32::consts::PI).sqrt();
+        close(
+            &gelu[0],
+            &map(&|v| 0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())),
+        );
+        let leaky = one_node(
+            NodeProto::new("l", "LeakyRelu", &["x"], &["y"])
+                .attr(AttributeProto::float("alpha", 0.1)),
+            &[("x", x.clone())],
+            &[],
+            13,
+        );
+        close(&leaky[0], &map(&|v| if v < 0.0 { 0.1 * v } else { v }));
+        let hswish = one_node(
+            NodeProto::new("h", "HardSwish", &["x"], &["y"]),
+            &[("x", x.clone())],
+            &[],
+            14,
+        );
+        close(&hswish[0], &map(&|v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)));
+        let clip = one_node(
+            NodeProto::new("c", "Clip", &["x"], &["y"])
+                .attr(AttributeProto::float("min", -1.0))
+                .attr(AttributeProto::float("max", 1.0)),
+            &[("x", x.clone())],
+            &[],
+            6,
+        );
+        close(&clip[0], &map(&|v| v.clamp(-1.0, 1.0)));
+        let lsm = one_node(
+            NodeProto::new("s", "LogSoftmax", &["x"], &["y"]),
+            &[("x", x.clone())],
+            &[],
+            13,
+        );
+        let z: f32 = xv.iter().map(|v| v.exp()).sum();
+        close(&lsm[0], &map(&|v| v - z.ln()));
+        let ints = Tensor::from_vec(&[3], vec![-3i64, 0, 4]).unwrap();
+        let neg = one_node(
+            NodeProto::new("n", "Neg", &["i"], &["y"]),
+            &[("i", ints.clone())],
+            &[],
+            13,
+        );
+        assert_eq!(neg[0].to_vec::<i64>().unwrap(), [3, 0, -4]);
+        let relu = one_node(
+            NodeProto::new("r", "Relu", &["i"], &["y"]),
+            &[("i", ints)],
+            &[],
+            13,
+        );
+        assert_eq!(relu[0].to_vec::<i64>().unwrap(), [0, 0, 4]);
+    }
+
+    #[test]
+    fn boolean_ops() {
+        use ampoule_kernels::Bool8;
+        let a = Tensor::from_vec(&[4], vec![Bool8(0), Bool8(0), Bool8(1), Bool8(1)]).unwrap();
+        let b = Tensor::from_vec(&[4], vec![Bool8(0), Bool8(1), Bool8(0), Bool8(1)]).unwrap();
+        let bools = |t: &Tensor| {
+            t.to_vec::<Bool8>()
+                .unwrap()
+                .iter()
+                .map(|b| b.0)
+                .collect::<Vec<u8>>()
+        };
+        let ins = [("a", a.clone()), ("b", b.clone())];
+        assert_eq!(
+            bools(
+                &one_node(
+                    NodeProto::new("x", "And", &["a", "b"], &["y"]),
+                    &ins,
+                    &[],
+                    13
+                )[0]
+            ),
+            [0, 0, 0, 1]
+        );
+        assert_eq!(
+            bools(
+                &one_node(
+                    NodeProto::new("x", "Or", &["a", "b"], &["y"]),
+                    &ins,
+                    &[],
+                    13
+                )[0]
+            ),
+            [0, 1, 1, 1]
+        );
+        assert_eq!(
+            bools(
+                &one_node(
+                    NodeProto::new("x", "Not", &["a"], &["y"]),
+                    &ins[..1],
+                    &[],
+                    13
+                )[0]
+            ),
+            [1, 1, 0, 0]
+        );
+        let nan = f(&[3], &[1.0, f32::NAN, 0.0]);
+        assert_eq!(
+            bools(
+                &one_node(
+                    NodeProto::new("x", "IsNaN", &["v"], &["y"]),
+                    &[("v", nan)],
+                    &[],
+                    13
+                )[0]
+            ),
+            [0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn reductions_and_layout_ops() {
+        let x = Tensor::from_vec(&[2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let xs = [("x", x.clone())];
+        // ReduceSum takes axes as an input from opset 13.
+        let sum = one_node(
+            NodeProto::new("r", "ReduceSum", &["x", "ax"], &["y"])
+                .attr(AttributeProto::int("keepdims", 0)),
+            &xs,
+            &[("ax", Tensor::from_vec(&[1], vec![-1i64]).unwrap())],
+            13,
+        );
+        assert_eq!(sum[0].shape(), [2]);
+        close(&sum[0], &[6.0, 15.0]);
+        let noop = one_node(
+            NodeProto::new("r", "ReduceSum", &["x"], &["y"])
+                .attr(AttributeProto::int("noop_with_empty_axes", 1)),
+            &xs,
+            &[],
+            13,
+        );
+        assert_eq!(noop[0].shape(), [2, 3]);
+        // ReduceMax keeps the attribute until opset 18.
+        let max = one_node(
+            NodeProto::new("r", "ReduceMax", &["x"], &["y"])
+                .attr(AttributeProto::ints("axes", &[0])),
+            &xs,
+            &[],
+            13,
+        );
+        assert_eq!(max[0].shape(), [1, 3]);
+        close(&max[0], &[4.0, 5.0, 6.0]);
+        let max18 = one_node(
+            NodeProto::new("r", "ReduceMax", &["x", "ax"], &["y"]),
+            &xs,
+            &[("ax", Tensor::from_vec(&[1], vec![0i64]).unwrap())],
+            18,
+        );
+        close(&max18[0], &[4.0, 5.0, 6.0]);
+        // Slice with a negative step, inputs since opset 10.
+        let sl = one_node(
+            NodeProto::new("s", "Slice", &["x", "st", "en", "ax", "sp"], &["y"]),
+            &xs,
+            &[
+                ("st", Tensor::from_vec(&[1], vec![-1i64]).unwrap()),
+                ("en", Tensor::from_vec(&[1], vec![i64::MIN]).unwrap()),
+                ("ax", Tensor::from_vec(&[1], vec![1i64]).unwrap()),
+                ("sp", Tensor::from_vec(&[1], vec![-2i64]).unwrap()),
+            ],
+            13,
+        );
+        close(&sl[0], &[3.0, 1.0, 6.0, 4.0]);
+        // Gather with negative indices; Squeeze without axes; Expand.
+        let g = one_node(
+            NodeProto::new("g", "Gather", &["x", "i"], &["y"]).attr(AttributeProto::int("axis", 1)),
+            &xs,
+            &[("i", Tensor::from_vec(&[2], vec![-1i64, 0]).unwrap())],
+            13,
+        );
+        close(&g[0], &[3.0, 1.0, 6.0, 4.0]);
+        let col = f(&[3, 1, 1], &[1.0, 2.0, 3.0]);
+        let sq = one_node(
+            NodeProto::new("s", "Squeeze", &["c"], &["y"]),
+            &[("c", col.clone())],
+            &[],
+            13,
+        );
+        assert_eq!(sq[0].shape(), [3]);
+        let ex = one_node(
+            NodeProto::new("e", "Expand", &["c", "s"], &["y"]),
+            &[("c", col)],
+            &[("s", Tensor::from_vec(&[4], vec![2i64, 1, 1, 2]).unwrap())],
+            13,
+        );
+        assert_eq!(ex[0].shape(), [2, 3, 1, 2]);
+        close(
+            &ex[0],
+            &[1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0],
+        );
+        // ConstantOfShape and Dropout's mask.
+        let mut fill = tensor::to_proto("", &Tensor::from_vec(&[1], vec![7i64]).unwrap());
+        fill.name.clear();
+        let cos = one_node(
+            NodeProto::new("c", "ConstantOfShape", &["s"], &["y"])
+                .attr(AttributeProto::tensor("value", fill)),
+            &[],
+            &[("s", Tensor::from_vec(&[2], vec![2i64, 2]).unwrap())],
+            13,
+        );
+        assert_eq!(cos[0].to_vec::<i64>().unwrap(), [7, 7, 7, 7]);
+        let drop = one_node(
+            NodeProto::new("d", "Dropout", &["x"], &["y", "mask"]),
+            &xs,
+            &[],
+            13,
+        );
+        close(&drop[0], &x.to_vec::<f32>().unwrap());
+        assert_eq!(drop[1].dtype(), DType::Bool);
+    }
+
+    #[test]
+    fn matmul_of_vectors_follows_numpy() {
+        let v = f(&[3], &[1.0, 2.0, 3.0]);
+        let m = Tensor::from_vec(&[3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
+        let vm = one_node(
+            NodeProto::new("a", "MatMul", &["v", "m"], &["y"]),
+            &[("v", v.clone()), ("m", m.clone())],
+            &[],
+            13,
+        );
+        assert_eq!(vm[0].shape(), [2]);
+        close(&vm[0], &[4.0, 5.0]);
+        let mt = Tensor::from_vec(&[2, 3], vec![1.0f32, 0.0, 1.0, 0.0, 1.0, 1.0]).unwrap();
+        let mv = one_node(
+            NodeProto::new("a", "MatMul", &["m", "v"], &["y"]),
+            &[("m", mt), ("v", v.clone())],
+            &[],
+            13,
+        );
+        assert_eq!(mv[0].shape(), [2]);
+        close(&mv[0], &[4.0, 5.0]);
+        let vv = one_node(
+            NodeProto::new("a", "MatMul", &["v", "w"], &["y"]),
+            &[("v", v.clone()), ("w", v)],
+            &[],
+            13,
+        );
+        assert_eq!(vv[0].shape(), [] as [usize; 0]);
+        close(&vv[0], &[14.0]);
+    }
+
     mod robustness {
         //! Model bytes are untrusted: no mutation of a valid model and no
         //! random graph of supported ops may make loading or tracing panic.
