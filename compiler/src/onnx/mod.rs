@@ -25,7 +25,7 @@
 //!   also listed as a graph input (IR < 4 style) is a constant, not an input.
 //!
 //! Tracing walks the nodes in that order with a compile-time value
-//! environment (see [`ops`](self) internals): values whose content is known
+//! environment (the private `ops` module): values whose content is known
 //! at trace time (initializers, `Constant`s, `Shape`s of traced tensors,
 //! which are static per entry, and small computations on them) are folded
 //! into host tensors on the reference kernels, so a `Shape → Gather →
