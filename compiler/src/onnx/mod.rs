@@ -806,7 +806,7 @@ mod tests {
         // Opset 13: softmax over axis 1 alone.
         let (new, _) = run(
             &model(graph(vec![node()], input(), &["y"]), 13),
-            &[x.clone()],
+            std::slice::from_ref(&x),
         );
         let v = new[0].to_vec::<f32>().unwrap();
         let e = |a: f32, b: f32| a.exp() / (a.exp() + b.exp());
@@ -836,7 +836,7 @@ mod tests {
         let c = Tensor::from_vec(&[1, 4], vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
         g.initializer = vec![tensor::to_proto("b", &b), tensor::to_proto("c", &c)];
         let a = Tensor::from_vec(&[3, 2], vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]).unwrap();
-        let (out, _) = run(&model(g, 13), &[a.clone()]);
+        let (out, _) = run(&model(g, 13), std::slice::from_ref(&a));
         let (av, bv, cv) = (
             a.to_vec::<f32>().unwrap(),
             b.to_vec::<f32>().unwrap(),
@@ -863,7 +863,7 @@ mod tests {
             &["y"],
         );
         let x = Tensor::from_vec(&[3], vec![1.0f32, 2.0, 3.0]).unwrap();
-        assert_eq!(run(&model(old, 11), &[x.clone()]).0[0].shape(), [1, 3, 1]);
+        assert_eq!(run(&model(old, 11), std::slice::from_ref(&x)).0[0].shape(), [1, 3, 1]);
         let mut new = graph(
             vec![NodeProto::new("u", "Unsqueeze", &["x", "axes"], &["y"])],
             input(),
@@ -871,7 +871,7 @@ mod tests {
         );
         new.initializer = vec![ints("axes", &[-1])];
         assert_eq!(
-            run(&model(new.clone(), 13), &[x.clone()]).0[0].shape(),
+            run(&model(new.clone(), 13), std::slice::from_ref(&x)).0[0].shape(),
             [3, 1]
         );
         // At opset 13 the attribute form is gone: the axes input is required.
@@ -1275,6 +1275,91 @@ mod tests {
         );
         assert_eq!(vv[0].shape(), [] as [usize; 0]);
         close(&vv[0], &[14.0]);
+    }
+
+    #[test]
+    fn split_tile_trilu_pad() {
+        let x = Tensor::from_vec(&[2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let xs = [("x", x.clone())];
+        let split = one_node(
+            NodeProto::new("s", "Split", &["x", "sp"], &["a", "b"])
+                .attr(AttributeProto::int("axis", 1)),
+            &xs,
+            &[("sp", Tensor::from_vec(&[2], vec![1i64, 2]).unwrap())],
+            13,
+        );
+        close(&split[0], &[1.0, 4.0]);
+        close(&split[1], &[2.0, 3.0, 5.0, 6.0]);
+        let even = one_node(
+            NodeProto::new("s", "Split", &["x"], &["a", "b"]),
+            &xs,
+            &[],
+            13,
+        );
+        close(&even[1], &[4.0, 5.0, 6.0]);
+        let uneven = one_node(
+            NodeProto::new("s", "Split", &["x"], &["a", "b"])
+                .attr(AttributeProto::int("axis", 1))
+                .attr(AttributeProto::int("num_outputs", 2)),
+            &xs,
+            &[],
+            18,
+        );
+        close(&uneven[0], &[1.0, 2.0, 4.0, 5.0]);
+        close(&uneven[1], &[3.0, 6.0]);
+        let tile = one_node(
+            NodeProto::new("t", "Tile", &["x", "r"], &["y"]),
+            &xs,
+            &[("r", Tensor::from_vec(&[2], vec![2i64, 1]).unwrap())],
+            13,
+        );
+        assert_eq!(tile[0].shape(), [4, 3]);
+        close(
+            &tile[0],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        );
+        let lower = one_node(
+            NodeProto::new("t", "Trilu", &["x"], &["y"]).attr(AttributeProto::int("upper", 0)),
+            &xs,
+            &[],
+            14,
+        );
+        close(&lower[0], &[1.0, 0.0, 0.0, 4.0, 5.0, 0.0]);
+        let upper = one_node(
+            NodeProto::new("t", "Trilu", &["x", "k"], &["y"]),
+            &xs,
+            &[("k", Tensor::scalar(1i64))],
+            14,
+        );
+        close(&upper[0], &[0.0, 2.0, 3.0, 0.0, 0.0, 6.0]);
+        let pad = one_node(
+            NodeProto::new("p", "Pad", &["x", "pads", "v"], &["y"]),
+            &xs,
+            &[
+                ("pads", Tensor::from_vec(&[4], vec![0i64, 1, 1, 0]).unwrap()),
+                ("v", Tensor::scalar(9.0f32)),
+            ],
+            13,
+        );
+        assert_eq!(pad[0].shape(), [3, 4]);
+        close(
+            &pad[0],
+            &[9.0, 1.0, 2.0, 3.0, 9.0, 4.0, 5.0, 6.0, 9.0, 9.0, 9.0, 9.0],
+        );
+        let sp = one_node(
+            NodeProto::new("s", "Softplus", &["x"], &["y"]),
+            &xs,
+            &[],
+            13,
+        );
+        close(
+            &sp[0],
+            &x.to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| (v.exp() + 1.0).ln())
+                .collect::<Vec<_>>(),
+        );
     }
 
     mod robustness {

@@ -57,14 +57,15 @@ fn since(op: &str) -> Option<i64> {
         "Concat" => 4,
         "Reshape" => 5,
         "Sqrt" | "Reciprocal" | "Neg" | "Exp" | "Log" | "Tanh" | "Sigmoid" | "Floor" | "Ceil"
-        | "Relu" | "Abs" | "Cast" | "Clip" | "LeakyRelu" | "HardSigmoid" => 6,
+        | "Relu" | "Abs" | "Cast" | "Clip" | "LeakyRelu" | "HardSigmoid" | "Tile" => 6,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Less" | "Greater" | "Gemm"
         | "Dropout" | "Sin" | "Cos" | "And" | "Or" => 7,
         "Min" | "Max" | "Expand" => 8,
         "Erf" | "Where" | "ConstantOfShape" | "IsNaN" => 9,
+        "Split" | "Pad" | "Softplus" => 2,
         "Range" => 11,
         "LessOrEqual" | "GreaterOrEqual" => 12,
-        "HardSwish" => 14,
+        "HardSwish" | "Trilu" => 14,
         "LayerNormalization" => 17,
         "Gelu" => 20,
         _ => return None,
@@ -129,11 +130,16 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Size",
         "Slice",
         "Softmax",
+        "Softplus",
+        "Split",
         "Sqrt",
         "Squeeze",
         "Sub",
         "Tanh",
+        "Tile",
         "Transpose",
+        "Trilu",
+        "Pad",
         "Unsqueeze",
         "Where",
     ]
@@ -568,7 +574,11 @@ impl Builder<'_, '_> {
         if self.dtype(x) == to {
             return Ok(x.clone());
         }
-        self.kernel("cast@1", attrs([("to", s(to.name()))]), std::slice::from_ref(x))
+        self.kernel(
+            "cast@1",
+            attrs([("to", s(to.name()))]),
+            std::slice::from_ref(x),
+        )
     }
 
     fn scalar_like(&self, v: f64, like: &Val) -> Val {
@@ -961,8 +971,226 @@ impl Builder<'_, '_> {
                 }
                 one(y)
             }
+            "Softplus" => {
+                let x = self.input(0)?;
+                let onev = self.scalar_like(1.0, &x);
+                let ex = self.unary("exp", &x)?;
+                let sum = self.binary("add", &ex, &onev)?;
+                one(self.unary("log", &sum)?)
+            }
+            "Split" => self.split(),
+            "Tile" => self.tile().map(|v| vec![v]),
+            "Trilu" => self.trilu().map(|v| vec![v]),
+            "Pad" => self.pad().map(|v| vec![v]),
             other => Err(format!("op `{other}` is not supported")),
         }
+    }
+
+    /// `x[.., start..start + len, ..]` along `axis`.
+    fn narrow(&mut self, x: &Val, axis: usize, start: usize, len: usize) -> R<Val> {
+        let rank = self.shape(x).len();
+        let mut st = vec![0i64; rank];
+        let mut en = vec![i64::MAX; rank];
+        st[axis] = start as i64;
+        en[axis] = start.saturating_add(len) as i64;
+        let a = attrs([
+            ("starts", AttrValue::Ints(st)),
+            ("ends", AttrValue::Ints(en)),
+            ("steps", AttrValue::Ints(vec![1; rank])),
+        ]);
+        self.kernel("slice@1", a, std::slice::from_ref(x))
+    }
+
+    fn split(&mut self) -> R<Vec<Val>> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let axis = norm_axis(self.int("axis", 0)?, shape.len())?;
+        let dim = shape[axis];
+        let outs = n.outputs.len();
+        if outs == 0 {
+            return Err("Split has no outputs".into());
+        }
+        let given = if n.opset >= 13 {
+            match self.opt_input(1)? {
+                Some(v) => Some(self.known_ints(&v, "the split input")?),
+                None => None,
+            }
+        } else {
+            self.ints("split")?
+        };
+        let sizes: Vec<usize> = match given.filter(|s| !s.is_empty()) {
+            Some(s) => {
+                let sizes = s
+                    .iter()
+                    .map(|&v| {
+                        usize::try_from(v).map_err(|_| format!("split {s:?} has a negative size"))
+                    })
+                    .collect::<R<Vec<_>>>()?;
+                if sizes.len() != outs
+                    || sizes.iter().try_fold(0usize, |a, &b| a.checked_add(b)) != Some(dim)
+                {
+                    return Err(format!(
+                        "split {s:?} does not cut a dim of {dim} into {outs} outputs"
+                    ));
+                }
+                sizes
+            }
+            None => {
+                let parts = match self.attr("num_outputs", attribute_type::INT)? {
+                    Some(a) if n.opset >= 18 => usize::try_from(a.i)
+                        .ok()
+                        .filter(|&p| p == outs)
+                        .ok_or_else(|| {
+                            format!("num_outputs {} does not match the {outs} outputs", a.i)
+                        })?,
+                    _ => outs,
+                };
+                let chunk = dim.div_ceil(parts);
+                if n.opset < 18 && !dim.is_multiple_of(parts) {
+                    return Err(format!(
+                        "a dim of {dim} does not split evenly into {parts} outputs"
+                    ));
+                }
+                (0..parts)
+                    .map(|i| dim.saturating_sub(i * chunk).min(chunk))
+                    .collect()
+            }
+        };
+        let mut start = 0;
+        let mut vals = Vec::with_capacity(sizes.len());
+        for len in sizes {
+            vals.push(self.narrow(&x, axis, start, len)?);
+            start += len;
+        }
+        Ok(vals)
+    }
+
+    fn tile(&mut self) -> R<Val> {
+        let x = self.input(0)?;
+        let reps = self.known_ints(&self.input(1)?, "the repeats input")?;
+        let shape = self.shape(&x);
+        if reps.len() != shape.len() {
+            return Err(format!(
+                "repeats {reps:?} must have one entry per axis of {shape:?}"
+            ));
+        }
+        let mut out = shape.clone();
+        for (d, &r) in out.iter_mut().zip(&reps) {
+            let r =
+                usize::try_from(r).map_err(|_| format!("repeats {reps:?} has a negative entry"))?;
+            *d = d.checked_mul(r).ok_or("the tiled shape overflows")?;
+        }
+        if product(&out)? > MAX_CREATED {
+            return Err(format!(
+                "tiling to {out:?} exceeds the limit of {MAX_CREATED} elements"
+            ));
+        }
+        let mut y = x;
+        for (axis, &r) in reps.iter().enumerate() {
+            if r > 1024 {
+                return Err(format!("repeat count {r} is above the supported 1024"));
+            }
+            if r != 1 {
+                y = if r == 0 {
+                    self.narrow(&y, axis, 0, 0)?
+                } else {
+                    self.concat(&vec![y.clone(); r as usize], axis)?
+                };
+            }
+        }
+        Ok(y)
+    }
+
+    fn trilu(&mut self) -> R<Val> {
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let k = match self.opt_input(1)? {
+            Some(v) => self.known_f64(&v, "k")? as i64,
+            None => 0,
+        };
+        let upper = self.int("upper", 1)? != 0;
+        if shape.len() < 2 {
+            return Err("Trilu needs rank >= 2".into());
+        }
+        let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+        if product(&[rows, cols])? > MAX_CREATED {
+            return Err("the Trilu mask exceeds the size limit".into());
+        }
+        let mask: Vec<Bool8> = (0..rows)
+            .flat_map(|i| {
+                (0..cols).map(move |j| {
+                    let d = j as i64 - i as i64;
+                    Bool8(u8::from(if upper { d >= k } else { d <= k }))
+                })
+            })
+            .collect();
+        let mask = known(Tensor::from_vec(&[rows, cols], mask).map_err(e)?);
+        let zero = self.scalar_like(0.0, &x);
+        self.where_(&mask, &x, &zero)
+    }
+
+    fn pad(&mut self) -> R<Val> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let rank = shape.len();
+        let mode = self.string("mode", "constant")?;
+        if mode != "constant" {
+            return Err(format!("mode `{mode}` is not supported (only `constant`)"));
+        }
+        let (pads, value) = if n.opset < 11 {
+            let pads = self.ints("pads")?.ok_or("attribute `pads` is required")?;
+            (pads, f64::from(self.float("value", 0.0)?))
+        } else {
+            let pads = self.known_ints(&self.input(1)?, "the pads input")?;
+            let value = match self.opt_input(2)? {
+                Some(v) => self.known_f64(&v, "constant_value")?,
+                None => 0.0,
+            };
+            (pads, value)
+        };
+        let axes: Vec<usize> = match self.opt_input(3)? {
+            Some(v) if n.opset >= 18 => self
+                .known_ints(&v, "the axes input")?
+                .iter()
+                .map(|&a| norm_axis(a, rank))
+                .collect::<R<Vec<_>>>()?,
+            _ => (0..rank).collect(),
+        };
+        if pads.len() != 2 * axes.len() {
+            return Err(format!(
+                "pads {pads:?} must have two entries per padded axis ({})",
+                axes.len()
+            ));
+        }
+        let fill = scalar(value, self.dtype(&x));
+        let mut y = x;
+        for (j, &axis) in axes.iter().enumerate() {
+            let (before, after) = (pads[j], pads[j + axes.len()]);
+            let mut parts = Vec::new();
+            for (amount, at_end) in [(before, false), (after, true)] {
+                let amount = usize::try_from(amount)
+                    .map_err(|_| format!("negative pads {pads:?} are not supported"))?;
+                if amount > 0 {
+                    let mut dims = self.shape(&y);
+                    dims[axis] = amount;
+                    parts.push((at_end, known(filled(&fill, &dims)?)));
+                }
+            }
+            if parts.is_empty() {
+                continue;
+            }
+            let mut xs: Vec<Val> = parts
+                .iter()
+                .filter(|(e, _)| !e)
+                .map(|(_, v)| v.clone())
+                .collect();
+            xs.push(y.clone());
+            xs.extend(parts.iter().filter(|(e, _)| *e).map(|(_, v)| v.clone()));
+            y = self.concat(&xs, axis)?;
+        }
+        Ok(y)
     }
 
     fn known_ints_or_bool(&self, v: &Val) -> R<bool> {
