@@ -613,3 +613,205 @@ fn garbage_bytes_are_an_error_not_a_panic() {
         assert!(onnx::load(bytes).is_err());
     }
 }
+
+// ---- a model written by the `onnx` Python library (1.17.0) ----
+//
+// The models above are built with the importer's own message types, so they
+// cannot catch a wrong field number. This one was made and serialized by the
+// reference `onnx` package, and its expected outputs come from
+// `onnx.reference.ReferenceEvaluator` (an independent implementation of the
+// ops). Regenerate with this script (`pip install onnx==1.17.0`), taking
+// `model.onnx` as hex, `x3.pb` as X and the evaluator's outputs for it:
+//
+// import numpy as np
+// import onnx
+// from onnx import helper, numpy_helper, TensorProto
+// from onnx.reference import ReferenceEvaluator
+//
+// rng = np.random.default_rng(0)
+// W = rng.standard_normal((12, 6)).astype(np.float32)   # Gemm transB
+// B = rng.standard_normal((12,)).astype(np.float32)
+// G = rng.standard_normal((3,)).astype(np.float32)
+// Bt = rng.standard_normal((3,)).astype(np.float32)
+// inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B"),
+//          numpy_helper.from_array(G, "gamma"), numpy_helper.from_array(Bt, "beta"),
+//          numpy_helper.from_array(np.array([0], np.int64), "zero"),
+//          numpy_helper.from_array(np.array([4, 3], np.int64), "tail"),
+//          numpy_helper.from_array(np.array([-1], np.int64), "axes_last"),
+//          numpy_helper.from_array(np.array([6, 6], np.int64), "split")]
+// nodes = [
+//     helper.make_node("Gemm", ["x", "W", "B"], ["h"], transB=1, name="fc"),
+//     helper.make_node("Relu", ["h"], ["r"], name="relu"),
+//     helper.make_node("Shape", ["x"], ["s"], name="shape"),
+//     helper.make_node("Gather", ["s", "zero"], ["n"], name="gather", axis=0),
+//     helper.make_node("Concat", ["n", "tail"], ["target"], name="cat", axis=0),
+//     helper.make_node("Reshape", ["r", "target"], ["r3"], name="reshape"),
+//     helper.make_node("Softmax", ["r3"], ["p"], name="softmax", axis=-1),
+//     helper.make_node("LayerNormalization", ["r3", "gamma", "beta"], ["ln"], name="ln", axis=-1, epsilon=1e-5),
+//     helper.make_node("Constant", [], ["half"], name="half", value=numpy_helper.from_array(np.array(0.5, np.float32))),
+//     helper.make_node("Greater", ["ln", "half"], ["mask"], name="gt"),
+//     helper.make_node("Where", ["mask", "p", "ln"], ["w"], name="where"),
+//     helper.make_node("ReduceMean", ["w", "axes_last"], ["m"], name="mean", keepdims=1),
+//     helper.make_node("Sub", ["w", "m"], ["c"], name="center"),
+//     helper.make_node("Transpose", ["c"], ["t"], name="tr", perm=[0, 2, 1]),
+//     helper.make_node("Split", ["h", "split"], ["h1", "h2"], name="split", axis=1),
+//     helper.make_node("Mul", ["h1", "h2"], ["hh"], name="mul"),
+//     helper.make_node("Tanh", ["hh"], ["y2"], name="tanh"),
+// ]
+// graph = helper.make_graph(nodes, "realistic",
+//     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+//     [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["N", 3, 4]),
+//      helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 6])],
+//     inits)
+// model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+// onnx.checker.check_model(model)
+// onnx.save(model, "model.onnx")
+// ref = ReferenceEvaluator(model)
+// for n in (3, 5):
+//     x = rng.standard_normal((n, 6)).astype(np.float32)
+//     open(f"x{n}.pb", "wb").write(numpy_helper.from_array(x, "x").SerializeToString())
+//     t, y2 = ref.run(None, {"x": x})
+//     np.save(f"t{n}_ref.npy", t); np.save(f"y2{n}_ref.npy", y2)
+// print("ok", onnx.__version__)
+
+const MODEL_HEX: &str = concat!(
+    "080a3af4090a250a01780a01570a01421201681a026663220447656d6d2a0d0a067472616e73421801a001020a120a01",
+    "681201721a0472656c75220452656c750a140a01781201731a057368617065220553686170650a290a01730a047a6572",
+    "6f12016e1a0667617468657222064761746865722a0b0a04617869731800a001020a2b0a016e0a047461696c12067461",
+    "726765741a036361742206436f6e6361742a0b0a04617869731800a001020a210a01720a06746172676574120272331a",
+    "07726573686170652207526573686170650a2f0a0272331201701a07736f66746d61782207536f66746d61782a140a04",
+    "6178697318ffffffffffffffffff01a001020a560a0272330a0567616d6d610a046265746112026c6e1a026c6e22124c",
+    "617965724e6f726d616c697a6174696f6e2a140a046178697318ffffffffffffffffff01a001022a110a07657073696c",
+    "6f6e15acc52737a001010a2c120468616c661a0468616c662208436f6e7374616e742a140a0576616c75652a0810014a",
+    "040000003fa001040a1d0a026c6e0a0468616c6612046d61736b1a0267742207477265617465720a1e0a046d61736b0a",
+    "01700a026c6e1201771a057768657265220557686572650a340a01770a09617865735f6c61737412016d1a046d65616e",
+    "220a5265647563654d65616e2a0f0a086b65657064696d731801a001020a160a01770a016d1201631a0663656e746572",
+    "22035375620a260a01631201741a02747222095472616e73706f73652a0f0a047065726d400040024001a001070a2d0a",
+    "01680a0573706c697412026831120268321a0573706c6974220553706c69742a0b0a04617869731801a001020a160a02",
+    "68310a026832120268681a036d756c22034d756c0a140a026868120279321a0474616e68220454616e6812097265616c",
+    "69737469632aac02080c080610014201574aa0026cbf003e7f4607bebdf2233fdfd5d63da12109bffd22b93e79e9a63f",
+    "e673723ffe2734bf55f9a1bfea8e1fbf6e45293d4ecd14c0ec0a60be037a9fbfe0753bbf8f540bbf18f2a1be3dc1d23e",
+    "1471853f979e03be46e8ae3f334a2abf21f9b33ed249673f8589c03df8553ebf32f66bbf0a5beabed57a613e2b3b81bf",
+    "1f3256bee20b23bedb740a3f9acf5b3e69f3b53e506127bf70b904be9eb2483fc028bf3f0f29a1bf41c8c13fa545ac3f",
+    "0604483fba66873e7ebaa0be6ca0ba3fbfe9fa3ff99be63f5255a83f91fab63e2faa9abffaf391bbbe0e283f07e9a4bf",
+    "704dca3e1817dc3edb2f323f2d9197bf576529bf7174dfbe12bc95bf9ba3de3f03e8fdbeb56ea83e9f6384be3dafca3f",
+    "9701a93f6623223f4e060dc0551c553d0f062f3f2a39080c10014201424a30d081803f282f1ebfab37e93fe203a9bfe7",
+    "5929bf705f6f3f7eed483d332700402d0b413e021922bf0150c1beadaa8bbf2a1908031001420567616d6d614a0c068b",
+    "a3bfa662213f48c7143f2a18080310014204626574614a0c1ab4a53fd82d41bfac34d83f2a140801100742047a65726f",
+    "4a0800000000000000002a1c0802100742047461696c4a10040000000000000003000000000000002a19080110074209",
+    "617865735f6c6173744a08ffffffffffffffff2a1d08021007420573706c69744a100600000000000000060000000000",
+    "00005a140a0178120f0a0d080112090a0312014e0a02080662180a017412130a110801120d0a0312014e0a0208030a02",
+    "080462150a027932120f0a0d080112090a0312014e0a02080642040a001012",
+);
+const X: [f32; 18] = [
+    -0.2873876988887787,
+    1.5744082927703857,
+    -0.43278583884239197,
+    -0.7354832887649536,
+    0.249785378575325,
+    1.0314531326293945,
+    0.16100957989692688,
+    -0.5855288505554199,
+    -1.3412196636199951,
+    -1.4015202522277832,
+    0.5026828646659851,
+    0.9897130131721497,
+    -0.16429458558559418,
+    -1.0743649005889893,
+    0.8730421662330627,
+    -1.2803939580917358,
+    -0.7130680680274963,
+    0.6210178732872009,
+];
+const T_REF: [f32; 36] = [
+    0.08915644139051437,
+    0.25951650738716125,
+    -0.019604140892624855,
+    0.15321731567382812,
+    -0.7891038656234741,
+    -0.8499600291252136,
+    -0.056128039956092834,
+    -1.1119749546051025,
+    0.6999474167823792,
+    0.5904435515403748,
+    0.07573218643665314,
+    0.9587576985359192,
+    0.020759213715791702,
+    -0.019467443227767944,
+    -0.03729506954550743,
+    0.2970808148384094,
+    -0.8919157981872559,
+    -0.10365927219390869,
+    0.035591017454862595,
+    -1.0760060548782349,
+    0.871156632900238,
+    0.12312671542167664,
+    0.001704048365354538,
+    0.7789252400398254,
+    0.6289215683937073,
+    0.38475146889686584,
+    0.04864591360092163,
+    -0.03791165351867676,
+    -1.4110137224197388,
+    -0.9657714366912842,
+    -0.06271795928478241,
+    -0.01482325792312622,
+    0.7820921540260315,
+    0.5810199975967407,
+    0.014072030782699585,
+    0.05273491144180298,
+];
+const Y2_REF: [f32; 18] = [
+    -0.101350337266922,
+    0.9999999403953552,
+    0.9999999403953552,
+    0.6199252009391785,
+    -0.7186141610145569,
+    0.9882124662399292,
+    -0.39370205998420715,
+    0.9999969601631165,
+    0.9999812841415405,
+    1.0,
+    -0.9877283573150635,
+    0.7929602861404419,
+    0.9606114029884338,
+    -0.5749441385269165,
+    0.9526300430297852,
+    0.9978382587432861,
+    0.22175639867782593,
+    0.505930483341217,
+];
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn model_serialized_by_the_onnx_library_matches_its_reference_evaluator() -> Result<()> {
+    let bytes = unhex(MODEL_HEX);
+    let model = onnx::load(&bytes)?;
+    assert_eq!(model.opsets().get(""), Some(&18));
+    assert_eq!(model.outputs(), ["t", "y2"]);
+    let dir = tempfile::tempdir()?;
+    let pkg = dir.path().join("p");
+    let x = Tensor::from_vec(&[3, 6], X.to_vec())?;
+    let outs = compile_and_run(&bytes, &[vec![x]], &pkg)?;
+    let want = |r: &[f32]| r.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
+    assert_close(&outs[0][0], &want(&T_REF), &[3, 3, 4], 1e-5);
+    assert_close(&outs[0][1], &want(&Y2_REF), &[3, 6], 1e-5);
+    // Shape -> Gather -> Concat -> Reshape folded; the weight kept its name.
+    let m = Host::new(HostConfig::default())?.verify(&pkg)?;
+    let kernels: Vec<&str> = m.functions[0].entries[0]
+        .kernels
+        .iter()
+        .map(|k| k.kernel.as_str())
+        .collect();
+    assert!(
+        !kernels.contains(&"gather@1") && !kernels.contains(&"concat@1"),
+        "{kernels:?}"
+    );
+    assert_eq!(m.globals[0].name, "W");
+    Ok(())
+}
