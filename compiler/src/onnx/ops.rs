@@ -894,7 +894,7 @@ impl Builder<'_, '_> {
                 let x = self.input(0)?;
                 if n.opset >= 12 {
                     if let Some(mode) = self.opt_input(2)? {
-                        if self.known_ints_or_bool(&mode)? {
+                        if self.known_flag(&mode)? {
                             return Err("training_mode is true; only inference is supported".into());
                         }
                     }
@@ -1193,7 +1193,8 @@ impl Builder<'_, '_> {
         Ok(y)
     }
 
-    fn known_ints_or_bool(&self, v: &Val) -> R<bool> {
+    /// A known boolean (or numeric) flag such as Dropout's `training_mode`.
+    fn known_flag(&self, v: &Val) -> R<bool> {
         Ok(self.known_f64(v, "training_mode")? != 0.0)
     }
 
