@@ -214,9 +214,26 @@ fn main() {
         ),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose text
+/// the message before it already includes (our library errors often quote
+/// their source).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+    }
+    out
 }
 
 fn host(reference: bool, trust: &TrustArgs) -> Result<Host> {
