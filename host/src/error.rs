@@ -73,7 +73,7 @@ pub enum Error {
     #[error("binding `{name}` does not name a host-bound global of this package; host-bound globals: {available}")]
     UnknownBinding { name: String, available: String },
 
-    #[error("no entry of function `{function}` matches this call:\n  {}", .explanations.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n  "))]
+    #[error("no entry of function `{function}` matches this call:\n  {}", miss_lines(.explanations))]
     GuardMiss {
         function: String,
         explanations: Vec<EntryMiss>,
@@ -118,6 +118,18 @@ pub enum Error {
 
     #[error("sandbox error: {0}")]
     Sandbox(String),
+}
+
+/// One line per entry that missed, or why there is none.
+fn miss_lines(explanations: &[EntryMiss]) -> String {
+    if explanations.is_empty() {
+        return "the function has no entries yet; compile one (attach a compiler) or use a package that has one".into();
+    }
+    explanations
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n  ")
 }
 
 impl Error {
