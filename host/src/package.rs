@@ -355,6 +355,15 @@ fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<()
                     });
                 }
             }
+            None if blob_digest(name, "wrappers", "wasm")
+                .or_else(|| blob_digest(name, "weights", "safetensors"))
+                .is_none() =>
+            {
+                problems.push(Problem {
+                    at: name.clone(),
+                    message: "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`".into(),
+                })
+            }
             None => problems.push(Problem {
                 at: name.clone(),
                 message: "file listed in the manifest is missing".into(),
