@@ -119,7 +119,10 @@ fn one_call(pkg: &Package, weights: &Weights, thread: usize, i: usize) -> bool {
             let want = layer_direct(&x, &weights.w, &weights.b);
             let got = y[0].data::<f32>().unwrap();
             for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{got:?} vs {want:?}");
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{got:?} vs {want:?}"
+                );
             }
             false
         }
@@ -130,7 +133,10 @@ fn one_call(pkg: &Package, weights: &Weights, thread: usize, i: usize) -> bool {
                 .call("lookup", &[Tensor::from_vec(&[3], ids.clone()).unwrap()])
                 .unwrap_or_else(|e| panic!("lookup: {e}"));
             assert_eq!(y[0].shape(), &[3, EMBED]);
-            assert_eq!(y[0].to_vec::<f32>().unwrap(), lookup_direct(&ids, &weights.table));
+            assert_eq!(
+                y[0].to_vec::<f32>().unwrap(),
+                lookup_direct(&ids, &weights.table)
+            );
             false
         }
         // A size no entry admits: a miss explaining all three entries.
@@ -192,7 +198,10 @@ fn eight_threads_ten_thousand_calls_each_all_checked_memory_flat() {
             .unwrap();
     }
     compiler
-        .call("lookup", &[Tensor::from_vec(&[3], vec![0i64, 1, 2]).unwrap()])
+        .call(
+            "lookup",
+            &[Tensor::from_vec(&[3], vec![0i64, 1, 2]).unwrap()],
+        )
         .unwrap();
     compiler.save(&dir).unwrap();
     drop(compiler);
@@ -261,7 +270,10 @@ fn eight_threads_ten_thousand_calls_each_all_checked_memory_flat() {
         stats.instantiations,
         stats.traps,
     );
-    assert_eq!(failures, (0..CALLS).filter(|i| i % 7 >= 4).count() * THREADS);
+    assert_eq!(
+        failures,
+        (0..CALLS).filter(|i| i % 7 >= 4).count() * THREADS
+    );
     assert_eq!(stats.traps, traps);
     // Each trap discards its instance; otherwise the pools reuse instances,
     // and at most one per thread per entry is ever live at once.

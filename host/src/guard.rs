@@ -507,7 +507,13 @@ mod tests {
         // Found by fuzz/guards (fuzz/regressions/guards/): this subnormal
         // read back one ulp off, so an entry specialized on it could never
         // match again once its manifest was written and read.
-        for v in [5.25465300634615e-308, 0.1, -1.0e300, f64::MIN_POSITIVE / 3.0, 2.5] {
+        for v in [
+            5.25465300634615e-308,
+            0.1,
+            -1.0e300,
+            f64::MIN_POSITIVE / 3.0,
+            2.5,
+        ] {
             let g = Guard::ScalarValue {
                 input: 0,
                 value: ScalarValue::Float(v),

@@ -863,7 +863,10 @@ mod tests {
             &["y"],
         );
         let x = Tensor::from_vec(&[3], vec![1.0f32, 2.0, 3.0]).unwrap();
-        assert_eq!(run(&model(old, 11), std::slice::from_ref(&x)).0[0].shape(), [1, 3, 1]);
+        assert_eq!(
+            run(&model(old, 11), std::slice::from_ref(&x)).0[0].shape(),
+            [1, 3, 1]
+        );
         let mut new = graph(
             vec![NodeProto::new("u", "Unsqueeze", &["x", "axes"], &["y"])],
             input(),
