@@ -33,8 +33,38 @@ pub enum EvalError {
     Invalid { node: usize, message: String },
 }
 
+/// Which nodes some output depends on. Only those run: a node nothing reads
+/// has no effect on the result, and compiled entries (after dead code
+/// elimination) never run it, so a data-dependent failure there (an integer
+/// division by zero, a gather index out of range) is not a failure of the
+/// graph.
+fn live_nodes(graph: &Graph) -> Vec<bool> {
+    let mut needed = vec![false; graph.values.len()];
+    for o in &graph.outputs {
+        if let Some(s) = needed.get_mut(o.value.index()) {
+            *s = true;
+        }
+    }
+    let mut live = vec![false; graph.nodes.len()];
+    for (n, node) in graph.nodes.iter().enumerate().rev() {
+        if node
+            .outputs
+            .iter()
+            .any(|v| needed.get(v.index()).copied().unwrap_or(false))
+        {
+            live[n] = true;
+            for v in &node.inputs {
+                if let Some(s) = needed.get_mut(v.index()) {
+                    *s = true;
+                }
+            }
+        }
+    }
+    live
+}
+
 /// Evaluates a verified graph on `inputs`; host-bound globals come from
-/// `bindings`.
+/// `bindings`. Only the nodes the outputs depend on run.
 pub fn evaluate(
     graph: &Graph,
     registry: &Registry,
@@ -57,8 +87,12 @@ pub fn evaluate(
             });
         }
     }
+    let live = live_nodes(graph);
     let mut values: Vec<Option<Tensor>> = vec![None; graph.values.len()];
     for (n, node) in graph.nodes.iter().enumerate() {
+        if !live[n] {
+            continue;
+        }
         let invalid = |message: String| EvalError::Invalid { node: n, message };
         let ins = node
             .inputs
@@ -173,6 +207,32 @@ mod tests {
         assert!(matches!(
             evaluate(&g, &reg, &[wrong], &BTreeMap::new()),
             Err(EvalError::Input { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn dead_nodes_do_not_run() {
+        // Found by fuzz/wrapper (fuzz/regressions/wrapper/): a dead integer
+        // division by zero failed the interpreter while the compiled entry,
+        // after dead code elimination, returned its outputs.
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", TensorMeta::new(DType::I32, [2]));
+        let x = g.input(0).unwrap();
+        let zero = g.constant(Tensor::from_vec(&[2], vec![0i32, 0]).unwrap());
+        let div = attrs([("op", AttrValue::Str("div".into()))]);
+        let dead = g.kernel(&reg, "binary@1", div, &[x, zero]).unwrap()[0];
+        let sub = attrs([("op", AttrValue::Str("sub".into()))]);
+        let y = g.kernel(&reg, "binary@1", sub, &[zero, x]).unwrap()[0];
+        g.add_output("y", y);
+        let x = Tensor::from_vec(&[2], vec![3i32, -4]).unwrap();
+        let out = evaluate(&g, &reg, &[x.clone()], &BTreeMap::new()).unwrap();
+        assert_eq!(out[0].to_vec::<i32>().unwrap(), [-3, 4]);
+        // The same division, live, fails.
+        g.add_output("q", dead);
+        assert!(matches!(
+            evaluate(&g, &reg, &[x], &BTreeMap::new()),
+            Err(EvalError::Kernel { .. })
         ));
     }
 }
