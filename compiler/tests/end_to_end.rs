@@ -336,6 +336,25 @@ fn scalar_inputs_specialize_entries() {
         sig.inputs[1].kind,
         ampoule_host::manifest::ArgKind::Scalar { dtype: DType::F32 }
     );
+    // Non-finite values specialize too: the manifest (JSON) holds them, and
+    // the saved package serves them without compiling again.
+    for (alpha, compiles) in [(f32::NAN, 3), (f32::INFINITY, 4), (f32::NAN, 4)] {
+        let y = f.call(&[x.clone(), Tensor::scalar(alpha)]).unwrap();
+        let want = [alpha, -2.0 * alpha, 0.5 * alpha];
+        for (g, w) in y[0].to_vec::<f32>().unwrap().iter().zip(want) {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()));
+        }
+        assert_eq!(f.compile_count(), compiles);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    f.save(dir.path().join("scale.ampoule")).unwrap();
+    let pkg = host()
+        .open(dir.path().join("scale.ampoule"), ampoule_host::Bindings::new())
+        .unwrap();
+    for alpha in [f32::NAN, f32::INFINITY, 2.0] {
+        pkg.call("scale", &[x.clone(), Tensor::scalar(alpha)])
+            .unwrap_or_else(|e| panic!("alpha = {alpha}: {e}"));
+    }
 }
 
 #[test]

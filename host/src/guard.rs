@@ -21,11 +21,53 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{GlobalDecl, Signature};
 
 /// A scalar value an input is specialized on.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// In JSON an `Int` is an integer and a finite `Float` a number; JSON has
+/// no NaN or infinities, so those are the strings `"nan"`, `"inf"` and
+/// `"-inf"` (every NaN is one value here: see [`ScalarValue::same`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ScalarValue {
     Int(i64),
     Float(f64),
+}
+
+impl Serialize for ScalarValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            ScalarValue::Int(v) => s.serialize_i64(v),
+            ScalarValue::Float(v) if v.is_finite() => s.serialize_f64(v),
+            ScalarValue::Float(v) if v.is_nan() => s.serialize_str("nan"),
+            ScalarValue::Float(v) if v > 0.0 => s.serialize_str("inf"),
+            ScalarValue::Float(_) => s.serialize_str("-inf"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ScalarValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Int(i64),
+            Float(f64),
+            Special(String),
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::Int(v) => ScalarValue::Int(v),
+            Repr::Float(v) => ScalarValue::Float(v),
+            Repr::Special(s) => ScalarValue::Float(match s.as_str() {
+                "nan" => f64::NAN,
+                "inf" => f64::INFINITY,
+                "-inf" => f64::NEG_INFINITY,
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "scalar value {:?} is not a number, \"nan\", \"inf\" or \"-inf\"",
+                        prefix(&s, 32)
+                    )))
+                }
+            }),
+        })
+    }
 }
 
 impl std::fmt::Display for ScalarValue {
@@ -53,11 +95,14 @@ impl ScalarValue {
         })
     }
 
-    /// Exact equality; floats compare bit for bit (so `-0.0 != 0.0`).
-    fn same(self, other: ScalarValue) -> bool {
+    /// Exact equality; floats compare bit for bit (so `-0.0 != 0.0`),
+    /// except that every NaN is the same value (a manifest stores one NaN).
+    pub fn same(self, other: ScalarValue) -> bool {
         match (self, other) {
             (ScalarValue::Int(a), ScalarValue::Int(b)) => a == b,
-            (ScalarValue::Float(a), ScalarValue::Float(b)) => a.to_bits() == b.to_bits(),
+            (ScalarValue::Float(a), ScalarValue::Float(b)) => {
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+            }
             _ => false,
         }
     }
@@ -521,6 +566,36 @@ mod tests {
             let back: Guard = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
             assert_eq!(back, g, "{v:e}");
         }
+    }
+
+    #[test]
+    fn non_finite_values_round_trip_through_json() {
+        for (v, json) in [
+            (f64::NAN, "\"nan\""),
+            (-f64::NAN, "\"nan\""),
+            (f64::INFINITY, "\"inf\""),
+            (f64::NEG_INFINITY, "\"-inf\""),
+        ] {
+            let s = serde_json::to_string(&ScalarValue::Float(v)).unwrap();
+            assert_eq!(s, json);
+            let back: ScalarValue = serde_json::from_str(&s).unwrap();
+            assert!(back.same(ScalarValue::Float(v)), "{v} read back as {back}");
+        }
+        // A specialized NaN input matches the guard read back from JSON.
+        let g = Guard::ScalarValue {
+            input: 0,
+            value: ScalarValue::Float(f64::NAN),
+        };
+        let back: Guard = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        let Guard::ScalarValue { value, .. } = back else {
+            panic!("{back:?}")
+        };
+        assert!(value.same(ScalarValue::of(&Tensor::scalar(f32::NAN)).unwrap()));
+        assert!(serde_json::from_str::<ScalarValue>("\"infinity\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<ScalarValue>("-7").unwrap(),
+            ScalarValue::Int(-7)
+        );
     }
 
     #[test]
