@@ -349,7 +349,10 @@ fn scalar_inputs_specialize_entries() {
     let dir = tempfile::tempdir().unwrap();
     f.save(dir.path().join("scale.ampoule")).unwrap();
     let pkg = host()
-        .open(dir.path().join("scale.ampoule"), ampoule_host::Bindings::new())
+        .open(
+            dir.path().join("scale.ampoule"),
+            ampoule_host::Bindings::new(),
+        )
         .unwrap();
     for alpha in [f32::NAN, f32::INFINITY, 2.0] {
         pkg.call("scale", &[x.clone(), Tensor::scalar(alpha)])
