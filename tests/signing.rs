@@ -7,12 +7,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use ampoule::host::manifest::{sha256_hex, Manifest, MANIFEST_DIGEST_FILE, MANIFEST_FILE};
 use ampoule::host::trust::SIGNATURE_FILE;
 use ampoule::host::{
-    Bindings, Error, Host, HostConfig, Limits, PackageFiles, PublicKey, SecretKey, SignatureStatus,
+    Bindings, Error, Host, HostConfig, PackageFiles, PublicKey, SecretKey, SignatureStatus,
     TrustPolicy,
 };
 use common::*;
@@ -20,14 +19,8 @@ use common::*;
 /// A host like `test_host`, under `trust`.
 fn host_with(trust: TrustPolicy) -> Host {
     Host::new(HostConfig {
-        limits: Limits {
-            deadline: Duration::from_millis(300),
-            host_tensor_bytes: 256 << 20,
-            ..Limits::default()
-        },
-        cache_dir: None,
         trust,
-        ..HostConfig::default()
+        ..test_config()
     })
     .expect("host")
 }

@@ -33,36 +33,6 @@ pub enum EvalError {
     Invalid { node: usize, message: String },
 }
 
-/// Which nodes some output depends on. Only those run: a node nothing reads
-/// has no effect on the result, and compiled entries (after dead code
-/// elimination) never run it, so a data-dependent failure there (an integer
-/// division by zero, a gather index out of range) is not a failure of the
-/// graph.
-fn live_nodes(graph: &Graph) -> Vec<bool> {
-    let mut needed = vec![false; graph.values.len()];
-    for o in &graph.outputs {
-        if let Some(s) = needed.get_mut(o.value.index()) {
-            *s = true;
-        }
-    }
-    let mut live = vec![false; graph.nodes.len()];
-    for (n, node) in graph.nodes.iter().enumerate().rev() {
-        if node
-            .outputs
-            .iter()
-            .any(|v| needed.get(v.index()).copied().unwrap_or(false))
-        {
-            live[n] = true;
-            for v in &node.inputs {
-                if let Some(s) = needed.get_mut(v.index()) {
-                    *s = true;
-                }
-            }
-        }
-    }
-    live
-}
-
 /// Evaluates a verified graph on `inputs`; host-bound globals come from
 /// `bindings`. Only the nodes the outputs depend on run.
 pub fn evaluate(
@@ -87,7 +57,11 @@ pub fn evaluate(
             });
         }
     }
-    let live = live_nodes(graph);
+    // Only live nodes run: compiled entries (after dead code elimination)
+    // never run the others, so a data-dependent failure there (an integer
+    // division by zero, a gather index out of range) is not a failure of the
+    // graph.
+    let live = graph.live_nodes();
     let mut values: Vec<Option<Tensor>> = vec![None; graph.values.len()];
     for (n, node) in graph.nodes.iter().enumerate() {
         if !live[n] {

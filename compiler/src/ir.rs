@@ -383,6 +383,33 @@ impl Graph {
         c
     }
 
+    /// Which nodes some output of the graph depends on (the others are dead:
+    /// kernels have no side effects). Out-of-range value ids count as dead.
+    pub fn live_nodes(&self) -> Vec<bool> {
+        let mut needed = vec![false; self.values.len()];
+        for o in &self.outputs {
+            if let Some(s) = needed.get_mut(o.value.index()) {
+                *s = true;
+            }
+        }
+        let mut live = vec![false; self.nodes.len()];
+        for (n, node) in self.nodes.iter().enumerate().rev() {
+            if node
+                .outputs
+                .iter()
+                .any(|v| needed.get(v.index()).copied().unwrap_or(false))
+            {
+                live[n] = true;
+                for v in &node.inputs {
+                    if let Some(s) = needed.get_mut(v.index()) {
+                        *s = true;
+                    }
+                }
+            }
+        }
+        live
+    }
+
     /// Keeps the nodes for which `keep` is true, in order, and renumbers the
     /// values densely in definition order. Values read by dropped nodes'
     /// consumers must not be dropped (the caller decides liveness).

@@ -19,7 +19,12 @@ use ampoule::kernels::{AttrValue, Attrs, DType};
 /// A host for tests: a short deadline, a small tensor budget, no artifact
 /// cache (so "no Wasm was compiled" is observable).
 pub fn test_host() -> Host {
-    Host::new(HostConfig {
+    Host::new(test_config()).expect("host")
+}
+
+/// The configuration of [`test_host`], for tests that change one part.
+pub fn test_config() -> HostConfig {
+    HostConfig {
         limits: Limits {
             deadline: Duration::from_millis(300),
             host_tensor_bytes: 256 << 20,
@@ -27,8 +32,7 @@ pub fn test_host() -> Host {
         },
         cache_dir: None,
         ..HostConfig::default()
-    })
-    .expect("host")
+    }
 }
 
 /// The kernel table the hostile corpus assumes: kernel 0 is `binary@1 add`.

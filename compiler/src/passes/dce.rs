@@ -8,27 +8,7 @@ use crate::ir::Graph;
 
 /// Removes dead nodes; returns how many were removed.
 pub fn eliminate_dead_code(graph: &mut Graph) -> usize {
-    let mut live = vec![false; graph.values.len()];
-    for o in &graph.outputs {
-        if let Some(l) = live.get_mut(o.value.index()) {
-            *l = true;
-        }
-    }
-    let mut keep = vec![false; graph.nodes.len()];
-    for (n, node) in graph.nodes.iter().enumerate().rev() {
-        if node
-            .outputs
-            .iter()
-            .any(|v| live.get(v.index()).copied().unwrap_or(false))
-        {
-            keep[n] = true;
-            for v in &node.inputs {
-                if let Some(l) = live.get_mut(v.index()) {
-                    *l = true;
-                }
-            }
-        }
-    }
+    let keep = graph.live_nodes();
     let removed = keep.iter().filter(|k| !**k).count();
     if removed > 0 {
         graph.retain_nodes(&keep);
