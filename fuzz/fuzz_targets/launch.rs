@@ -45,13 +45,7 @@ fn registry() -> &'static (Registry, Vec<String>) {
     })
 }
 
-const UNARY: [&str; 17] = [
-    "neg", "abs", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "exp", "log", "sqrt", "rsqrt",
-    "recip", "erf", "floor", "ceil", "sin", "cos",
-];
-const BINARY: [&str; 7] = ["add", "sub", "mul", "div", "pow", "max", "min"];
-const COMPARE: [&str; 5] = ["eq", "lt", "le", "gt", "ge"];
-const REDUCE: [&str; 4] = ["sum", "mean", "max", "min"];
+use ampoule_fuzz::{BINARY, COMPARE, REDUCE, UNARY};
 const KEYS: [&str; 14] = [
     "op", "axis", "axes", "keepdims", "perm", "n", "starts", "ends", "steps", "to", "trans_w",
     "bias", "epsilon", "typo",

@@ -32,13 +32,7 @@ use ampoule_kernels::{AttrValue, Attrs, DType, Impl, Registry, Tensor};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-const UNARY: [&str; 17] = [
-    "neg", "abs", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "exp", "log", "sqrt", "rsqrt",
-    "recip", "erf", "floor", "ceil", "sin", "cos",
-];
-const BINARY: [&str; 7] = ["add", "sub", "mul", "div", "pow", "max", "min"];
-const COMPARE: [&str; 5] = ["eq", "lt", "le", "gt", "ge"];
-const REDUCE: [&str; 4] = ["sum", "mean", "max", "min"];
+use ampoule_fuzz::{BINARY, COMPARE, REDUCE, UNARY};
 
 #[derive(Arbitrary, Debug, Clone)]
 struct InputR {

@@ -15,6 +15,16 @@ use ampoule_host::manifest::{ArgKind, GlobalSource, Manifest, MANIFEST_FILE};
 use ampoule_host::{Bindings, Error, Host, HostConfig, Impl, Limits, Package, PackageFiles};
 use ampoule_kernels::{DType, Tensor};
 
+/// The `op` attribute values of `unary@1`, `binary@1`, `compare@1` and
+/// `reduce@1` (the catalog in `ampoule_kernels`' crate doc).
+pub const UNARY: [&str; 17] = [
+    "neg", "abs", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "exp", "log", "sqrt", "rsqrt",
+    "recip", "erf", "floor", "ceil", "sin", "cos",
+];
+pub const BINARY: [&str; 7] = ["add", "sub", "mul", "div", "pow", "max", "min"];
+pub const COMPARE: [&str; 5] = ["eq", "lt", "le", "gt", "ge"];
+pub const REDUCE: [&str; 4] = ["sum", "mean", "max", "min"];
+
 /// Largest tensor the harness builds for a call or a binding, in elements.
 pub const MAX_NUMEL: usize = 1 << 12;
 
