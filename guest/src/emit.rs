@@ -351,6 +351,20 @@ impl CoreModule<'_> {
                 }
                 body.s().end();
             }
+            Step::Loop {
+                head,
+                cond,
+                body: looped,
+            } => {
+                // block { loop { head; br_if 1 (!cond); body; br 0 } }
+                s.block(BlockType::Empty).loop_(BlockType::Empty);
+                self.steps(body, phase, head)?;
+                let mut s = body.s();
+                self.cond(&mut s, cond);
+                s.i32_eqz().br_if(1);
+                self.steps(body, phase, looped)?;
+                body.s().br(0).end().end();
+            }
             Step::Guard { index, cond } => {
                 // Verified: only in `run`, whose result this writes.
                 self.load_reg(&mut s, cond.0);

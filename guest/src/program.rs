@@ -58,6 +58,14 @@ pub enum Step {
         then: Vec<Step>,
         otherwise: Vec<Step>,
     },
+    /// A loop: runs `head`, then stops if the condition does not hold, else
+    /// runs `body` and starts over. Nothing bounds the trip count but the
+    /// host's deadline.
+    Loop {
+        head: Vec<Step>,
+        cond: Cond,
+        body: Vec<Step>,
+    },
     /// A break: if the condition does not hold, `run` returns `err(index)`.
     Guard { index: u32, cond: Cond },
 }

@@ -11,7 +11,7 @@
 //! - `init` steps name no input register (inputs are only set by `run`);
 //! - a `Launch` has at most [`MAX_OPERANDS`] operands;
 //! - an `Alloc` or a `View` has at most [`MAX_DIMS`] dims;
-//! - `If` nesting is at most [`MAX_NESTING`] deep, so the emitter's recursion
+//! - `If` and `Loop` nesting is at most [`MAX_NESTING`] deep, so the emitter's recursion
 //!   is bounded (the walk itself stops descending at that depth);
 //! - a `Guard` only appears in `run` (only `run` can return `err(break)`);
 //! - there are at most [`MAX_OUTPUTS`] outputs.
@@ -27,7 +27,7 @@ use crate::program::{Cond, Dim, Program, Reg, Step};
 pub const MAX_OPERANDS: usize = 6;
 /// Dims an `alloc` or `view` import takes (`d0..d7`).
 pub const MAX_DIMS: usize = 8;
-/// The deepest `If` nesting a program may have.
+/// The deepest `If`/`Loop` nesting a program may have.
 pub const MAX_NESTING: usize = 64;
 /// The most registers a program may have (each is 4 bytes of guest memory).
 pub const MAX_REGISTERS: u32 = 1 << 16;
@@ -105,7 +105,7 @@ pub enum VerifyError {
         count: usize,
         max: usize,
     },
-    #[error("{at}: `If` nesting is deeper than {limit}; flatten the control flow")]
+    #[error("{at}: `If`/`Loop` nesting is deeper than {limit}; flatten the control flow")]
     NestingTooDeep { at: String, limit: usize },
     #[error(
         "{at}: guard for break {index} is in `init`, which cannot report a break; \
@@ -147,6 +147,8 @@ enum Seg {
     Phase(Phase),
     Then,
     Otherwise,
+    Head,
+    Body,
     Index(usize),
 }
 
@@ -190,6 +192,8 @@ impl Verifier<'_> {
                 Seg::Phase(p) => s.push_str(&p.to_string()),
                 Seg::Then => s.push_str(".then"),
                 Seg::Otherwise => s.push_str(".otherwise"),
+                Seg::Head => s.push_str(".head"),
+                Seg::Body => s.push_str(".body"),
                 Seg::Index(i) => s.push_str(&format!("[{i}]")),
             }
         }
@@ -258,6 +262,22 @@ impl Verifier<'_> {
                 self.path.pop();
                 self.path.push(Seg::Otherwise);
                 self.steps(phase, otherwise, depth + 1);
+                self.path.pop();
+            }
+            Step::Loop { head, cond, body } => {
+                if depth + 1 > MAX_NESTING {
+                    self.errors.push(VerifyError::NestingTooDeep {
+                        at: self.at(),
+                        limit: MAX_NESTING,
+                    });
+                    return;
+                }
+                self.path.push(Seg::Head);
+                self.steps(phase, head, depth + 1);
+                self.path.pop();
+                self.cond(phase, cond);
+                self.path.push(Seg::Body);
+                self.steps(phase, body, depth + 1);
                 self.path.pop();
             }
             Step::Guard { index, cond } => {

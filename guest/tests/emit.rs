@@ -188,6 +188,59 @@ fn if_takes_otherwise_when_zero() -> Result<()> {
     Ok(())
 }
 
+/// `r4 = x0; loop { head: launch 1; while r4 != 0: launch 2 (r4); r4 = x1 }`:
+/// the condition register changes inside the body, so the loop runs until
+/// the handle it reads holds zero.
+fn loop_program() -> Program {
+    let run = vec![
+        Step::Move {
+            dst: Reg(4),
+            src: Reg(2),
+        },
+        Step::Loop {
+            head: vec![Step::Launch {
+                kernel: 1,
+                args: vec![],
+            }],
+            cond: Cond(Reg(4)),
+            body: vec![
+                Step::Launch {
+                    kernel: 2,
+                    args: vec![Reg(4)],
+                },
+                Step::Move {
+                    dst: Reg(4),
+                    src: Reg(3),
+                },
+            ],
+        },
+    ];
+    program(vec![], run, vec![Reg(4)])
+}
+
+#[test]
+fn loop_runs_its_body_while_the_condition_holds() -> Result<()> {
+    let mut mock = Mock::default();
+    mock.values.insert(X0, 7);
+    mock.values.insert(X1, 0);
+    let mut w = start(&loop_program(), mock)?;
+    assert_eq!(w.run(&[X0, X1])?, Ok(vec![X1]));
+    assert_eq!(
+        w.take_calls(),
+        [
+            launch(1, &[]),
+            Call::ReadI64(X0, 0),
+            launch(2, &[X0]),
+            launch(1, &[]),
+            Call::ReadI64(X1, 0),
+        ]
+    );
+    // A false condition at the first test runs the head once and no body.
+    assert_eq!(w.run(&[X1, X0])?, Ok(vec![X1]));
+    assert_eq!(w.take_calls(), [launch(1, &[]), Call::ReadI64(X1, 0)]);
+    Ok(())
+}
+
 fn guard_program() -> Program {
     let run = vec![
         Step::Guard {
