@@ -136,6 +136,22 @@ impl<'a> AttrReader<'a> {
         }
     }
 
+    /// A float list attribute (each entry given as int or float); `default`
+    /// applies when it is absent.
+    pub(crate) fn floats(
+        &mut self,
+        name: &'static str,
+        default: Vec<f64>,
+    ) -> Result<Vec<f64>, KernelError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(AttrValue::Floats(v)) => Ok(v.clone()),
+            // Integer-valued lists (`[2, 2]`) read back from JSON as ints.
+            Some(AttrValue::Ints(v)) => Ok(v.iter().map(|&x| x as f64).collect()),
+            Some(other) => Err(self.wrong_type(name, "a float list", other)),
+        }
+    }
+
     /// Refuses every attribute that was not read.
     pub(crate) fn finish(self) -> Result<(), KernelError> {
         let unknown: Vec<&str> = self

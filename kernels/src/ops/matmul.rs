@@ -27,7 +27,7 @@ use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 /// Products with at least this many multiply-adds use gemm's rayon
 /// parallelism.
-const GEMM_PAR_MIN: usize = 1 << 21;
+pub(crate) const GEMM_PAR_MIN: usize = 1 << 21;
 
 pub(crate) fn bind_matmul(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     AttrReader::new("matmul@1", attrs).finish()?;
@@ -44,12 +44,12 @@ pub(crate) fn bind_linear(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> 
 
 /// A strided matrix inside a slice: element `(i, j)` is at `i*rs + j*cs`.
 #[derive(Clone, Copy)]
-struct MatRef<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
+pub(crate) struct MatRef<'a, T> {
+    pub(crate) data: &'a [T],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
 }
 
 impl<T> MatRef<'_, T> {
@@ -70,7 +70,7 @@ impl<T> MatRef<'_, T> {
 /// row-major `a.rows × b.cols` matrix. `T` is f32 or f64 (the only
 /// [`Float`]s), which `gemm` supports.
 #[allow(unsafe_code)]
-fn gemm_into<T: Float>(
+pub(crate) fn gemm_into<T: Float>(
     a: MatRef<T>,
     b: MatRef<T>,
     dst: &mut [T],

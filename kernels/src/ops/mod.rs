@@ -19,11 +19,13 @@
 
 mod attrs;
 mod cast;
+mod conv;
 mod elementwise;
 mod layout;
 mod matmul;
 mod norm;
 mod num;
+mod pool;
 mod reduce;
 mod shape;
 mod unary;
@@ -43,7 +45,7 @@ pub(crate) const PAR_MIN: usize = 1 << 16;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
-    let families: [(&'static str, BindFn); 15] = [
+    let families: [(&'static str, BindFn); 18] = [
         ("binary", elementwise::bind_binary),
         ("compare", elementwise::bind_compare),
         ("where", elementwise::bind_where),
@@ -59,6 +61,9 @@ pub(crate) fn register_all(r: &mut Registry) {
         ("gather", layout::bind_gather),
         ("copy", layout::bind_copy),
         ("cast", cast::bind),
+        ("conv", conv::bind_conv),
+        ("conv_transpose", conv::bind_conv_transpose),
+        ("pool", pool::bind),
     ];
     for (name, bind) in families {
         r.register(Arc::new(Family { name, bind }));
@@ -409,11 +414,17 @@ mod tests {
             ("cast@1", attrs(&[("to", s("f32"))])),
             ("compare@1", attrs(&[("op", s("eq"))])),
             ("concat@1", attrs(&[("axis", i(0)), ("n", i(2))])),
+            ("conv@1", attrs(&[])),
+            ("conv_transpose@1", attrs(&[])),
             ("copy@1", attrs(&[])),
             ("gather@1", attrs(&[])),
             ("layer_norm@1", attrs(&[])),
             ("linear@1", attrs(&[])),
             ("matmul@1", attrs(&[])),
+            (
+                "pool@1",
+                attrs(&[("op", s("max")), ("kernel_shape", ints(&[2]))]),
+            ),
             ("reduce@1", attrs(&[("op", s("sum"))])),
             (
                 "slice@1",

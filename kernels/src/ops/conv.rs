@@ -1,0 +1,1047 @@
+//! `conv@1` and `conv_transpose@1`: N-D convolutions over `[N, C, D1..Ds]`
+//! (s >= 1 spatial axes) on f32 and f64, and the window geometry they share
+//! with the pooling kernels.
+//!
+//! - `conv@1`: `x [N, C, D..]`, `w [M, C/group, K..]`, `bias [M]` when
+//!   `bias` = 1. Output `[N, M, O..]` with
+//!   `O = (D + pad_begin + pad_end - (dilation (K - 1) + 1)) / stride + 1`;
+//!   a window larger than the padded input is a signature error.
+//! - `conv_transpose@1`: `x [N, C, D..]`, `w [C, M/group, K..]`, `bias [M]`.
+//!   Output `[N, M, O..]` with `O = stride (D - 1) + output_padding +
+//!   dilation (K - 1) + 1 - pad_begin - pad_end`, which must not be negative.
+//!   Input position `i` and kernel position `k` add into output
+//!   `i stride + k dilation - pad_begin` when that lies inside the output.
+//!
+//! Attributes (lists have one entry per spatial axis, `pads` two: all begins
+//! then all ends, ONNX's order; an absent or empty list means the default):
+//! `group` (default 1), `strides` and `dilations` (default 1, each in
+//! 1..=[`MAX_WINDOW`]), `pads` (default 0, each in 0..=[`MAX_WINDOW`]),
+//! `output_padding` (transpose only, default 0, in 0..=[`MAX_WINDOW`]),
+//! `bias` (0 or 1). ONNX's `auto_pad` and `output_shape` are resolved into
+//! explicit pads by the importer, which knows the static shapes.
+//!
+//! The reference implementations are the plain nested loops. The optimized
+//! `conv@1` lowers each (batch, group) pair to one `gemm` product of the
+//! group's weights `[M/g, C/g·K]` with an im2col matrix `[C/g·K, O]`;
+//! `conv_transpose@1` multiplies the transposed weights `[M/g·K, C/g]` by the
+//! input `[C/g, D]` and scatters the columns back (col2im). The im2col/col2im
+//! matrices are built in tiles of output (input) positions so that no
+//! buffer exceeds [`COL_MAX`] elements beyond one column's height, whatever
+//! the attributes. Pairs run on rayon's pool when the work is large.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::attrs::AttrReader;
+use super::matmul::{gemm_into, MatRef, GEMM_PAR_MIN};
+use super::num::Float;
+use super::shape::{numel, strides};
+use super::{bound, check_float, check_same_dtype, data, data_mut, Op};
+use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
+
+/// The largest stride, dilation, pad or output padding accepted: far above
+/// any real model, and small enough that window arithmetic on addressable
+/// shapes cannot overflow.
+pub(crate) const MAX_WINDOW: i64 = 1 << 24;
+
+/// The most elements an im2col/col2im tile holds (when one column is
+/// shorter than this).
+const COL_MAX: usize = 1 << 20;
+
+/// The most groups accepted.
+const MAX_GROUP: i64 = 1 << 24;
+
+/// Reads a per-axis list whose entries must lie in `lo..=MAX_WINDOW`.
+pub(crate) fn window_list(
+    r: &mut AttrReader,
+    name: &'static str,
+    lo: i64,
+) -> Result<Vec<usize>, KernelError> {
+    let v = r.ints(name, Some(Vec::new()))?;
+    if v.len() > 2 * MAX_RANK {
+        return Err(r.error(format!(
+            "attribute `{name}` has {} entries, more than any input rank allows",
+            v.len()
+        )));
+    }
+    v.iter()
+        .map(|&x| {
+            if (lo..=MAX_WINDOW).contains(&x) {
+                Ok(x as usize)
+            } else {
+                Err(r.error(format!(
+                    "attribute `{name}` entries must be in {lo}..={MAX_WINDOW}, got {v:?}"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The window attributes shared by convolutions and pools, as bound.
+#[derive(Clone, Debug)]
+pub(crate) struct WindowAttrs {
+    pub(crate) strides: Vec<usize>,
+    pub(crate) dilations: Vec<usize>,
+    pub(crate) pads: Vec<usize>,
+}
+
+impl WindowAttrs {
+    pub(crate) fn read(r: &mut AttrReader, dilations: bool) -> Result<Self, KernelError> {
+        Ok(WindowAttrs {
+            strides: window_list(r, "strides", 1)?,
+            dilations: if dilations {
+                window_list(r, "dilations", 1)?
+            } else {
+                Vec::new()
+            },
+            pads: window_list(r, "pads", 0)?,
+        })
+    }
+
+    /// Per-axis (stride, dilation, pad_begin, pad_end) for `s` spatial axes.
+    pub(crate) fn resolve(&self, s: usize) -> Result<Axes, String> {
+        let per_axis = |v: &[usize], name: &str, n: usize, default: usize| {
+            if v.is_empty() {
+                Ok(vec![default; n])
+            } else if v.len() == n {
+                Ok(v.to_vec())
+            } else {
+                Err(format!(
+                    "attribute `{name}` has {} entries but the input has {s} spatial axes (expected {n})",
+                    v.len()
+                ))
+            }
+        };
+        let pads = per_axis(&self.pads, "pads", 2 * s, 0)?;
+        Ok(Axes {
+            stride: per_axis(&self.strides, "strides", s, 1)?,
+            dil: per_axis(&self.dilations, "dilations", s, 1)?,
+            pad_b: pads[..s].to_vec(),
+            pad_e: pads[s..].to_vec(),
+        })
+    }
+}
+
+/// Resolved window geometry, one entry per spatial axis.
+#[derive(Clone, Debug)]
+pub(crate) struct Axes {
+    pub(crate) stride: Vec<usize>,
+    pub(crate) dil: Vec<usize>,
+    pub(crate) pad_b: Vec<usize>,
+    pub(crate) pad_e: Vec<usize>,
+}
+
+impl Axes {
+    /// `dilation (k - 1) + 1` on axis `i`, or an error for `k = 0`.
+    pub(crate) fn span(&self, i: usize, k: usize) -> Result<usize, String> {
+        if k == 0 {
+            return Err(format!("kernel size 0 on spatial axis {i}"));
+        }
+        self.dil[i]
+            .checked_mul(k - 1)
+            .and_then(|v| v.checked_add(1))
+            .ok_or_else(|| format!("window on spatial axis {i} overflows"))
+    }
+
+    /// The padded extent of input size `d` on axis `i`.
+    pub(crate) fn padded(&self, i: usize, d: usize) -> Result<usize, String> {
+        d.checked_add(self.pad_b[i])
+            .and_then(|v| v.checked_add(self.pad_e[i]))
+            .ok_or_else(|| format!("padded size of spatial axis {i} overflows"))
+    }
+
+    /// Output sizes of a sliding window of sizes `k` over `d` (floor mode).
+    pub(crate) fn out_dims(&self, d: &[usize], k: &[usize]) -> Result<Vec<usize>, String> {
+        (0..d.len())
+            .map(|i| {
+                let (p, w) = (self.padded(i, d[i])?, self.span(i, k[i])?);
+                if p < w {
+                    return Err(format!(
+                        "the window of spatial axis {i} spans {w} (kernel {}, dilation {}) but the padded input has only {p}",
+                        k[i], self.dil[i]
+                    ));
+                }
+                Ok((p - w) / self.stride[i] + 1)
+            })
+            .collect()
+    }
+
+    /// The input offset (row-major over `in_dims` with `in_strides`) that
+    /// output position `o` reads at kernel position `k`, or `None` in the
+    /// padding. Saturating arithmetic: an overflow lands outside the input.
+    pub(crate) fn input_offset(
+        &self,
+        o: &[usize],
+        k: &[usize],
+        in_dims: &[usize],
+        in_strides: &[usize],
+    ) -> Option<usize> {
+        let mut off = 0usize;
+        for i in 0..o.len() {
+            let p = o[i]
+                .saturating_mul(self.stride[i])
+                .saturating_add(k[i].saturating_mul(self.dil[i]))
+                .checked_sub(self.pad_b[i])?;
+            if p >= in_dims[i] {
+                return None;
+            }
+            off += p * in_strides[i];
+        }
+        Some(off)
+    }
+}
+
+/// Advances `idx` as an odometer over `dims` (row-major).
+pub(crate) fn advance(idx: &mut [usize], dims: &[usize]) {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < dims[d] {
+            return;
+        }
+        idx[d] = 0;
+    }
+}
+
+/// The coordinates of row-major flat index `flat` of `dims`.
+pub(crate) fn coords(mut flat: usize, dims: &[usize]) -> Vec<usize> {
+    let mut c = vec![0; dims.len()];
+    for d in (0..dims.len()).rev() {
+        if dims[d] > 0 {
+            c[d] = flat % dims[d];
+            flat /= dims[d];
+        }
+    }
+    c
+}
+
+pub(crate) fn bind_conv(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+    bind_any(attrs, false)
+}
+
+pub(crate) fn bind_conv_transpose(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+    bind_any(attrs, true)
+}
+
+fn bind_any(attrs: &Attrs, transpose: bool) -> Result<Arc<dyn Bound>, KernelError> {
+    let name = if transpose {
+        "conv_transpose@1"
+    } else {
+        "conv@1"
+    };
+    let mut r = AttrReader::new(name, attrs);
+    let group = r.int("group", Some(1))?;
+    if !(1..=MAX_GROUP).contains(&group) {
+        return Err(r.error(format!(
+            "attribute `group` must be in 1..={MAX_GROUP}, got {group}"
+        )));
+    }
+    let window = WindowAttrs::read(&mut r, true)?;
+    let output_padding = if transpose {
+        window_list(&mut r, "output_padding", 0)?
+    } else {
+        Vec::new()
+    };
+    let bias = r.flag("bias", false)?;
+    r.finish()?;
+    Ok(bound(Conv {
+        label: format!("{name}{}", if bias { " (bias)" } else { "" }),
+        transpose,
+        group: group as usize,
+        window,
+        output_padding,
+        bias,
+    }))
+}
+
+struct Conv {
+    label: String,
+    transpose: bool,
+    group: usize,
+    window: WindowAttrs,
+    output_padding: Vec<usize>,
+    bias: bool,
+}
+
+/// Sizes of one launch, derived from shapes that passed `infer`.
+struct Geom {
+    n: usize,
+    c: usize,
+    m: usize,
+    g: usize,
+    cg: usize,
+    mg: usize,
+    in_sp: Vec<usize>,
+    k_sp: Vec<usize>,
+    out_sp: Vec<usize>,
+    axes: Axes,
+}
+
+impl Geom {
+    fn in_len(&self) -> usize {
+        self.in_sp.iter().product()
+    }
+    fn k_len(&self) -> usize {
+        self.k_sp.iter().product()
+    }
+    fn out_len(&self) -> usize {
+        self.out_sp.iter().product()
+    }
+    /// Every kernel position's coordinates, flattened (`k_len × s`).
+    fn k_coords(&self) -> Vec<usize> {
+        let s = self.k_sp.len();
+        let mut out = Vec::with_capacity(self.k_len() * s);
+        let mut idx = vec![0; s];
+        for _ in 0..self.k_len() {
+            out.extend_from_slice(&idx);
+            advance(&mut idx, &self.k_sp);
+        }
+        out
+    }
+}
+
+impl Conv {
+    fn geometry(&self, x: &[usize], w: &[usize]) -> Result<Geom, String> {
+        if x.len() < 3 {
+            return Err(format!(
+                "input 0 (x): expected [N, C, D..] with at least one spatial axis, got shape {x:?}"
+            ));
+        }
+        if w.len() != x.len() {
+            return Err(format!(
+                "input 1 (w): expected rank {} (the rank of input 0 (x)), got shape {w:?}",
+                x.len()
+            ));
+        }
+        let s = x.len() - 2;
+        let (n, c, g) = (x[0], x[1], self.group);
+        if c % g != 0 {
+            return Err(format!(
+                "input 0 (x): {c} channels do not split into {g} groups"
+            ));
+        }
+        let cg = c / g;
+        let (m, mg) = if self.transpose {
+            if w[0] != c {
+                return Err(format!(
+                    "input 1 (w): expected [C = {c}, M/group, K..], got shape {w:?}"
+                ));
+            }
+            let m = w[1]
+                .checked_mul(g)
+                .ok_or("output channels overflow".to_string())?;
+            (m, w[1])
+        } else {
+            if w[1] != cg || w[0] % g != 0 {
+                return Err(format!(
+                    "input 1 (w): expected [M, C/group = {cg}, K..] with M a multiple of group {g}, got shape {w:?}"
+                ));
+            }
+            (w[0], w[0] / g)
+        };
+        let axes = self.window.resolve(s)?;
+        let (in_sp, k_sp) = (x[2..].to_vec(), w[2..].to_vec());
+        let out_sp = if self.transpose {
+            let op = if self.output_padding.is_empty() {
+                vec![0; s]
+            } else if self.output_padding.len() == s {
+                self.output_padding.clone()
+            } else {
+                return Err(format!(
+                    "attribute `output_padding` has {} entries but the input has {s} spatial axes",
+                    self.output_padding.len()
+                ));
+            };
+            (0..s)
+                .map(|i| {
+                    let span = axes.span(i, k_sp[i])? as i128;
+                    let o =
+                        (axes.stride[i] as i128) * (in_sp[i] as i128 - 1) + op[i] as i128 + span
+                            - axes.pad_b[i] as i128
+                            - axes.pad_e[i] as i128;
+                    usize::try_from(o)
+                        .map_err(|_| format!("the output of spatial axis {i} would have size {o}"))
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        } else {
+            axes.out_dims(&in_sp, &k_sp)?
+        };
+        Ok(Geom {
+            n,
+            c,
+            m,
+            g,
+            cg,
+            mg,
+            in_sp,
+            k_sp,
+            out_sp,
+            axes,
+        })
+    }
+}
+
+impl Op for Conv {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn input_names(&self) -> &[&'static str] {
+        if self.bias {
+            &["x", "w", "bias"]
+        } else {
+            &["x", "w"]
+        }
+    }
+
+    fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
+        check_float(self, inputs, 0)?;
+        check_same_dtype(self, inputs)?;
+        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+            return Err("expected inputs x and w".to_string());
+        };
+        let g = self.geometry(&x.shape, &w.shape)?;
+        if let Some(b) = inputs.get(2) {
+            if b.shape != [g.m] {
+                return Err(format!(
+                    "{}: expected shape [{}], got {:?}",
+                    self.input(2),
+                    g.m,
+                    b.shape
+                ));
+            }
+        }
+        let mut shape = vec![g.n, g.m];
+        shape.extend(&g.out_sp);
+        Ok(TensorMeta::new(x.dtype, shape))
+    }
+
+    fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        super::with_float!(out.dtype(), T => self.compute_typed::<T>(imp, inputs, out))
+    }
+}
+
+impl Conv {
+    fn compute_typed<T: Float>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+            return Err("expected inputs x and w".to_string());
+        };
+        let g = self.geometry(x.shape(), w.shape())?;
+        let xv = data::<T>(x, "input 0 (x)")?;
+        let wv = data::<T>(w, "input 1 (w)")?;
+        let bias = inputs
+            .get(2)
+            .map(|b| data::<T>(b, "input 2 (bias)"))
+            .transpose()?;
+        let y = data_mut::<T>(out)?;
+        // Sizes of tensors that exist: the products below cannot overflow.
+        numel(x.shape(), "input 0 (x)")?;
+        numel(w.shape(), "input 1 (w)")?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        let out_len = g.out_len();
+        for (row, v) in y.chunks_mut(out_len).enumerate() {
+            let b = bias.and_then(|b| b.get(row % g.m)).copied();
+            v.fill(b.unwrap_or(T::ZERO));
+        }
+        match (imp, self.transpose) {
+            (Impl::Reference, false) => conv_reference(&g, xv, wv, y),
+            (Impl::Reference, true) => conv_transpose_reference(&g, xv, wv, y),
+            (Impl::Optimized, transpose) => {
+                let chunk = g.mg * out_len;
+                let pairs = g.n * g.g;
+                let work = y
+                    .len()
+                    .saturating_mul(g.cg)
+                    .saturating_mul(g.k_len())
+                    .max(xv.len().saturating_mul(g.mg).saturating_mul(g.k_len()));
+                let big = work >= GEMM_PAR_MIN;
+                let kc = g.k_coords();
+                let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
+                    if transpose {
+                        conv_transpose_pair(&g, &kc, xv, wv, pair, ychunk, par)
+                    } else {
+                        conv_pair(&g, &kc, xv, wv, pair, ychunk, par)
+                    }
+                };
+                if chunk == 0 {
+                    return Ok(());
+                }
+                if big && pairs > 1 {
+                    y.par_chunks_mut(chunk)
+                        .enumerate()
+                        .try_for_each(|p| run(p, false))
+                } else {
+                    y.chunks_mut(chunk)
+                        .enumerate()
+                        .try_for_each(|p| run(p, big))
+                }
+            }
+        }
+    }
+}
+
+fn conv_reference<T: Float>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) -> Result<(), String> {
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let in_str = strides(&g.in_sp);
+    let kc = g.k_coords();
+    let s = g.k_sp.len();
+    let oob = || "internal: conv index outside an operand".to_string();
+    for n in 0..g.n {
+        for m in 0..g.m {
+            let grp = m / g.mg;
+            let mut o = vec![0; s];
+            for op in 0..out_len {
+                let mut acc = T::ZERO;
+                for c in 0..g.cg {
+                    let xc = (n * g.c + grp * g.cg + c) * in_len;
+                    for kk in 0..k_len {
+                        let k = &kc[kk * s..(kk + 1) * s];
+                        if let Some(off) = g.axes.input_offset(&o, k, &g.in_sp, &in_str) {
+                            let xv = x.get(xc + off).ok_or_else(oob)?;
+                            let wv = w.get((m * g.cg + c) * k_len + kk).ok_or_else(oob)?;
+                            acc = acc + *xv * *wv;
+                        }
+                    }
+                }
+                let slot = y.get_mut((n * g.m + m) * out_len + op).ok_or_else(oob)?;
+                *slot = *slot + acc;
+                advance(&mut o, &g.out_sp);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn conv_transpose_reference<T: Float>(
+    g: &Geom,
+    x: &[T],
+    w: &[T],
+    y: &mut [T],
+) -> Result<(), String> {
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let out_str = strides(&g.out_sp);
+    let kc = g.k_coords();
+    let s = g.k_sp.len();
+    let oob = || "internal: conv_transpose index outside an operand".to_string();
+    for n in 0..g.n {
+        for ci in 0..g.c {
+            let grp = ci / g.cg;
+            let mut i = vec![0; s];
+            for ip in 0..in_len {
+                let xv = *x.get((n * g.c + ci) * in_len + ip).ok_or_else(oob)?;
+                for m in 0..g.mg {
+                    for kk in 0..k_len {
+                        let k = &kc[kk * s..(kk + 1) * s];
+                        let Some(off) = g.axes.input_offset(&i, k, &g.out_sp, &out_str) else {
+                            continue;
+                        };
+                        let wv = *w.get((ci * g.mg + m) * k_len + kk).ok_or_else(oob)?;
+                        let mo = grp * g.mg + m;
+                        let slot = y.get_mut((n * g.m + mo) * out_len + off).ok_or_else(oob)?;
+                        *slot = *slot + xv * wv;
+                    }
+                }
+                advance(&mut i, &g.in_sp);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Offsets for positions `t0..t0 + tl` of `pos_dims` at every kernel
+/// position: `offs[kk * tl + j]`, `usize::MAX` in the padding.
+fn tile_offsets(
+    g: &Geom,
+    kc: &[usize],
+    pos_dims: &[usize],
+    target_dims: &[usize],
+    t0: usize,
+    tl: usize,
+) -> Vec<usize> {
+    let s = pos_dims.len();
+    let k_len = g.k_len();
+    let target_str = strides(target_dims);
+    let mut offs = vec![usize::MAX; k_len * tl];
+    let mut p = coords(t0, pos_dims);
+    for j in 0..tl {
+        for kk in 0..k_len {
+            let k = &kc[kk * s..(kk + 1) * s];
+            if let Some(off) = g.axes.input_offset(&p, k, target_dims, &target_str) {
+                offs[kk * tl + j] = off;
+            }
+        }
+        advance(&mut p, pos_dims);
+    }
+    offs
+}
+
+fn tile_len(height: usize, total: usize) -> usize {
+    (COL_MAX / height.max(1)).clamp(1, total.max(1))
+}
+
+/// One (batch, group) pair of the optimized `conv@1`: `ychunk [M/g, O]`
+/// (already holding the bias) `+= w_g · im2col(x_g)`.
+fn conv_pair<T: Float>(
+    g: &Geom,
+    kc: &[usize],
+    x: &[T],
+    w: &[T],
+    pair: usize,
+    ychunk: &mut [T],
+    par: bool,
+) -> Result<(), String> {
+    let (n, grp) = (pair / g.g, pair % g.g);
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let ck = g.cg * k_len;
+    let x0 = (n * g.c + grp * g.cg) * in_len;
+    let xg = x
+        .get(x0..x0 + g.cg * in_len)
+        .ok_or("internal: conv group outside x")?;
+    let w0 = grp * g.mg * ck;
+    let wm = MatRef {
+        data: w
+            .get(w0..w0 + g.mg * ck)
+            .ok_or("internal: conv group outside w")?,
+        rows: g.mg,
+        cols: ck,
+        rs: ck,
+        cs: 1,
+    };
+    let pointwise = g.k_sp.iter().all(|&k| k == 1)
+        && g.axes.stride.iter().all(|&s| s == 1)
+        && g.axes.pad_b.iter().chain(&g.axes.pad_e).all(|&p| p == 0);
+    if pointwise {
+        // im2col of a 1x1 window is the input itself.
+        let xm = MatRef {
+            data: xg,
+            rows: g.cg,
+            cols: out_len,
+            rs: in_len,
+            cs: 1,
+        };
+        return gemm_into(wm, xm, ychunk, true, par);
+    }
+    let tile = tile_len(ck, out_len);
+    let mut col = vec![T::ZERO; ck * tile];
+    let mut tmp = Vec::new();
+    let mut t0 = 0;
+    while t0 < out_len {
+        let tl = tile.min(out_len - t0);
+        let offs = tile_offsets(g, kc, &g.out_sp, &g.in_sp, t0, tl);
+        let col = &mut col[..ck * tl];
+        for c in 0..g.cg {
+            let xc = &xg[c * in_len..(c + 1) * in_len];
+            let rows = &mut col[c * k_len * tl..(c + 1) * k_len * tl];
+            for (dst, &off) in rows.iter_mut().zip(&offs) {
+                *dst = xc.get(off).copied().unwrap_or(T::ZERO);
+            }
+        }
+        let cm = MatRef {
+            data: &*col,
+            rows: ck,
+            cols: tl,
+            rs: tl,
+            cs: 1,
+        };
+        if tl == out_len {
+            gemm_into(wm, cm, ychunk, true, par)?;
+        } else {
+            tmp.resize(g.mg * tl, T::ZERO);
+            gemm_into(wm, cm, &mut tmp, false, par)?;
+            for m in 0..g.mg {
+                let dst = &mut ychunk[m * out_len + t0..m * out_len + t0 + tl];
+                for (d, v) in dst.iter_mut().zip(&tmp[m * tl..(m + 1) * tl]) {
+                    *d = *d + *v;
+                }
+            }
+        }
+        t0 += tl;
+    }
+    Ok(())
+}
+
+/// One (batch, group) pair of the optimized `conv_transpose@1`:
+/// `cols = w_g^T · x_g`, scattered into `ychunk [M/g, O]`.
+fn conv_transpose_pair<T: Float>(
+    g: &Geom,
+    kc: &[usize],
+    x: &[T],
+    w: &[T],
+    pair: usize,
+    ychunk: &mut [T],
+    par: bool,
+) -> Result<(), String> {
+    let (n, grp) = (pair / g.g, pair % g.g);
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let mk = g.mg * k_len;
+    let x0 = (n * g.c + grp * g.cg) * in_len;
+    let xg = x
+        .get(x0..x0 + g.cg * in_len)
+        .ok_or("internal: conv_transpose group outside x")?;
+    let w0 = grp * g.cg * mk;
+    let wt = MatRef {
+        data: w
+            .get(w0..w0 + g.cg * mk)
+            .ok_or("internal: conv_transpose group outside w")?,
+        rows: mk,
+        cols: g.cg,
+        rs: 1,
+        cs: mk,
+    };
+    if in_len == 0 {
+        return Ok(());
+    }
+    let tile = tile_len(mk, in_len);
+    let mut col = vec![T::ZERO; mk * tile];
+    let mut t0 = 0;
+    while t0 < in_len {
+        let tl = tile.min(in_len - t0);
+        let xm = MatRef {
+            data: xg.get(t0..).ok_or("internal: tile outside x")?,
+            rows: g.cg,
+            cols: tl,
+            rs: in_len,
+            cs: 1,
+        };
+        let col = &mut col[..mk * tl];
+        gemm_into(wt, xm, col, false, par)?;
+        let offs = tile_offsets(g, kc, &g.in_sp, &g.out_sp, t0, tl);
+        for m in 0..g.mg {
+            let yrow = &mut ychunk[m * out_len..(m + 1) * out_len];
+            let crow = &col[m * k_len * tl..(m + 1) * k_len * tl];
+            for (v, &off) in crow.iter().zip(&offs) {
+                if let Some(d) = yrow.get_mut(off) {
+                    *d = *d + *v;
+                }
+            }
+        }
+        t0 += tl;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::testutil::*;
+    use crate::{AttrValue, DType, Impl, Tensor, TensorMeta};
+
+    /// A direct 2-D convolution in f64 with ONNX's definition, written
+    /// independently of the kernel (explicit 4-deep loops, signed indices).
+    #[allow(clippy::too_many_arguments)]
+    fn direct_conv2d(
+        x: &[f64],
+        xs: [usize; 4],
+        w: &[f64],
+        ws: [usize; 4],
+        b: Option<&[f64]>,
+        group: usize,
+        stride: [usize; 2],
+        dil: [usize; 2],
+        pads: [usize; 4],
+    ) -> (Vec<f64>, [usize; 4]) {
+        let [n, c, h, wd] = xs;
+        let [m, cg, kh, kw] = ws;
+        let oh = (h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) / stride[0] + 1;
+        let ow = (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) / stride[1] + 1;
+        let mg = m / group;
+        let mut y = vec![0.0; n * m * oh * ow];
+        for b_ in 0..n {
+            for mo in 0..m {
+                let grp = mo / mg;
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = b.map_or(0.0, |b| b[mo]);
+                        for ci in 0..cg {
+                            let cin = grp * cg + ci;
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let r = (i * stride[0] + p * dil[0]) as i64 - pads[0] as i64;
+                                    let s = (j * stride[1] + q * dil[1]) as i64 - pads[1] as i64;
+                                    if r < 0 || s < 0 || r >= h as i64 || s >= wd as i64 {
+                                        continue;
+                                    }
+                                    acc += x[((b_ * c + cin) * h + r as usize) * wd + s as usize]
+                                        * w[((mo * cg + ci) * kh + p) * kw + q];
+                                }
+                            }
+                        }
+                        y[((b_ * m + mo) * oh + i) * ow + j] = acc;
+                    }
+                }
+            }
+        }
+        (y, [n, m, oh, ow])
+    }
+
+    fn conv_attrs(
+        group: i64,
+        strides: &[i64],
+        dil: &[i64],
+        pads: &[i64],
+        bias: bool,
+    ) -> crate::Attrs {
+        attrs(&[
+            ("group", i(group)),
+            ("strides", ints(strides)),
+            ("dilations", ints(dil)),
+            ("pads", ints(pads)),
+            ("bias", i(i64::from(bias))),
+        ])
+    }
+
+    #[test]
+    fn conv2d_matches_direct_computation() {
+        let x = float_tensor::<f64>(&[2, 4, 7, 6], 1, false);
+        let w = float_tensor::<f64>(&[6, 2, 3, 2], 2, false);
+        let b = float_tensor::<f64>(&[6], 3, false);
+        let (want, shape) = direct_conv2d(
+            &f64s(&x),
+            [2, 4, 7, 6],
+            &f64s(&w),
+            [6, 2, 3, 2],
+            Some(&f64s(&b)),
+            2,
+            [2, 1],
+            [1, 2],
+            [1, 0, 2, 1],
+        );
+        let at = conv_attrs(2, &[2, 1], &[1, 2], &[1, 0, 2, 1], true);
+        for imp in IMPLS {
+            let y = launch("conv@1", &at, &[&x, &w, &b], imp).unwrap();
+            assert_eq!(y.shape(), shape);
+            for (g, w) in f64s(&y).iter().zip(&want) {
+                assert!((g - w).abs() < 1e-9, "{imp:?}: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn conv1d_by_hand() {
+        // y[j] = x[j] - x[j + 1] with one pad on each side.
+        let x = Tensor::from_vec(&[1, 1, 4], vec![1.0f32, 4.0, 9.0, 16.0]).unwrap();
+        let w = Tensor::from_vec(&[1, 1, 2], vec![1.0f32, -1.0]).unwrap();
+        for imp in IMPLS {
+            let y = launch("conv@1", &attrs(&[("pads", ints(&[1, 1]))]), &[&x, &w], imp).unwrap();
+            assert_eq!(y.shape(), [1, 1, 5]);
+            assert_eq!(
+                y.to_vec::<f32>().unwrap(),
+                vec![-1.0, -3.0, -5.0, -7.0, 16.0]
+            );
+        }
+    }
+
+    #[test]
+    fn conv_transpose_by_hand() {
+        // Stride 2, kernel [1, 1]: each input spreads to two outputs.
+        let x = Tensor::from_vec(&[1, 1, 3], vec![1.0f32, 2.0, 3.0]).unwrap();
+        let w = Tensor::from_vec(&[1, 1, 2], vec![1.0f32, 10.0]).unwrap();
+        let b = Tensor::from_vec(&[1], vec![0.5f32]).unwrap();
+        for imp in IMPLS {
+            let y = launch(
+                "conv_transpose@1",
+                &attrs(&[
+                    ("strides", ints(&[2])),
+                    ("output_padding", ints(&[1])),
+                    ("bias", i(1)),
+                ]),
+                &[&x, &w, &b],
+                imp,
+            )
+            .unwrap();
+            assert_eq!(
+                y.to_vec::<f32>().unwrap(),
+                vec![1.5, 10.5, 2.5, 20.5, 3.5, 30.5, 0.5]
+            );
+            // Overlapping windows (stride 1) add up; pads crop.
+            let y = launch(
+                "conv_transpose@1",
+                &attrs(&[("pads", ints(&[1, 0]))]),
+                &[&x, &w],
+                imp,
+            )
+            .unwrap();
+            assert_eq!(y.to_vec::<f32>().unwrap(), vec![12.0, 23.0, 30.0]);
+        }
+    }
+
+    /// conv_transpose is the adjoint of conv: <conv(x, w), y> = <x, convT(y, w)>.
+    #[test]
+    fn conv_transpose_is_the_adjoint_of_conv() {
+        let x = float_tensor::<f64>(&[2, 4, 6, 5], 7, false);
+        let w = float_tensor::<f64>(&[6, 2, 3, 2], 8, false);
+        let at = conv_attrs(2, &[2, 3], &[2, 1], &[1, 2, 0, 1], false);
+        let cx = launch("conv@1", &at, &[&x, &w], Impl::Reference).unwrap();
+        let yv = float_tensor::<f64>(cx.shape(), 9, false);
+        let mut tat = at.clone();
+        // The transposed conv must produce x's spatial shape exactly.
+        let o = cx.shape();
+        let op: Vec<i64> = (0..2)
+            .map(|a| {
+                let (st, d, k) = ([2, 3][a], [2, 1][a], [3, 2][a]);
+                let pads = [[1, 0], [2, 1]][a];
+                let natural = st * (o[2 + a] - 1) + d * (k - 1) + 1 - pads[0] - pads[1];
+                (x.shape()[2 + a] - natural) as i64
+            })
+            .collect();
+        tat.insert("output_padding".into(), AttrValue::Ints(op));
+        for imp in IMPLS {
+            let tx = launch("conv_transpose@1", &tat, &[&yv, &w], imp).unwrap();
+            assert_eq!(tx.shape(), x.shape());
+            let lhs: f64 = f64s(&cx).iter().zip(f64s(&yv)).map(|(a, b)| a * b).sum();
+            let rhs: f64 = f64s(&x).iter().zip(f64s(&tx)).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-8 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
+
+    #[test]
+    fn signature_errors() {
+        let k = bind("conv@1", &conv_attrs(2, &[], &[], &[], true)).unwrap();
+        let m = |s: &[usize]| TensorMeta::new(DType::F32, s.to_vec());
+        assert_eq!(
+            k.check(&[&m(&[1, 4, 5, 5]), &m(&[6, 2, 3, 3]), &m(&[6])])
+                .unwrap(),
+            vec![m(&[1, 6, 3, 3])]
+        );
+        let err =
+            |x: &[usize], w: &[usize]| k.check(&[&m(x), &m(w), &m(&[6])]).unwrap_err().to_string();
+        assert!(err(&[1, 3, 5, 5], &[6, 2, 3, 3]).contains("do not split into 2 groups"));
+        assert!(err(&[1, 4, 5, 5], &[6, 4, 3, 3]).contains("C/group = 2"));
+        assert!(err(&[1, 4, 2, 5], &[6, 2, 3, 3]).contains("padded input has only 2"));
+        assert!(err(&[1, 4, 5, 5], &[6, 2, 0, 3]).contains("kernel size 0"));
+        assert!(err(&[1, 4, 5], &[6, 2, 3, 3]).contains("expected rank 3"));
+        for bad in [
+            conv_attrs(0, &[], &[], &[], false),
+            conv_attrs(1, &[0], &[], &[], false),
+            conv_attrs(1, &[], &[-1], &[], false),
+            conv_attrs(1, &[], &[], &[1 << 40, 0], false),
+        ] {
+            assert!(bind("conv@1", &bad).is_err());
+        }
+        let k = bind("conv@1", &conv_attrs(1, &[1, 1, 1], &[], &[], false)).unwrap();
+        assert!(k
+            .check(&[&m(&[1, 1, 5, 5]), &m(&[1, 1, 3, 3])])
+            .unwrap_err()
+            .to_string()
+            .contains("`strides` has 3 entries but the input has 2 spatial axes"));
+        let t = bind("conv_transpose@1", &attrs(&[("pads", ints(&[3, 3]))])).unwrap();
+        assert!(t
+            .check(&[&m(&[1, 1, 2]), &m(&[1, 1, 2])])
+            .unwrap_err()
+            .to_string()
+            .contains("would have size -3"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn optimized_matches_reference(
+            s in 1usize..=3,
+            n in 0usize..=2,
+            cg in 1usize..=3,
+            mg in 1usize..=3,
+            group in 1usize..=3,
+            dims in prop::collection::vec(1usize..=7, 3),
+            ks in prop::collection::vec(1usize..=3, 3),
+            st in prop::collection::vec(1usize..=3, 3),
+            dl in prop::collection::vec(1usize..=2, 3),
+            pads in prop::collection::vec(0usize..=2, 6),
+            op in prop::collection::vec(0usize..=1, 3),
+            transpose in any::<bool>(),
+            with_bias in any::<bool>(),
+            f64s_ in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let c = cg * group;
+            let m = mg * group;
+            let mut x_shape = vec![n, c];
+            x_shape.extend(&dims[..s]);
+            let mut w_shape = if transpose { vec![c, mg] } else { vec![m, cg] };
+            w_shape.extend(&ks[..s]);
+            let v = |v: &[usize]| AttrValue::Ints(v.iter().map(|&x| x as i64).collect());
+            let mut p = pads[..s].to_vec();
+            p.extend(&pads[3..3 + s]);
+            let mut at = attrs(&[
+                ("group", i(group as i64)),
+                ("strides", v(&st[..s])),
+                ("dilations", v(&dl[..s])),
+                ("pads", v(&p)),
+                ("bias", i(i64::from(with_bias))),
+            ]);
+            if transpose {
+                let op: Vec<usize> = op[..s].iter().zip(&st).map(|(&o, &st)| o.min(st - 1)).collect();
+                at.insert("output_padding".into(), v(&op));
+            }
+            let (x, w, b) = if f64s_ {
+                (float_tensor::<f64>(&x_shape, seed, false), float_tensor::<f64>(&w_shape, seed ^ 1, false), float_tensor::<f64>(&[m], seed ^ 2, false))
+            } else {
+                (float_tensor::<f32>(&x_shape, seed, false), float_tensor::<f32>(&w_shape, seed ^ 1, false), float_tensor::<f32>(&[m], seed ^ 2, false))
+            };
+            let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+            let id = if transpose { "conv_transpose@1" } else { "conv@1" };
+            let Ok(r) = launch(id, &at, &inputs, Impl::Reference) else {
+                // A window larger than the padded input: both refuse.
+                prop_assert!(launch(id, &at, &inputs, Impl::Optimized).is_err());
+                return Ok(());
+            };
+            let o = launch(id, &at, &inputs, Impl::Optimized).unwrap();
+            // Terms are below 100 in magnitude; at most cg * 27 * 2 of them.
+            let eps = if f64s_ { f64::EPSILON } else { f32::EPSILON as f64 };
+            let terms = (cg.max(mg) * 27 * 4) as f64;
+            assert_close(&r, &o, 0.0, eps * terms * 100.0 * 4.0);
+        }
+
+        #[test]
+        fn check_never_panics(a in adversarial_meta(), b in adversarial_meta(), c in adversarial_meta(), group in 1i64..4, pad in 0i64..3) {
+            for id in ["conv@1", "conv_transpose@1"] {
+                for bias in [false, true] {
+                    let at = attrs(&[("group", i(group)), ("pads", ints(&[pad; 4])), ("bias", i(i64::from(bias)))]);
+                    check_is_consistent(&*bind(id, &at).unwrap(), &[&a, &b, &c]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_conv_runs_the_parallel_paths() {
+        // Big enough for rayon and for several im2col tiles per pair.
+        let x = float_tensor::<f32>(&[2, 8, 150, 140], 11, false);
+        let w = float_tensor::<f32>(&[16, 4, 3, 3], 12, false);
+        let at = conv_attrs(2, &[1, 1], &[1, 1], &[1, 1, 1, 1], false);
+        let r = launch("conv@1", &at, &[&x, &w], Impl::Reference).unwrap();
+        let o = launch("conv@1", &at, &[&x, &w], Impl::Optimized).unwrap();
+        assert_close(&r, &o, 0.0, 1e-2);
+        let t = bind("conv_transpose@1", &attrs(&[])).unwrap();
+        let xt = float_tensor::<f32>(&[1, 8, 300, 300], 13, false);
+        let wt = float_tensor::<f32>(&[8, 4, 4, 4], 14, false);
+        let metas = [xt.meta(), wt.meta()];
+        assert_eq!(t.check(&metas).unwrap()[0].shape, [1, 4, 303, 303]);
+        let r = launch(
+            "conv_transpose@1",
+            &attrs(&[]),
+            &[&xt, &wt],
+            Impl::Reference,
+        )
+        .unwrap();
+        let o = launch(
+            "conv_transpose@1",
+            &attrs(&[]),
+            &[&xt, &wt],
+            Impl::Optimized,
+        )
+        .unwrap();
+        assert_close(&r, &o, 0.0, 1e-2);
+    }
+}
