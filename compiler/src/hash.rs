@@ -19,7 +19,9 @@
 //!
 //! where a node is `{"op": "input", "index"}`, `{"op": "global", "index"}`,
 //! `{"op": "constant", "dtype"}`, `{"op": "reshape", "rank"}` or
-//! `{"op": "kernel", "kernel": "name@version", "attrs": {..}}`. Kernel
+//! `{"op": "kernel", "kernel": "name@version", "attrs": {..}}`, or
+//! `{"op": "if" | "while", "regions": [..]}` whose regions are this same
+//! form (`then`, `otherwise`; `cond`, `body`). Kernel
 //! attributes are hashed except those that commonly hold sizes
 //! ([`SIZE_ATTRS`]: slice bounds). Value ids are the graph's own dense
 //! numbering, which follows trace order.
@@ -85,6 +87,10 @@ pub fn canonical_form(graph: &Graph) -> Value {
                     }
                     json!({"op": "kernel", "kernel": kernel, "attrs": a, "inputs": ins})
                 }
+                Op::If { then, otherwise } => json!({"op": "if", "inputs": ins,
+                    "regions": [canonical_form(then), canonical_form(otherwise)]}),
+                Op::While { cond, body } => json!({"op": "while", "inputs": ins,
+                    "regions": [canonical_form(cond), canonical_form(body)]}),
             }
         })
         .collect();

@@ -1,11 +1,13 @@
 //! A reference interpreter of the IR: runs a graph node by node on the
 //! registry's *reference* kernels, in plain host memory, with no wrapper and
 //! no memory plan. It defines what a graph means, so tests use it as the
-//! oracle for compiled entries.
+//! oracle for compiled entries. `If` runs the branch its predicate picks;
+//! `While` loops for as long as its condition holds (nothing bounds the trip
+//! count: the interpreter is an oracle for trusted graphs, not a sandbox).
 
 use std::collections::BTreeMap;
 
-use ampoule_kernels::{Impl, KernelError, Registry, Tensor};
+use ampoule_kernels::{DType, Impl, KernelError, Registry, Tensor};
 
 use crate::ir::{GlobalSource, Graph, Op};
 
@@ -127,6 +129,40 @@ pub fn evaluate(
                     .map_err(|source| EvalError::Kernel { node: n, source })?;
                 outs
             }
+            Op::If { then, otherwise } => {
+                let (pred, args) = ins
+                    .split_first()
+                    .ok_or_else(|| invalid("`if` has no predicate".into()))?;
+                let branch = if truth(pred).map_err(invalid)? {
+                    then
+                } else {
+                    otherwise
+                };
+                let args: Vec<Tensor> = args.iter().map(|t| (*t).clone()).collect();
+                evaluate(branch, registry, &args, bindings).map_err(|e| in_region(n, e))?
+            }
+            Op::While { cond, body } => {
+                let carried = node.outputs.len();
+                let mut args: Vec<Tensor> = ins.iter().map(|t| (*t).clone()).collect();
+                loop {
+                    let c =
+                        evaluate(cond, registry, &args, bindings).map_err(|e| in_region(n, e))?;
+                    let holds = c
+                        .first()
+                        .ok_or_else(|| invalid("`cond` returned nothing".into()))
+                        .and_then(|t| truth(t).map_err(invalid))?;
+                    if !holds {
+                        break;
+                    }
+                    let next =
+                        evaluate(body, registry, &args, bindings).map_err(|e| in_region(n, e))?;
+                    for (slot, t) in args.iter_mut().zip(next) {
+                        *slot = t;
+                    }
+                }
+                args.truncate(carried);
+                args
+            }
         };
         for (v, t) in node.outputs.iter().zip(outs) {
             if let Some(slot) = values.get_mut(v.index()) {
@@ -148,6 +184,30 @@ pub fn evaluate(
                 })
         })
         .collect()
+}
+
+/// Whether element 0 of a bool or integer tensor is non-zero (what the
+/// wrapper's `read-i64` condition tests).
+fn truth(t: &Tensor) -> Result<bool, String> {
+    let b = t.bytes();
+    let n = t.dtype().size();
+    match (t.dtype(), b.get(..n)) {
+        (DType::Bool | DType::I8 | DType::U8 | DType::I32 | DType::I64, Some(x)) => {
+            Ok(x.iter().any(|&byte| byte != 0))
+        }
+        _ => Err(format!(
+            "a condition must be a non-empty bool or integer tensor, got {}",
+            t.meta()
+        )),
+    }
+}
+
+/// An error inside a region of node `n`, reported at `n`.
+fn in_region(n: usize, e: EvalError) -> EvalError {
+    EvalError::Invalid {
+        node: n,
+        message: format!("in a region: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@
 //! - [`Op::Input`], [`Op::Global`], [`Op::Constant`]: no inputs, one output;
 //! - [`Op::Reshape`]: one input, one output with the same dtype and element
 //!   count; a view, not a kernel (lowered to the host's `view`);
+//! - [`Op::If`], [`Op::While`]: structured control flow over [`Region`]s
+//!   (nested graphs), run by the wrapper: only the branch taken, or as many
+//!   trips as the data asks for, launch kernels;
 //! - [`Op::Kernel`]: a `name@version` kernel of the registry with its static
 //!   attributes. The kernel's own signature checker
 //!   ([`ampoule_kernels::Bound::check`]) is the IR's shape and dtype
@@ -32,7 +35,7 @@ use std::fmt;
 
 use ampoule_host::ScalarValue;
 use ampoule_kernels::{
-    AttrValue, Attrs, Bound, KernelError, Registry, Tensor, TensorMeta, MAX_OPERANDS,
+    AttrValue, Attrs, Bound, DType, KernelError, Registry, Tensor, TensorMeta, MAX_OPERANDS,
 };
 
 /// A value: the output of one node.
@@ -66,7 +69,34 @@ pub enum Op {
     Reshape,
     /// A kernel launch.
     Kernel { kernel: String, attrs: Attrs },
+    /// Structured choice: runs `then` if element 0 of input 0 (a
+    /// one-element bool or integer tensor) is non-zero, else `otherwise`.
+    /// Inputs `1..` are the branches' arguments. Each branch is a
+    /// [`Region`] whose inputs have the arguments' types and whose outputs
+    /// have the node's output types. Only the branch taken runs: it is
+    /// wrapper control flow, not a select.
+    If {
+        then: Box<Graph>,
+        otherwise: Box<Graph>,
+    },
+    /// A loop. The node's inputs are `carried` initial values followed by
+    /// loop invariants; `cond` and `body` are [`Region`]s that both take
+    /// (carried.., invariants..). `cond` returns one one-element bool or
+    /// integer tensor; `body` returns the next carried values. The node's
+    /// outputs are the carried values when `cond` first does not hold (so
+    /// there are as many outputs as carried values).
+    While { cond: Box<Graph>, body: Box<Graph> },
 }
+
+/// The graphs of `If` and `While` are *regions*: ordinary [`Graph`]s whose
+/// inputs are the values the node passes in. A region declares no globals
+/// and holds no `Global` or `Constant` node: the tracer places those in the
+/// outermost graph and passes them in as arguments, so storage for data the
+/// wrapper cannot create stays in the package's globals table.
+pub type Region = Graph;
+
+/// How deeply regions may nest. Bounds the recursion of every pass.
+pub const MAX_REGION_DEPTH: usize = 32;
 
 impl Op {
     /// A kernel op.
@@ -85,6 +115,27 @@ impl Op {
             Op::Constant(_) => "constant",
             Op::Reshape => "reshape",
             Op::Kernel { kernel, .. } => kernel,
+            Op::If { .. } => "if",
+            Op::While { .. } => "while",
+        }
+    }
+
+    /// The regions the op holds, in a fixed order (`then`, `otherwise`;
+    /// `cond`, `body`).
+    pub fn regions(&self) -> Vec<&Graph> {
+        match self {
+            Op::If { then, otherwise } => vec![then, otherwise],
+            Op::While { cond, body } => vec![cond, body],
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`Op::regions`], mutably.
+    pub fn regions_mut(&mut self) -> Vec<&mut Graph> {
+        match self {
+            Op::If { then, otherwise } => vec![then, otherwise],
+            Op::While { cond, body } => vec![cond, body],
+            _ => Vec::new(),
         }
     }
 }
@@ -145,6 +196,11 @@ pub struct Graph {
     /// The type of each value, indexed by [`ValueId`].
     pub values: Vec<TensorMeta>,
     pub outputs: Vec<OutputDef>,
+    /// Inputs the function updates in place (indices into `inputs`): the
+    /// last `mutations.len()` entries of `outputs` are their new values, in
+    /// this order, each of its input's type (see `Tracer::assign`). Empty in
+    /// regions.
+    pub mutations: Vec<u32>,
 }
 
 /// Why a builder refused to add a node. The graph is unchanged.
@@ -177,6 +233,8 @@ pub enum BuildError {
         index: u32,
         count: usize,
     },
+    #[error("`{op}`: {message}")]
+    Region { op: &'static str, message: String },
 }
 
 impl Graph {
@@ -343,6 +401,117 @@ impl Graph {
             rest = tail;
         }
         Ok(acc)
+    }
+
+    /// Adds an `If` node (see [`Op::If`]): `pred` selects the branch, `args`
+    /// are passed to it. Checks the predicate's type and that both branches
+    /// take the arguments' types and return the same types.
+    pub fn if_(
+        &mut self,
+        pred: ValueId,
+        args: &[ValueId],
+        then: Graph,
+        otherwise: Graph,
+    ) -> Result<Vec<ValueId>, BuildError> {
+        let err = |message: String| BuildError::Region { op: "if", message };
+        let p = self.try_meta(pred).ok_or(BuildError::UnknownValue(pred))?;
+        check_condition(p).map_err(|m| err(format!("the predicate {m}")))?;
+        let arg_metas = self.metas(args)?;
+        for (name, g) in [("then", &then), ("otherwise", &otherwise)] {
+            check_region(g, &arg_metas).map_err(|m| err(format!("branch `{name}` {m}")))?;
+        }
+        let (a, b) = (then.output_metas(), otherwise.output_metas());
+        if a != b {
+            return Err(err(format!(
+                "the branches return different types: `then` {} and `otherwise` {}; make both return the same dtypes and shapes",
+                fmt_metas(&a),
+                fmt_metas(&b)
+            )));
+        }
+        let mut inputs = vec![pred];
+        inputs.extend_from_slice(args);
+        Ok(self.push(
+            Op::If {
+                then: Box::new(then),
+                otherwise: Box::new(otherwise),
+            },
+            inputs,
+            a,
+        ))
+    }
+
+    /// Adds a `While` node (see [`Op::While`]) carrying `carried` and reading
+    /// `invariants`. Checks that `cond` returns one condition and `body`
+    /// returns the carried types.
+    pub fn while_(
+        &mut self,
+        carried: &[ValueId],
+        invariants: &[ValueId],
+        cond: Graph,
+        body: Graph,
+    ) -> Result<Vec<ValueId>, BuildError> {
+        let err = |message: String| BuildError::Region {
+            op: "while",
+            message,
+        };
+        let carried_metas = self.metas(carried)?;
+        let mut arg_metas = carried_metas.clone();
+        arg_metas.extend(self.metas(invariants)?);
+        for (name, g) in [("cond", &cond), ("body", &body)] {
+            check_region(g, &arg_metas).map_err(|m| err(format!("region `{name}` {m}")))?;
+        }
+        match cond.output_metas().as_slice() {
+            [m] => check_condition(m).map_err(|m| err(format!("the condition {m}")))?,
+            other => {
+                return Err(err(format!(
+                    "`cond` must return one condition, it returns {}",
+                    fmt_metas(other)
+                )))
+            }
+        }
+        let next = body.output_metas();
+        if next != carried_metas {
+            return Err(err(format!(
+                "`body` must return the carried types {}, it returns {}",
+                fmt_metas(&carried_metas),
+                fmt_metas(&next)
+            )));
+        }
+        let mut inputs = carried.to_vec();
+        inputs.extend_from_slice(invariants);
+        Ok(self.push(
+            Op::While {
+                cond: Box::new(cond),
+                body: Box::new(body),
+            },
+            inputs,
+            carried_metas,
+        ))
+    }
+
+    fn metas(&self, vs: &[ValueId]) -> Result<Vec<TensorMeta>, BuildError> {
+        vs.iter()
+            .map(|&v| self.try_meta(v).cloned().ok_or(BuildError::UnknownValue(v)))
+            .collect()
+    }
+
+    /// The types of the graph's outputs (out-of-range ones are skipped; the
+    /// verifier reports them).
+    pub fn output_metas(&self) -> Vec<TensorMeta> {
+        self.outputs
+            .iter()
+            .filter_map(|o| self.try_meta(o.value).cloned())
+            .collect()
+    }
+
+    /// How deeply regions nest inside this graph (0 for none).
+    pub fn region_depth(&self) -> usize {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.op.regions())
+            .map(|r| 1 + r.region_depth())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Declares an output.
@@ -534,6 +703,7 @@ impl fmt::Display for Graph {
                         write!(f, " {{{}}}", a.join(", "))?;
                     }
                 }
+                op @ (Op::If { .. } | Op::While { .. }) => write!(f, "{}", op.name())?,
             }
             let ins: Vec<String> = node.inputs.iter().map(ToString::to_string).collect();
             if !ins.is_empty() {
@@ -548,6 +718,17 @@ impl fmt::Display for Graph {
                 })
                 .collect();
             writeln!(f, " : {}", types.join(", "))?;
+            let names: &[&str] = match node.op {
+                Op::If { .. } => &["then", "otherwise"],
+                _ => &["cond", "body"],
+            };
+            for (name, region) in names.iter().zip(node.op.regions()) {
+                writeln!(f, "    {name} {{")?;
+                for line in region.to_string().lines() {
+                    writeln!(f, "      {line}")?;
+                }
+                writeln!(f, "    }}")?;
+            }
         }
         for o in &self.outputs {
             writeln!(f, "output {} = {}", o.name, o.value)?;
@@ -559,6 +740,45 @@ impl fmt::Display for Graph {
 /// Attributes from `(name, value)` pairs.
 pub fn attrs<const N: usize>(pairs: [(&str, AttrValue); N]) -> Attrs {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// A condition is a one-element bool or integer tensor (the wrapper reads it
+/// with `read-i64`).
+pub fn check_condition(meta: &TensorMeta) -> Result<(), String> {
+    if meta.numel() != Some(1) || !(meta.dtype.is_int() || meta.dtype == DType::Bool) {
+        return Err(format!(
+            "must be a one-element bool or integer tensor, it is {meta}"
+        ));
+    }
+    Ok(())
+}
+
+/// A region takes exactly `args` and holds no globals or constants.
+fn check_region(g: &Graph, args: &[TensorMeta]) -> Result<(), String> {
+    let inputs: Vec<TensorMeta> = g.inputs.iter().map(|i| i.meta.clone()).collect();
+    if inputs != args {
+        return Err(format!(
+            "takes {}, but is passed {}",
+            fmt_metas(&inputs),
+            fmt_metas(args)
+        ));
+    }
+    if !g.globals.is_empty()
+        || g.nodes
+            .iter()
+            .any(|n| matches!(n.op, Op::Global(_) | Op::Constant(_)))
+    {
+        return Err("declares globals or constants; pass them in as arguments".into());
+    }
+    if g.region_depth() + 1 > MAX_REGION_DEPTH {
+        return Err(format!("nests regions deeper than {MAX_REGION_DEPTH}"));
+    }
+    Ok(())
+}
+
+fn fmt_metas(ms: &[TensorMeta]) -> String {
+    let parts: Vec<String> = ms.iter().map(ToString::to_string).collect();
+    format!("({})", parts.join(", "))
 }
 
 #[cfg(test)]

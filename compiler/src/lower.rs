@@ -20,18 +20,31 @@
 //! (`Graph::concat` chains concats of more than five inputs), and lowering
 //! refuses any launch that still does.
 //!
+//! Control flow:
+//!
+//! - an `If` becomes an `If` step; each branch is lowered as a region and
+//!   ends by moving its (materialized) results into the node's output
+//!   registers;
+//! - a `While` becomes a `Loop` step: its carried values live in buffers of
+//!   their own, filled by a `copy@1` of the initial values; the head runs the
+//!   `cond` region, the body runs the `body` region and copies its results
+//!   into the carried buffers (never aliasing what the body reads);
+//! - a region's buffers are planned like the graph's but allocated once per
+//!   instance by `Alloc` steps in `init`, so a loop allocates nothing per
+//!   trip; the views a region makes per execution are released at its end.
+//!
 //! `run` is the kernel launches in node order, with the input views placed
 //! right before their first use. So a static entry's `run` makes no `alloc`
 //! call. Kernel-table rows are deduplicated by (kernel, attributes).
 //! Constants must have become globals before lowering
 //! (`passes::constants_to_globals`).
 
-use ampoule_guest::{Dim, Program, Reg, Step};
+use ampoule_guest::{Cond, Dim, Program, Reg, Step};
 use ampoule_host::manifest::{BufferDecl, KernelUse};
 use ampoule_kernels::{Attrs, TensorMeta, MAX_OPERANDS};
 
 use crate::ir::{Graph, Op};
-use crate::passes::plan::MemoryPlan;
+use crate::passes::plan::{plan_memory, MemoryPlan};
 
 /// What lowering produces for one entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,109 +121,24 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
     let ng = count(globals.len())?;
     let nb = count(plan.buffers.len())?;
     let ni = count(graph.inputs.len())?;
-    let mut next = ng
+    let next = ng
         .checked_add(nb)
         .and_then(|n| n.checked_add(ni))
         .ok_or(LowerError::TooLarge)?;
-    let mut temp = || {
-        let r = Reg(next);
-        next = next.checked_add(1).ok_or(LowerError::TooLarge)?;
-        Ok::<Reg, LowerError>(r)
+    let mut l = Lowerer {
+        next,
+        init: Vec::new(),
+        kernels: Vec::new(),
+        globals,
     };
-
-    let mut place: Vec<Option<(Reg, Phase)>> = vec![None; graph.values.len()];
-    let mut init = Vec::new();
+    let inputs = (0..ni)
+        .map(|i| (Reg(ng + nb + i), Phase::Run))
+        .collect::<Vec<_>>();
+    let buffers = (0..nb).map(|b| Reg(ng + b)).collect::<Vec<_>>();
     let mut run = Vec::new();
-    let mut kernels: Vec<KernelUse> = Vec::new();
-    for (n, node) in graph.nodes.iter().enumerate() {
-        let out = node.outputs.first().copied();
-        match &node.op {
-            Op::Input(i) => {
-                if let Some(o) = out {
-                    place[o.index()] = Some((Reg(ng + nb + i), Phase::Run));
-                }
-            }
-            Op::Global(g) => {
-                let slot = globals.iter().position(|x| x == g).unwrap_or(0);
-                if let Some(o) = out {
-                    place[o.index()] = Some((Reg(count(slot)?), Phase::Init));
-                }
-            }
-            Op::Constant(_) => return Err(LowerError::Constant { node: n }),
-            Op::Reshape => {
-                let (Some(o), Some(src)) = (out, node.inputs.first()) else {
-                    continue;
-                };
-                let (src, phase) = place[src.index()].ok_or(LowerError::Unplaced { node: n })?;
-                let dst = temp()?;
-                let step = Step::View {
-                    dst,
-                    src,
-                    dims: dims(graph.meta(o))?,
-                };
-                match phase {
-                    Phase::Init => init.push(step),
-                    Phase::Run => run.push(step),
-                }
-                place[o.index()] = Some((dst, phase));
-            }
-            Op::Kernel { kernel, attrs } => {
-                let mut args = Vec::with_capacity(node.inputs.len() + node.outputs.len());
-                for v in &node.inputs {
-                    args.push(place[v.index()].ok_or(LowerError::Unplaced { node: n })?.0);
-                }
-                for &o in &node.outputs {
-                    let b = plan
-                        .buffer_of
-                        .get(o.index())
-                        .copied()
-                        .flatten()
-                        .ok_or_else(|| LowerError::Unplanned {
-                            node: n,
-                            value: o.to_string(),
-                        })?;
-                    let buffer = Reg(ng + b);
-                    let meta = graph.meta(o);
-                    let reg = if plan.buffers.get(b as usize) == Some(meta) {
-                        buffer
-                    } else {
-                        let dst = temp()?;
-                        init.push(Step::View {
-                            dst,
-                            src: buffer,
-                            dims: dims(meta)?,
-                        });
-                        dst
-                    };
-                    place[o.index()] = Some((reg, Phase::Init));
-                    args.push(reg);
-                }
-                if args.len() > MAX_OPERANDS {
-                    return Err(LowerError::TooManyOperands {
-                        node: n,
-                        kernel: kernel.clone(),
-                        operands: args.len(),
-                    });
-                }
-                let k = kernel_row(&mut kernels, kernel, attrs)?;
-                run.push(Step::Launch { kernel: k, args });
-            }
-        }
-    }
-    let outputs = graph
-        .outputs
-        .iter()
-        .map(|o| {
-            place
-                .get(o.value.index())
-                .copied()
-                .flatten()
-                .map(|(r, _)| r)
-                .ok_or(LowerError::Unplaced {
-                    node: graph.nodes.len(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    // Root-level views made in `run` are freed with the run's slots.
+    let mut transient = Vec::new();
+    let outputs = l.nodes(graph, plan, &buffers, &inputs, &mut run, &mut transient)?;
     let buffers = plan
         .buffers
         .iter()
@@ -224,15 +152,255 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
             globals: ng,
             buffers: nb,
             inputs: ni,
-            registers: next,
-            init,
+            registers: l.next,
+            init: l.init,
             run,
             outputs,
         },
-        kernels,
-        globals,
+        kernels: l.kernels,
+        globals: l.globals,
         buffers,
     })
+}
+
+/// Lowering state shared by the outermost graph and its regions.
+struct Lowerer {
+    /// The next free temporary register.
+    next: u32,
+    /// `init` steps: views of stable storage, and the buffers of regions.
+    init: Vec<Step>,
+    kernels: Vec<KernelUse>,
+    /// The entry's globals table (graph global indices).
+    globals: Vec<u32>,
+}
+
+impl Lowerer {
+    fn temp(&mut self) -> Result<Reg, LowerError> {
+        let r = Reg(self.next);
+        self.next = self.next.checked_add(1).ok_or(LowerError::TooLarge)?;
+        Ok(r)
+    }
+
+    /// A buffer of `meta` of a region, allocated once per instance in `init`.
+    fn region_buffer(&mut self, meta: &TensorMeta) -> Result<Reg, LowerError> {
+        let dst = self.temp()?;
+        self.init.push(Step::Alloc {
+            dst,
+            dtype: meta.dtype.code(),
+            dims: dims(meta)?,
+        });
+        Ok(dst)
+    }
+
+    fn kernel(&mut self, kernel: &str, attrs: &Attrs) -> Result<u32, LowerError> {
+        kernel_row(&mut self.kernels, kernel, attrs)
+    }
+
+    /// Lowers the nodes of `graph` into `run` and returns its output
+    /// registers. `buffers` holds the register of each planned buffer of
+    /// `plan`; `inputs` where each graph input is. Views made in `run` are
+    /// pushed on `transient`.
+    fn nodes(
+        &mut self,
+        graph: &Graph,
+        plan: &MemoryPlan,
+        buffers: &[Reg],
+        inputs: &[(Reg, Phase)],
+        run: &mut Vec<Step>,
+        transient: &mut Vec<Reg>,
+    ) -> Result<Vec<Reg>, LowerError> {
+        let mut place: Vec<Option<(Reg, Phase)>> = vec![None; graph.values.len()];
+        for (n, node) in graph.nodes.iter().enumerate() {
+            let unplaced = || LowerError::Unplaced { node: n };
+            let ins = node
+                .inputs
+                .iter()
+                .map(|v| place.get(v.index()).copied().flatten().ok_or_else(unplaced))
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = node.outputs.first().copied();
+            match &node.op {
+                Op::Input(i) => {
+                    if let Some(o) = out {
+                        place[o.index()] = Some(*inputs.get(*i as usize).ok_or_else(unplaced)?);
+                    }
+                }
+                Op::Global(g) => {
+                    let slot = self
+                        .globals
+                        .iter()
+                        .position(|x| x == g)
+                        .ok_or_else(unplaced)?;
+                    if let Some(o) = out {
+                        place[o.index()] = Some((Reg(count(slot)?), Phase::Init));
+                    }
+                }
+                Op::Constant(_) => return Err(LowerError::Constant { node: n }),
+                Op::Reshape => {
+                    let (Some(o), Some(&(src, phase))) = (out, ins.first()) else {
+                        continue;
+                    };
+                    let dst = self.temp()?;
+                    let step = Step::View {
+                        dst,
+                        src,
+                        dims: dims(graph.meta(o))?,
+                    };
+                    match phase {
+                        Phase::Init => self.init.push(step),
+                        Phase::Run => {
+                            run.push(step);
+                            transient.push(dst);
+                        }
+                    }
+                    place[o.index()] = Some((dst, phase));
+                }
+                Op::Kernel { kernel, attrs } => {
+                    let mut args: Vec<Reg> = ins.iter().map(|&(r, _)| r).collect();
+                    for &o in &node.outputs {
+                        let b = plan
+                            .buffer_of
+                            .get(o.index())
+                            .copied()
+                            .flatten()
+                            .ok_or_else(|| LowerError::Unplanned {
+                                node: n,
+                                value: o.to_string(),
+                            })?;
+                        let buffer =
+                            *buffers
+                                .get(b as usize)
+                                .ok_or_else(|| LowerError::Unplanned {
+                                    node: n,
+                                    value: o.to_string(),
+                                })?;
+                        let meta = graph.meta(o);
+                        let reg = if plan.buffers.get(b as usize) == Some(meta) {
+                            buffer
+                        } else {
+                            let dst = self.temp()?;
+                            self.init.push(Step::View {
+                                dst,
+                                src: buffer,
+                                dims: dims(meta)?,
+                            });
+                            dst
+                        };
+                        place[o.index()] = Some((reg, Phase::Init));
+                        args.push(reg);
+                    }
+                    if args.len() > MAX_OPERANDS {
+                        return Err(LowerError::TooManyOperands {
+                            node: n,
+                            kernel: kernel.clone(),
+                            operands: args.len(),
+                        });
+                    }
+                    let k = self.kernel(kernel, attrs)?;
+                    run.push(Step::Launch { kernel: k, args });
+                }
+                Op::If { then, otherwise } => {
+                    let (&(pred, _), args) = ins.split_first().ok_or_else(unplaced)?;
+                    let outs = node
+                        .outputs
+                        .iter()
+                        .map(|_| self.temp())
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut branches = Vec::with_capacity(2);
+                    for region in [then, otherwise] {
+                        let mut steps = Vec::new();
+                        let results = self.region(region, args, &mut steps)?;
+                        for (&dst, src) in outs.iter().zip(results) {
+                            steps.push(Step::Move { dst, src });
+                        }
+                        branches.push(steps);
+                    }
+                    let otherwise = branches.pop().unwrap_or_default();
+                    let then = branches.pop().unwrap_or_default();
+                    run.push(Step::If {
+                        cond: Cond(pred),
+                        then,
+                        otherwise,
+                    });
+                    for (o, &r) in node.outputs.iter().zip(&outs) {
+                        place[o.index()] = Some((r, Phase::Run));
+                    }
+                }
+                Op::While { cond, body } => {
+                    let copy = self.kernel("copy@1", &Attrs::new())?;
+                    let mut carried = Vec::with_capacity(node.outputs.len());
+                    for (o, &(init, _)) in node.outputs.iter().zip(&ins) {
+                        let c = self.region_buffer(graph.meta(*o))?;
+                        run.push(Step::Launch {
+                            kernel: copy,
+                            args: vec![init, c],
+                        });
+                        carried.push(c);
+                    }
+                    let mut args: Vec<(Reg, Phase)> =
+                        carried.iter().map(|&c| (c, Phase::Init)).collect();
+                    args.extend(ins.get(carried.len()..).unwrap_or_default());
+                    let mut head = Vec::new();
+                    let test = *self
+                        .region(cond, &args, &mut head)?
+                        .first()
+                        .ok_or_else(unplaced)?;
+                    let mut looped = Vec::new();
+                    let next = self.region(body, &args, &mut looped)?;
+                    for (&c, r) in carried.iter().zip(next) {
+                        looped.push(Step::Launch {
+                            kernel: copy,
+                            args: vec![r, c],
+                        });
+                    }
+                    run.push(Step::Loop {
+                        head,
+                        cond: Cond(test),
+                        body: looped,
+                    });
+                    for (o, &c) in node.outputs.iter().zip(&carried) {
+                        place[o.index()] = Some((c, Phase::Init));
+                    }
+                }
+            }
+        }
+        graph
+            .outputs
+            .iter()
+            .map(|o| {
+                place
+                    .get(o.value.index())
+                    .copied()
+                    .flatten()
+                    .map(|(r, _)| r)
+                    .ok_or(LowerError::Unplaced {
+                        node: graph.nodes.len(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Lowers a region whose inputs are at `args` into `steps` and returns
+    /// its result registers. The region's buffers are allocated in `init`;
+    /// the views it makes per execution are released at its end (a loop
+    /// would otherwise hold one slot per trip). Results are never such views:
+    /// region outputs are materialized kernel outputs.
+    fn region(
+        &mut self,
+        region: &Graph,
+        args: &[(Reg, Phase)],
+        steps: &mut Vec<Step>,
+    ) -> Result<Vec<Reg>, LowerError> {
+        let plan = plan_memory(region);
+        let buffers = plan
+            .buffers
+            .iter()
+            .map(|m| self.region_buffer(m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut transient = Vec::new();
+        let results = self.nodes(region, &plan, &buffers, args, steps, &mut transient)?;
+        steps.extend(transient.into_iter().map(|reg| Step::Release { reg }));
+        Ok(results)
+    }
 }
 
 fn kernel_row(table: &mut Vec<KernelUse>, kernel: &str, attrs: &Attrs) -> Result<u32, LowerError> {

@@ -31,6 +31,10 @@
 //! - A rank-0 input can be read at trace time with [`Tracer::scalar_input`];
 //!   the entry is then specialized on that value and the signature declares
 //!   the input a scalar.
+//! - [`Tracer::assign`] declares that the function updates an input in
+//!   place (a cache, a running statistic): the new value becomes a hidden
+//!   output after the declared ones, and the host writes it into the
+//!   caller's tensor after a successful call.
 //! - `concat` of more than five inputs becomes a chain of concats (a launch
 //!   carries at most six operands).
 //!
@@ -44,17 +48,36 @@ use ampoule_host::ScalarValue;
 use ampoule_kernels::{AttrValue, Attrs, DType, Registry, Tensor, TensorMeta};
 
 use crate::hash::program_hash;
-use crate::ir::{attrs, BuildError, GlobalDef, GlobalSource, Graph, ValueId};
+use crate::ir::{attrs, BuildError, GlobalDef, GlobalSource, Graph, Op, ValueId, MAX_REGION_DEPTH};
 
-/// A traced value: a cheap handle to a value of the graph being traced.
+/// A traced value: a cheap handle to a value of the graph being traced, or
+/// of a region being traced inside it ([`Tracer::cond`],
+/// [`Tracer::while_loop`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Traced(ValueId);
+pub struct Traced {
+    /// The graph the value belongs to: 0 for the function's graph, a fresh
+    /// number for each region.
+    scope: u32,
+    value: ValueId,
+}
 
 impl Traced {
-    /// The IR value this handle names.
+    /// The IR value this handle names (in the graph of its scope).
     pub fn id(self) -> ValueId {
-        self.0
+        self.value
     }
+}
+
+/// The function's own graph's scope.
+const ROOT: u32 = 0;
+
+/// A graph whose recording is suspended while a region inside it is traced.
+struct Level {
+    graph: Graph,
+    scope: u32,
+    /// `(value in the enclosing graph, input value here)` for every value
+    /// of an enclosing graph the region reads.
+    captures: Vec<(ValueId, ValueId)>,
 }
 
 /// An example input: what tracing knows about one input.
@@ -225,6 +248,10 @@ impl FunctionDef {
             bindings,
             examples,
             globals: HashMap::new(),
+            scope: ROOT,
+            captures: Vec::new(),
+            outer: Vec::new(),
+            next_scope: ROOT,
         };
         let mut inputs = Vec::with_capacity(examples.len());
         for (i, (name, ex)) in names.into_iter().zip(examples).enumerate() {
@@ -233,9 +260,12 @@ impl FunctionDef {
                 op: format!("input {i}"),
                 source,
             })?;
-            inputs.push(Traced(v));
+            inputs.push(cx.t(v));
         }
         let outs = (self.body)(&mut cx, &inputs)?;
+        // `assign` recorded the new values of updated inputs as outputs;
+        // they go after the declared outputs (see `Graph::mutations`).
+        let updated = std::mem::take(&mut cx.graph.outputs);
         let out_names: Vec<String> = match &self.outputs {
             Some(n) if n.len() != outs.len() => {
                 return Err(TraceError::Arity {
@@ -250,9 +280,10 @@ impl FunctionDef {
             None => (0..outs.len()).map(|i| format!("y{i}")).collect(),
         };
         for (name, t) in out_names.into_iter().zip(outs) {
-            cx.check(t, "return")?;
-            cx.graph.add_output(name, t.0);
+            let v = cx.resolve(t, "return")?;
+            cx.graph.add_output(name, v);
         }
+        cx.graph.outputs.extend(updated);
         let graph = cx.graph;
         let program_hash = program_hash(&graph);
         Ok(Trace {
@@ -268,8 +299,15 @@ pub struct Tracer<'a> {
     registry: &'a Registry,
     bindings: &'a BTreeMap<String, Tensor>,
     examples: &'a [Example],
-    /// Globals by name: index and the value that reads it.
+    /// Globals by name: index and the value that reads it (in the function's
+    /// own graph).
     globals: HashMap<String, (u32, ValueId)>,
+    /// The scope of `graph`, and what it reads from enclosing graphs.
+    scope: u32,
+    captures: Vec<(ValueId, ValueId)>,
+    /// The enclosing graphs while a region is traced, outermost first.
+    outer: Vec<Level>,
+    next_scope: u32,
 }
 
 fn s(v: &str) -> AttrValue {
@@ -306,8 +344,8 @@ impl Tracer<'_> {
         // trace that is out of range gets a rank-0 placeholder, and the next op
         // on it reports the unknown value.
         static NONE: std::sync::OnceLock<TensorMeta> = std::sync::OnceLock::new();
-        self.graph
-            .try_meta(t.0)
+        self.graph_of(t.scope)
+            .and_then(|g| g.try_meta(t.value))
             .unwrap_or_else(|| NONE.get_or_init(|| TensorMeta::new(DType::U8, [])))
     }
 
@@ -320,11 +358,11 @@ impl Tracer<'_> {
     }
 
     fn check(&self, t: Traced, op: &str) -> Result<(), TraceError> {
-        match self.graph.try_meta(t.0) {
+        match self.graph_of(t.scope).and_then(|g| g.try_meta(t.value)) {
             Some(_) => Ok(()),
             None => Err(TraceError::Op {
                 op: op.to_string(),
-                source: BuildError::UnknownValue(t.0),
+                source: BuildError::UnknownValue(t.value),
             }),
         }
     }
@@ -336,7 +374,7 @@ impl Tracer<'_> {
         attrs: Attrs,
         inputs: &[Traced],
     ) -> Result<Vec<Traced>, TraceError> {
-        let ins: Vec<ValueId> = inputs.iter().map(|t| t.0).collect();
+        let ins = self.resolve_all(inputs, kernel)?;
         let outs = self
             .graph
             .kernel(self.registry, kernel, attrs, &ins)
@@ -344,7 +382,7 @@ impl Tracer<'_> {
                 op: kernel.to_string(),
                 source,
             })?;
-        Ok(outs.into_iter().map(Traced).collect())
+        Ok(outs.into_iter().map(|v| self.t(v)).collect())
     }
 
     fn one(
@@ -354,7 +392,7 @@ impl Tracer<'_> {
         attrs: Attrs,
         inputs: &[Traced],
     ) -> Result<Traced, TraceError> {
-        let ins: Vec<ValueId> = inputs.iter().map(|t| t.0).collect();
+        let ins = self.resolve_all(inputs, op)?;
         let outs = self
             .graph
             .kernel(self.registry, kernel, attrs, &ins)
@@ -364,14 +402,291 @@ impl Tracer<'_> {
             })?;
         outs.first()
             .copied()
-            .map(Traced)
+            .map(|v| self.t(v))
             .ok_or_else(|| TraceError::Invalid {
                 op: op.to_string(),
                 message: format!("kernel `{kernel}` defines no output"),
             })
     }
 
+    // ---- scopes ----
+
+    /// A handle to `v` of the graph being recorded now.
+    fn t(&self, value: ValueId) -> Traced {
+        Traced {
+            scope: self.scope,
+            value,
+        }
+    }
+
+    fn graph_of(&self, scope: u32) -> Option<&Graph> {
+        if scope == self.scope {
+            return Some(&self.graph);
+        }
+        self.outer
+            .iter()
+            .find(|l| l.scope == scope)
+            .map(|l| &l.graph)
+    }
+
+    /// The function's own graph (inputs, globals).
+    fn root_mut(&mut self) -> &mut Graph {
+        match self.outer.first_mut() {
+            Some(l) => &mut l.graph,
+            None => &mut self.graph,
+        }
+    }
+
+    /// Runs `f` with the function's own graph as the current one: globals
+    /// and constants always live there, and regions read them as inputs.
+    fn in_root<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let Some(root) = self.outer.first_mut() else {
+            return f(self);
+        };
+        std::mem::swap(&mut self.graph, &mut root.graph);
+        std::mem::swap(&mut self.scope, &mut root.scope);
+        let r = f(self);
+        if let Some(root) = self.outer.first_mut() {
+            std::mem::swap(&mut self.graph, &mut root.graph);
+            std::mem::swap(&mut self.scope, &mut root.scope);
+        }
+        r
+    }
+
+    /// The value `t` names in the graph recorded now. A value of an
+    /// enclosing graph is passed into each region in between as an input
+    /// (once per region, however often it is read).
+    fn resolve(&mut self, t: Traced, op: &str) -> Result<ValueId, TraceError> {
+        if t.scope == self.scope {
+            self.check(t, op)?;
+            return Ok(t.value);
+        }
+        let Some(j) = self.outer.iter().position(|l| l.scope == t.scope) else {
+            return Err(TraceError::Invalid {
+                op: op.to_string(),
+                message: format!(
+                    "{} belongs to a region that has ended; return it from the region instead",
+                    t.value
+                ),
+            });
+        };
+        self.check(t, op)?;
+        let meta = self.meta(t).clone();
+        let mut v = t.value;
+        for level in self.outer.iter_mut().skip(j + 1) {
+            v = lift(&mut level.graph, &mut level.captures, v, &meta);
+        }
+        Ok(lift(&mut self.graph, &mut self.captures, v, &meta))
+    }
+
+    fn resolve_all(&mut self, ts: &[Traced], op: &str) -> Result<Vec<ValueId>, TraceError> {
+        ts.iter().map(|&t| self.resolve(t, op)).collect()
+    }
+
+    /// Traces `body` as a region taking `args`; returns the region's graph
+    /// and the enclosing values it reads (its extra inputs, after `args`).
+    fn region(
+        &mut self,
+        op: &str,
+        args: &[TensorMeta],
+        body: impl FnOnce(&mut Self, &[Traced]) -> Result<Vec<Traced>, TraceError>,
+    ) -> Result<(Graph, Vec<ValueId>), TraceError> {
+        if self.outer.len() >= MAX_REGION_DEPTH {
+            return Err(TraceError::Invalid {
+                op: op.to_string(),
+                message: format!("regions nest deeper than {MAX_REGION_DEPTH}"),
+            });
+        }
+        self.next_scope += 1;
+        self.outer.push(Level {
+            graph: std::mem::take(&mut self.graph),
+            scope: std::mem::replace(&mut self.scope, self.next_scope),
+            captures: std::mem::take(&mut self.captures),
+        });
+        let traced = (|| {
+            let mut params = Vec::with_capacity(args.len());
+            for (i, m) in args.iter().enumerate() {
+                let index = self.graph.add_input(format!("r{i}"), m.clone());
+                let v = self.graph.input(index).map_err(|source| TraceError::Op {
+                    op: op.to_string(),
+                    source,
+                })?;
+                params.push(self.t(v));
+            }
+            let results = body(self, &params)?;
+            for (i, r) in results.into_iter().enumerate() {
+                let v = self.resolve(r, op)?;
+                self.graph.add_output(format!("y{i}"), v);
+            }
+            Ok(())
+        })();
+        // Restore the enclosing graph whatever happened.
+        let level = self.outer.pop().ok_or_else(|| TraceError::Invalid {
+            op: op.to_string(),
+            message: "the region stack is empty".into(),
+        })?;
+        let graph = std::mem::replace(&mut self.graph, level.graph);
+        let captures = std::mem::replace(&mut self.captures, level.captures);
+        self.scope = level.scope;
+        traced?;
+        Ok((
+            graph,
+            captures.into_iter().map(|(outer, _)| outer).collect(),
+        ))
+    }
+
+    // ---- control flow ----
+
+    /// Runs `then` if `pred` (a one-element bool or integer tensor) is
+    /// non-zero, else `otherwise`, each on `operands`, as wrapper control
+    /// flow: only the branch taken launches kernels. Both branches must
+    /// return the same dtypes and shapes. The branches may also read any
+    /// value traced outside them (weights, other tensors): those are passed
+    /// in automatically.
+    pub fn cond<T, E>(
+        &mut self,
+        pred: Traced,
+        operands: &[Traced],
+        then: T,
+        otherwise: E,
+    ) -> Result<Vec<Traced>, TraceError>
+    where
+        T: FnOnce(&mut Self, &[Traced]) -> Result<Vec<Traced>, TraceError>,
+        E: FnOnce(&mut Self, &[Traced]) -> Result<Vec<Traced>, TraceError>,
+    {
+        let p = self.resolve(pred, "cond")?;
+        let args = self.resolve_all(operands, "cond")?;
+        let metas: Vec<TensorMeta> = args.iter().map(|&v| self.graph.meta(v).clone()).collect();
+        let (mut a, a_caps) = self.region("cond (then)", &metas, then)?;
+        let (mut b, b_caps) = self.region("cond (otherwise)", &metas, otherwise)?;
+        // Both branches take (operands, then's captures, otherwise's).
+        let meta_of = |cx: &Self, vs: &[ValueId]| -> Vec<TensorMeta> {
+            vs.iter().map(|&v| cx.graph.meta(v).clone()).collect()
+        };
+        let end = a.inputs.len();
+        splice_inputs(&mut a, end, &meta_of(self, &b_caps));
+        splice_inputs(&mut b, metas.len(), &meta_of(self, &a_caps));
+        let mut ins = args;
+        ins.extend(a_caps);
+        ins.extend(b_caps);
+        let outs = self
+            .graph
+            .if_(p, &ins, a, b)
+            .map_err(|source| TraceError::Op {
+                op: "cond".into(),
+                source,
+            })?;
+        Ok(outs.into_iter().map(|v| self.t(v)).collect())
+    }
+
+    /// `while cond(carried) { carried = body(carried) }`, as a loop in the
+    /// wrapper: the trip count may depend on data. `cond` returns a
+    /// one-element bool or integer tensor; `body` returns the next carried
+    /// values, with the same dtypes and shapes as `init`. Returns the carried
+    /// values once `cond` does not hold. Values traced outside the loop are
+    /// passed in automatically (loop invariants). A loop that never ends is
+    /// stopped by the host's deadline.
+    pub fn while_loop<C, B>(
+        &mut self,
+        init: &[Traced],
+        cond: C,
+        body: B,
+    ) -> Result<Vec<Traced>, TraceError>
+    where
+        C: FnOnce(&mut Self, &[Traced]) -> Result<Traced, TraceError>,
+        B: FnOnce(&mut Self, &[Traced]) -> Result<Vec<Traced>, TraceError>,
+    {
+        let carried = self.resolve_all(init, "while_loop")?;
+        let metas: Vec<TensorMeta> = carried
+            .iter()
+            .map(|&v| self.graph.meta(v).clone())
+            .collect();
+        let (mut c, c_caps) = self.region("while_loop (cond)", &metas, |cx, xs| {
+            Ok(vec![cond(cx, xs)?])
+        })?;
+        let (mut b, b_caps) = self.region("while_loop (body)", &metas, body)?;
+        let meta_of = |cx: &Self, vs: &[ValueId]| -> Vec<TensorMeta> {
+            vs.iter().map(|&v| cx.graph.meta(v).clone()).collect()
+        };
+        let end = c.inputs.len();
+        splice_inputs(&mut c, end, &meta_of(self, &b_caps));
+        splice_inputs(&mut b, metas.len(), &meta_of(self, &c_caps));
+        let mut invariants = c_caps;
+        invariants.extend(b_caps);
+        let outs = self
+            .graph
+            .while_(&carried, &invariants, c, b)
+            .map_err(|source| TraceError::Op {
+                op: "while_loop".into(),
+                source,
+            })?;
+        Ok(outs.into_iter().map(|v| self.t(v)).collect())
+    }
+
     // ---- boundary ----
+
+    /// Declares that the function updates `input` in place: after each
+    /// call, the caller's tensor holds `value` (torch's `x.copy_(value)` on
+    /// an argument, a KV cache or a running statistic). `input` is one of
+    /// the `Traced` inputs the body received; `value` must have its dtype
+    /// and shape, and an input is assigned at most once.
+    ///
+    /// This does not change what `input` means in the rest of the trace (it
+    /// still reads the value passed in, as in JAX): compute the new value,
+    /// assign it, and use `value` if the body needs it again. The function's
+    /// outputs stay the ones the body returns; the new value travels as a
+    /// hidden output the host writes back (`Package::call_mut`).
+    pub fn assign(&mut self, input: Traced, value: Traced) -> Result<(), TraceError> {
+        let invalid = |message: String| TraceError::Invalid {
+            op: "assign".into(),
+            message,
+        };
+        if !self.outer.is_empty() {
+            return Err(invalid(
+                "an input can only be assigned outside `cond` and `while_loop` regions; return the new value from the region and assign it after".into(),
+            ));
+        }
+        self.check(input, "assign")?;
+        self.check(value, "assign")?;
+        let index = self
+            .graph
+            .producers()
+            .get(input.value.index())
+            .copied()
+            .flatten()
+            .and_then(|n| match self.graph.nodes.get(n).map(|n| &n.op) {
+                Some(Op::Input(i)) => Some(*i),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{} is not an input of the function; only an input the body received can be updated in place",
+                    input.value
+                ))
+            })?;
+        let def = self
+            .graph
+            .inputs
+            .get(index as usize)
+            .ok_or_else(|| invalid(format!("input {index} does not exist")))?;
+        if self.graph.mutations.contains(&index) {
+            return Err(invalid(format!(
+                "input `{}` is already assigned; compute its final value and assign it once",
+                def.name
+            )));
+        }
+        let meta = self.meta(value);
+        if *meta != def.meta {
+            return Err(invalid(format!(
+                "the new value of input `{}` is {meta}, but the input is {}; an in-place update keeps the input's dtype and shape (cast or reshape the value first)",
+                def.name, def.meta
+            )));
+        }
+        let name = format!("{}'", def.name);
+        self.graph.add_output(name, value.value);
+        self.graph.mutations.push(index);
+        Ok(())
+    }
 
     /// Reads rank-0 input `index` at trace time. The entry is specialized on
     /// the value (a `ScalarValue` guard) and the input is a scalar in the
@@ -382,7 +697,11 @@ impl Tracer<'_> {
             .examples
             .get(index)
             .ok_or(TraceError::NoSuchInput { index, count })?;
-        let def = &mut self.graph.inputs[index];
+        let def = self
+            .root_mut()
+            .inputs
+            .get_mut(index)
+            .ok_or(TraceError::NoSuchInput { index, count })?;
         match (ex.meta.shape.is_empty(), ex.value) {
             (true, Some(v)) => {
                 def.specialized = Some(v);
@@ -402,7 +721,7 @@ impl Tracer<'_> {
             ScalarValue::Int(v) => Ok(v),
             value => Err(TraceError::ScalarKind {
                 index,
-                name: self.graph.inputs[index].name.clone(),
+                name: self.root_mut().inputs[index].name.clone(),
                 value,
                 expected: "an integer",
             }),
@@ -420,7 +739,10 @@ impl Tracer<'_> {
     /// A compile-time constant (folded where possible, otherwise embedded in
     /// the package).
     pub fn constant(&mut self, value: Tensor) -> Traced {
-        Traced(self.graph.constant(value))
+        self.in_root(|cx| {
+            let v = cx.graph.constant(value);
+            cx.t(v)
+        })
     }
 
     fn add_global(
@@ -439,7 +761,7 @@ impl Tracer<'_> {
             source,
         })?;
         self.globals.insert(name.to_string(), (index, v));
-        Ok(Traced(v))
+        Ok(self.t(v))
     }
 
     fn existing_global(&self, name: &str) -> Option<(u32, ValueId, &GlobalSource)> {
@@ -451,12 +773,19 @@ impl Tracer<'_> {
     /// weight. Capturing the same tensor under the same name twice reads the
     /// same global.
     pub fn capture(&mut self, name: &str, tensor: &Tensor) -> Result<Traced, TraceError> {
+        self.in_root(|cx| cx.capture_here(name, tensor))
+    }
+
+    fn capture_here(&mut self, name: &str, tensor: &Tensor) -> Result<Traced, TraceError> {
         if let Some((_, v, source)) = self.existing_global(name) {
             return match source {
                 GlobalSource::Embedded(t)
                     if t.meta() == tensor.meta() && t.bytes() == tensor.bytes() =>
                 {
-                    Ok(Traced(v))
+                    Ok(Traced {
+                        scope: ROOT,
+                        value: v,
+                    })
                 }
                 GlobalSource::Embedded(t) => Err(TraceError::GlobalName {
                     name: name.to_string(),
@@ -495,7 +824,10 @@ impl Tracer<'_> {
                     if digest.is_some() {
                         self.graph.globals[g as usize].source = GlobalSource::Bound { digest };
                     }
-                    Ok(Traced(v))
+                    Ok(Traced {
+                        scope: ROOT,
+                        value: v,
+                    })
                 }
                 GlobalSource::Embedded(_) => Err(TraceError::GlobalName {
                     name: name.to_string(),
@@ -509,13 +841,13 @@ impl Tracer<'_> {
     /// Reads the host-bound global `name`. Its dtype and shape are taken
     /// from the value bound now and guarded at load; its content may change.
     pub fn bound(&mut self, name: &str) -> Result<Traced, TraceError> {
-        self.bound_inner(name, false)
+        self.in_root(|cx| cx.bound_inner(name, false))
     }
 
     /// Like [`Tracer::bound`], and specializes the entry on the bound value's
     /// content (a `GlobalDigest` guard).
     pub fn bound_specialized(&mut self, name: &str) -> Result<Traced, TraceError> {
-        self.bound_inner(name, true)
+        self.in_root(|cx| cx.bound_inner(name, true))
     }
 
     // ---- elementwise ----
@@ -744,21 +1076,22 @@ impl Tracer<'_> {
             }
             dims[i] = numel / known;
         }
+        let x = self.resolve(x, "reshape")?;
         let v = self
             .graph
-            .reshape(x.0, &dims)
+            .reshape(x, &dims)
             .map_err(|source| TraceError::Op {
                 op: "reshape".into(),
                 source,
             })?;
-        Ok(Traced(v))
+        Ok(self.t(v))
     }
 
     /// Joins `xs` along `axis`. More than five inputs become a chain of
     /// concats ([`Graph::concat`]), since a launch carries at most six
     /// operands.
     pub fn concat(&mut self, xs: &[Traced], axis: i64) -> Result<Traced, TraceError> {
-        let ins: Vec<ValueId> = xs.iter().map(|t| t.0).collect();
+        let ins = self.resolve_all(xs, "concat")?;
         let v = self
             .graph
             .concat(self.registry, &ins, axis)
@@ -766,7 +1099,7 @@ impl Tracer<'_> {
                 op: "concat".into(),
                 source,
             })?;
-        Ok(Traced(v))
+        Ok(self.t(v))
     }
 
     /// ONNX `Slice` with one start, end and step per axis (negative indices
@@ -823,6 +1156,48 @@ impl Tracer<'_> {
             attrs([("axis", AttrValue::Int(axis))]),
             &[data, indices],
         )
+    }
+}
+
+/// The input of `graph` that stands for `outer` (an enclosing graph's value
+/// of type `meta`), added on first use.
+fn lift(
+    graph: &mut Graph,
+    captures: &mut Vec<(ValueId, ValueId)>,
+    outer: ValueId,
+    meta: &TensorMeta,
+) -> ValueId {
+    if let Some(&(_, v)) = captures.iter().find(|(o, _)| *o == outer) {
+        return v;
+    }
+    let index = graph.add_input(format!("r{}", graph.inputs.len()), meta.clone());
+    let v = graph.push(Op::Input(index), vec![], vec![meta.clone()])[0];
+    captures.push((outer, v));
+    v
+}
+
+/// Inserts inputs of types `metas` at position `at` of a region's inputs
+/// (the other branch's captures, which this one does not read) and renames
+/// every input by its new position.
+fn splice_inputs(graph: &mut Graph, at: usize, metas: &[TensorMeta]) {
+    if metas.is_empty() {
+        return;
+    }
+    let n = metas.len() as u32;
+    for node in &mut graph.nodes {
+        if let Op::Input(i) = &mut node.op {
+            if *i as usize >= at {
+                *i += n;
+            }
+        }
+    }
+    let tail = graph.inputs.split_off(at.min(graph.inputs.len()));
+    for m in metas {
+        graph.add_input(String::new(), m.clone());
+    }
+    graph.inputs.extend(tail);
+    for (i, def) in graph.inputs.iter_mut().enumerate() {
+        def.name = format!("r{i}");
     }
 }
 

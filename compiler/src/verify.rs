@@ -26,6 +26,13 @@
 //!    their list.
 //! 10. **Specialized scalars.** An input specialized on a value is rank 0, and
 //!     the value's kind (int or float) matches the input's dtype.
+//! 11. **Regions.** An `If` reads a one-element bool or integer predicate
+//!     and its branches take the other inputs' types and return the outputs'
+//!     types; a `While`'s first inputs are the carried values (the outputs'
+//!     types), `cond` returns one condition and `body` the carried types,
+//!     both taking every input. Regions are valid graphs themselves, hold no
+//!     globals or constants, and nest at most `MAX_REGION_DEPTH` deep (the
+//!     depth is checked before the recursion).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -33,7 +40,7 @@ use std::fmt;
 use ampoule_host::ScalarValue;
 use ampoule_kernels::{Registry, TensorMeta, MAX_OPERANDS, MAX_RANK};
 
-use crate::ir::{GlobalSource, Graph, Op, ValueId};
+use crate::ir::{check_condition, GlobalSource, Graph, Op, ValueId, MAX_REGION_DEPTH};
 
 /// Where a problem is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +159,57 @@ pub fn verify(graph: &Graph, registry: &Registry) -> Result<(), VerifyErrors> {
         Ok(())
     } else {
         Err(VerifyErrors(c.0))
+    }
+}
+
+/// A region of node `n`: valid on its own, taking `args` and returning
+/// `results`, without globals or constants, not nested too deep.
+fn verify_region(
+    registry: &Registry,
+    name: &str,
+    region: &Graph,
+    args: &[TensorMeta],
+    results: &[TensorMeta],
+    n: usize,
+    c: &mut Collector,
+) {
+    let at = || Location::Node(n);
+    let depth = region.region_depth();
+    if depth + 1 > MAX_REGION_DEPTH {
+        c.add(
+            at(),
+            format!("region `{name}` nests regions deeper than {MAX_REGION_DEPTH}"),
+        );
+        return;
+    }
+    let inputs: Vec<&TensorMeta> = region.inputs.iter().map(|i| &i.meta).collect();
+    if inputs != args.iter().collect::<Vec<_>>() {
+        c.add(
+            at(),
+            format!("region `{name}` takes other types than the node passes it"),
+        );
+    }
+    if region.output_metas() != results || region.outputs.len() != results.len() {
+        c.add(
+            at(),
+            format!("region `{name}` returns other types than the node defines"),
+        );
+    }
+    if !region.globals.is_empty()
+        || region
+            .nodes
+            .iter()
+            .any(|x| matches!(x.op, Op::Global(_) | Op::Constant(_)))
+    {
+        c.add(
+            at(),
+            format!("region `{name}` declares globals or constants (they belong to the outermost graph)"),
+        );
+    }
+    if let Err(errors) = verify(region, registry) {
+        for e in errors.0 {
+            c.add(at(), format!("region `{name}`: {e}"));
+        }
     }
 }
 
@@ -348,6 +406,55 @@ fn verify_node(graph: &Graph, registry: &Registry, n: usize, c: &mut Collector) 
                     );
                 }
             }
+        }
+        Op::If { then, otherwise } => {
+            let ins: Option<Vec<TensorMeta>> = (0..node.inputs.len())
+                .map(|k| in_meta(k).cloned())
+                .collect();
+            let outs: Option<Vec<TensorMeta>> = (0..node.outputs.len())
+                .map(|k| out_meta(k).cloned())
+                .collect();
+            let (Some(ins), Some(outs)) = (ins, outs) else {
+                return;
+            };
+            let Some((pred, args)) = ins.split_first() else {
+                c.add(at(), "`if` needs a predicate input");
+                return;
+            };
+            if let Err(m) = check_condition(pred) {
+                c.add(at(), format!("the predicate {m}"));
+            }
+            for (name, region) in [("then", then), ("otherwise", otherwise)] {
+                verify_region(registry, name, region, args, &outs, n, c);
+            }
+        }
+        Op::While { cond, body } => {
+            let ins: Option<Vec<TensorMeta>> = (0..node.inputs.len())
+                .map(|k| in_meta(k).cloned())
+                .collect();
+            let outs: Option<Vec<TensorMeta>> = (0..node.outputs.len())
+                .map(|k| out_meta(k).cloned())
+                .collect();
+            let (Some(ins), Some(outs)) = (ins, outs) else {
+                return;
+            };
+            if ins.get(..outs.len()) != Some(&outs[..]) {
+                c.add(
+                    at(),
+                    "the first inputs (the carried values) must have the outputs' types",
+                );
+            }
+            let bools: Vec<TensorMeta> = cond.output_metas();
+            match bools.as_slice() {
+                [m] => {
+                    if let Err(e) = check_condition(m) {
+                        c.add(at(), format!("the condition {e}"));
+                    }
+                }
+                _ => c.add(at(), "`cond` must return exactly one condition"),
+            }
+            verify_region(registry, "cond", cond, &ins, &bools, n, c);
+            verify_region(registry, "body", body, &ins, &outs, n, c);
         }
         Op::Kernel { kernel, attrs } => {
             let bound = match registry.bind(kernel, attrs) {

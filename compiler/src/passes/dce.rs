@@ -2,16 +2,23 @@
 //! of the graph depends on. Kernels have no side effects, so this is always
 //! sound. Values are renumbered densely; unused `Input` and `Global` nodes go
 //! too (the input stays in the signature, the global leaves the entry's
-//! globals table).
+//! globals table). Regions are cleaned the same way, recursively.
 
 use crate::ir::Graph;
 
-/// Removes dead nodes; returns how many were removed.
+/// Removes dead nodes, here and inside the regions of the nodes that stay;
+/// returns how many were removed. (A region keeps its declared inputs: its
+/// node still passes them.)
 pub fn eliminate_dead_code(graph: &mut Graph) -> usize {
     let keep = graph.live_nodes();
-    let removed = keep.iter().filter(|k| !**k).count();
+    let mut removed = keep.iter().filter(|k| !**k).count();
     if removed > 0 {
         graph.retain_nodes(&keep);
+    }
+    for node in &mut graph.nodes {
+        for region in node.op.regions_mut() {
+            removed += eliminate_dead_code(region);
+        }
     }
     removed
 }

@@ -3,6 +3,10 @@
 //! nothing else is stored in. This pass appends a `copy@1` for every output
 //! that is an input, a global, a constant or a view (reshape), or that is
 //! the same value as an earlier output.
+//!
+//! Region outputs are materialized the same way: lowering then hands an
+//! `If`'s result over by moving a handle, and copies a loop body's results
+//! into the carried buffers, without any result aliasing a region input.
 
 use std::collections::HashSet;
 
@@ -11,11 +15,16 @@ use ampoule_kernels::{Attrs, Registry};
 use super::PassError;
 use crate::ir::{Graph, Op};
 
-/// Inserts the copies; returns how many.
+/// Inserts the copies, here and in every region; returns how many.
 pub fn materialize_outputs(graph: &mut Graph, registry: &Registry) -> Result<usize, PassError> {
+    let mut copies = 0;
+    for node in &mut graph.nodes {
+        for region in node.op.regions_mut() {
+            copies += materialize_outputs(region, registry)?;
+        }
+    }
     let producers = graph.producers();
     let mut seen = HashSet::new();
-    let mut copies = 0;
     for o in 0..graph.outputs.len() {
         let v = graph.outputs[o].value;
         let borrowed = match producers
@@ -24,7 +33,9 @@ pub fn materialize_outputs(graph: &mut Graph, registry: &Registry) -> Result<usi
             .flatten()
             .map(|n| &graph.nodes[n].op)
         {
-            Some(Op::Kernel { .. }) => false,
+            // Lowering gives `If` and `While` results storage of their own
+            // (materialized region outputs, loop-carried buffers).
+            Some(Op::Kernel { .. } | Op::If { .. } | Op::While { .. }) => false,
             Some(Op::Input(_) | Op::Global(_) | Op::Constant(_) | Op::Reshape) | None => true,
         };
         if borrowed || !seen.insert(v) {
