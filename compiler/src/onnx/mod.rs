@@ -758,7 +758,7 @@ mod tests {
 
     #[test]
     fn every_unsupported_node_is_listed() {
-        let mut conv = NodeProto::new("conv1", "Conv", &["x", "x"], &["a"]);
+        let mut conv = NodeProto::new("conv1", "NonMaxSuppression", &["x", "x"], &["a"]);
         conv.domain = String::new();
         let mut custom = NodeProto::new("fused", "FusedGemm", &["a"], &["b"]);
         custom.domain = "com.microsoft".into();
@@ -779,7 +779,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("node `conv1`: op `Conv` (domain `ai.onnx`, opset 13)"),
+            text.contains("node `conv1`: op `NonMaxSuppression` (domain `ai.onnx`, opset 13)"),
             "{text}"
         );
         assert!(

@@ -53,13 +53,15 @@ fn since(op: &str) -> Option<i64> {
     Some(match op {
         "MatMul" | "Softmax" | "LogSoftmax" | "ReduceMean" | "ReduceSum" | "ReduceMax"
         | "ReduceMin" | "Transpose" | "Slice" | "Squeeze" | "Unsqueeze" | "Flatten" | "Gather"
-        | "Shape" | "Size" | "Constant" | "Identity" | "Not" => 1,
+        | "Shape" | "Size" | "Constant" | "Identity" | "Not" | "Conv" | "ConvTranspose"
+        | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool"
+        | "BatchNormalization" => 1,
         "Concat" => 4,
         "Reshape" => 5,
         "Sqrt" | "Reciprocal" | "Neg" | "Exp" | "Log" | "Tanh" | "Sigmoid" | "Floor" | "Ceil"
         | "Relu" | "Abs" | "Cast" | "Clip" | "LeakyRelu" | "HardSigmoid" | "Tile" => 6,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Equal" | "Less" | "Greater" | "Gemm"
-        | "Dropout" | "Sin" | "Cos" | "And" | "Or" => 7,
+        | "Dropout" | "Sin" | "Cos" | "And" | "Or" | "PRelu" => 7,
         "Min" | "Max" | "Expand" => 8,
         "Erf" | "Where" | "ConstantOfShape" | "IsNaN" => 9,
         "Split" | "Pad" | "Softplus" => 2,
@@ -78,12 +80,16 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Abs",
         "Add",
         "And",
+        "AveragePool",
+        "BatchNormalization",
         "Cast",
         "Ceil",
         "Clip",
         "Concat",
         "Constant",
         "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
         "Cos",
         "Div",
         "Dropout",
@@ -96,6 +102,8 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Gather",
         "Gelu",
         "Gemm",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
         "Greater",
         "GreaterOrEqual",
         "HardSigmoid",
@@ -110,12 +118,14 @@ pub fn supported_ops() -> Vec<&'static str> {
         "LogSoftmax",
         "MatMul",
         "Max",
+        "MaxPool",
         "Min",
         "Mul",
         "Neg",
         "Not",
         "Or",
         "Pow",
+        "PRelu",
         "Range",
         "Reciprocal",
         "ReduceMax",
@@ -982,6 +992,29 @@ impl Builder<'_, '_> {
             "Tile" => self.tile().map(|v| vec![v]),
             "Trilu" => self.trilu().map(|v| vec![v]),
             "Pad" => self.pad().map(|v| vec![v]),
+            "Conv" => self.conv(false).map(|v| vec![v]),
+            "ConvTranspose" => self.conv(true).map(|v| vec![v]),
+            "MaxPool" | "AveragePool" => self.pool(op == "MaxPool").map(|v| vec![v]),
+            "GlobalAveragePool" | "GlobalMaxPool" => {
+                let x = self.input(0)?;
+                let rank = self.shape(&x).len();
+                if rank < 3 {
+                    return Err(format!(
+                        "expected [N, C, D..] with a spatial axis, got rank {rank}"
+                    ));
+                }
+                let axes: Vec<i64> = (2..rank as i64).collect();
+                let k = if op == "GlobalMaxPool" { "max" } else { "mean" };
+                one(self.reduce(k, &x, &axes, true)?)
+            }
+            "BatchNormalization" => self.batch_norm().map(|v| vec![v]),
+            "PRelu" => {
+                let (x, slope) = (self.input(0)?, self.input(1)?);
+                let zero = self.scalar_like(0.0, &x);
+                let neg = self.compare("lt", &x, &zero)?;
+                let scaled = self.binary("mul", &x, &slope)?;
+                one(self.where_(&neg, &scaled, &x)?)
+            }
             other => Err(format!("op `{other}` is not supported")),
         }
     }
@@ -1191,6 +1224,263 @@ impl Builder<'_, '_> {
             y = self.concat(&xs, axis)?;
         }
         Ok(y)
+    }
+
+    /// A per-spatial-axis list attribute (`strides`, `dilations`), `1` per
+    /// axis when absent; entries must be positive.
+    fn axis_list(&self, name: &str, s: usize) -> R<Vec<usize>> {
+        match self.ints(name)? {
+            None => Ok(vec![1; s]),
+            Some(v) if v.len() == s && v.iter().all(|&x| x >= 1) => {
+                Ok(v.iter().map(|&x| x as usize).collect())
+            }
+            Some(v) => Err(format!(
+                "attribute `{name}` {v:?} must have {s} positive entries (one per spatial axis)"
+            )),
+        }
+    }
+
+    /// Explicit `[begins.., ends..]` pads of a sliding window: from `pads`
+    /// when `auto_pad` is NOTSET, else computed from the static shapes
+    /// (SAME_*: `ceil(D / stride)` outputs, the odd pad at the end for
+    /// SAME_UPPER and at the start for SAME_LOWER; VALID: none).
+    fn window_pads(
+        &self,
+        in_sp: &[usize],
+        k: &[usize],
+        strides: &[usize],
+        dil: &[usize],
+    ) -> R<Vec<i64>> {
+        let s = in_sp.len();
+        let auto_pad = self.string("auto_pad", "NOTSET")?;
+        match auto_pad.as_str() {
+            "NOTSET" => match self.ints("pads")? {
+                None => Ok(vec![0; 2 * s]),
+                Some(p) if p.len() == 2 * s && p.iter().all(|&x| x >= 0) => Ok(p),
+                Some(p) => Err(format!(
+                    "attribute `pads` {p:?} must have {} non-negative entries",
+                    2 * s
+                )),
+            },
+            "VALID" => Ok(vec![0; 2 * s]),
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let mut pads = vec![0i64; 2 * s];
+                for i in 0..s {
+                    let (d, st) = (in_sp[i] as i128, strides[i] as i128);
+                    let span = (dil[i] as i128) * (k[i] as i128 - 1) + 1;
+                    let out = (d + st - 1) / st;
+                    let total = ((out - 1) * st + span - d).max(0);
+                    let small = total / 2;
+                    let (lo, hi) = if auto_pad == "SAME_UPPER" {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
+                    pads[i] = i64::try_from(lo).map_err(e)?;
+                    pads[s + i] = i64::try_from(hi).map_err(e)?;
+                }
+                Ok(pads)
+            }
+            other => Err(format!(
+                "auto_pad `{other}` is not NOTSET, SAME_UPPER, SAME_LOWER or VALID"
+            )),
+        }
+    }
+
+    fn conv(&mut self, transpose: bool) -> R<Val> {
+        let (x, w, b) = (self.input(0)?, self.input(1)?, self.opt_input(2)?);
+        let (xs, ws) = (self.shape(&x), self.shape(&w));
+        if xs.len() < 3 || ws.len() != xs.len() {
+            return Err(format!(
+                "X {xs:?} and W {ws:?} must have the same rank, at least 3 ([N, C, D..])"
+            ));
+        }
+        let s = xs.len() - 2;
+        let (in_sp, k) = (&xs[2..], &ws[2..]);
+        if let Some(ks) = self.ints("kernel_shape")? {
+            if ks.len() != s || ks.iter().zip(k).any(|(&a, &b)| a != b as i64) {
+                return Err(format!(
+                    "attribute `kernel_shape` {ks:?} disagrees with W's spatial dims {k:?}"
+                ));
+            }
+        }
+        let strides = self.axis_list("strides", s)?;
+        let dil = self.axis_list("dilations", s)?;
+        let group = self.int("group", 1)?;
+        let ints = |v: &[usize]| AttrValue::Ints(v.iter().map(|&x| x as i64).collect());
+        let mut a = attrs([
+            ("group", AttrValue::Int(group)),
+            ("strides", ints(&strides)),
+            ("dilations", ints(&dil)),
+            ("bias", AttrValue::Int(i64::from(b.is_some()))),
+        ]);
+        let pads = if transpose {
+            let out_pad = match self.ints("output_padding")? {
+                None => vec![0; s],
+                Some(v) if v.len() == s && v.iter().all(|&x| x >= 0) => v,
+                Some(v) => {
+                    return Err(format!(
+                        "attribute `output_padding` {v:?} must have {s} non-negative entries"
+                    ))
+                }
+            };
+            let auto_pad = self.string("auto_pad", "NOTSET")?;
+            let target: Option<Vec<i64>> = match self.ints("output_shape")? {
+                Some(o) if o.len() == s || o.len() == s + 2 => Some(o[o.len() - s..].to_vec()),
+                Some(o) => {
+                    return Err(format!(
+                    "attribute `output_shape` {o:?} must have {s} entries (one per spatial axis)"
+                ))
+                }
+                None if auto_pad.starts_with("SAME") => Some(
+                    (0..s)
+                        .map(|i| (in_sp[i] as i64).saturating_mul(strides[i] as i64))
+                        .collect(),
+                ),
+                None => None,
+            };
+            let mut out_pad = out_pad;
+            let pads = match target {
+                None if auto_pad == "VALID" => vec![0; 2 * s],
+                None => self.window_pads(in_sp, k, &strides, &dil)?,
+                Some(t) => {
+                    // ONNX's rule, with floor division: a negative end pad
+                    // (the target is one longer than the natural output)
+                    // becomes output padding.
+                    let mut pads = vec![0i64; 2 * s];
+                    for i in 0..s {
+                        let total = (strides[i] as i128) * (in_sp[i] as i128 - 1)
+                            + out_pad[i] as i128
+                            + (dil[i] as i128) * (k[i] as i128 - 1)
+                            + 1
+                            - t[i] as i128;
+                        let half = total.div_euclid(2);
+                        let (lo, hi) = if auto_pad == "SAME_UPPER" {
+                            (half, total - half)
+                        } else {
+                            (total - half, half)
+                        };
+                        if lo < 0 || lo > i64::MAX as i128 || hi > i64::MAX as i128 {
+                            return Err(format!(
+                                "output_shape {t:?} cannot be produced on spatial axis {i} (total padding {total})"
+                            ));
+                        }
+                        pads[i] = lo as i64;
+                        if hi < 0 {
+                            out_pad[i] = out_pad[i].saturating_add((-hi) as i64);
+                        } else {
+                            pads[s + i] = hi as i64;
+                        }
+                    }
+                    pads
+                }
+            };
+            a.insert("output_padding".into(), AttrValue::Ints(out_pad));
+            pads
+        } else {
+            self.window_pads(in_sp, k, &strides, &dil)?
+        };
+        a.insert("pads".into(), AttrValue::Ints(pads));
+        let kernel = if transpose {
+            "conv_transpose@1"
+        } else {
+            "conv@1"
+        };
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        self.kernel(kernel, a, &ins)
+    }
+
+    fn pool(&mut self, max: bool) -> R<Val> {
+        let n = self.node;
+        if n.outputs.get(1).is_some_and(|o| !o.is_empty()) {
+            return Err("the Indices output is not supported".into());
+        }
+        let x = self.input(0)?;
+        let xs = self.shape(&x);
+        if xs.len() < 3 {
+            return Err(format!(
+                "expected [N, C, D..] with a spatial axis, got {xs:?}"
+            ));
+        }
+        let s = xs.len() - 2;
+        let k = self
+            .ints("kernel_shape")?
+            .ok_or("attribute `kernel_shape` is required")?;
+        if k.len() != s || k.iter().any(|&v| v < 1) {
+            return Err(format!(
+                "attribute `kernel_shape` {k:?} must have {s} positive entries"
+            ));
+        }
+        let ku: Vec<usize> = k.iter().map(|&v| v as usize).collect();
+        let strides = self.axis_list("strides", s)?;
+        let has_dilations = if max { n.opset >= 10 } else { n.opset >= 19 };
+        let dil = if has_dilations {
+            self.axis_list("dilations", s)?
+        } else {
+            vec![1; s]
+        };
+        let pads = self.window_pads(&xs[2..], &ku, &strides, &dil)?;
+        let ceil_mode = n.opset >= 10 && self.int("ceil_mode", 0)? != 0;
+        let ints = |v: &[usize]| AttrValue::Ints(v.iter().map(|&x| x as i64).collect());
+        let mut a = attrs([
+            ("op", AttrValue::Str(if max { "max" } else { "avg" }.into())),
+            ("kernel_shape", AttrValue::Ints(k)),
+            ("strides", ints(&strides)),
+            ("dilations", ints(&dil)),
+            ("pads", AttrValue::Ints(pads)),
+            ("ceil_mode", AttrValue::Int(i64::from(ceil_mode))),
+        ]);
+        if !max {
+            let cip = n.opset >= 7 && self.int("count_include_pad", 0)? != 0;
+            a.insert("count_include_pad".into(), AttrValue::Int(i64::from(cip)));
+        }
+        self.kernel("pool@1", a, &[x])
+    }
+
+    /// Inference-mode batch normalization as `x * s + t` with per-channel
+    /// `s = scale / sqrt(var + eps)` and `t = B - mean * s`, which fold to
+    /// constants when the statistics are initializers.
+    fn batch_norm(&mut self) -> R<Val> {
+        let n = self.node;
+        if n.opset >= 14 && self.int("training_mode", 0)? != 0 {
+            return Err("training_mode is 1; only inference is supported".into());
+        }
+        if n.opset < 9 && self.int("spatial", 1)? != 1 {
+            return Err("spatial = 0 is not supported".into());
+        }
+        if n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            return Err("the running mean/var outputs are not supported (inference only)".into());
+        }
+        let x = self.input(0)?;
+        let xs = self.shape(&x);
+        if xs.len() < 2 {
+            return Err(format!("X must have rank >= 2 ([N, C, ..]), got {xs:?}"));
+        }
+        let c = xs[1];
+        let mut params = Vec::with_capacity(4);
+        for (i, what) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
+            let v = self.input(i)?;
+            if self.shape(&v) != [c] {
+                return Err(format!(
+                    "{what} must have shape [{c}] (the channels of X), got {:?}",
+                    self.shape(&v)
+                ));
+            }
+            params.push(v);
+        }
+        let eps = self.scalar_like(f64::from(self.float("epsilon", 1e-5)?), &x);
+        let ve = self.binary("add", &params[3], &eps)?;
+        let sd = self.unary("sqrt", &ve)?;
+        let sc = self.binary("div", &params[0], &sd)?;
+        let ms = self.binary("mul", &params[2], &sc)?;
+        let sh = self.binary("sub", &params[1], &ms)?;
+        let mut dims = vec![c];
+        dims.resize(xs.len() - 1, 1);
+        let sc = self.reshape(&sc, &dims)?;
+        let sh = self.reshape(&sh, &dims)?;
+        let y = self.binary("mul", &x, &sc)?;
+        self.binary("add", &y, &sh)
     }
 
     /// A known boolean (or numeric) flag such as Dropout's `training_mode`.
@@ -1600,7 +1890,7 @@ mod tests {
         assert!(check_support("Gelu", "", 13)
             .unwrap_err()
             .contains("opset 20"));
-        assert!(check_support("Conv", "", 13)
+        assert!(check_support("NonMaxSuppression", "", 13)
             .unwrap_err()
             .contains("not supported"));
         assert!(check_support("Add", "com.microsoft", 1)
