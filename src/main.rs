@@ -1,5 +1,12 @@
 //! The `ampoule` command line: `demo`, `compile` (ONNX models), `inspect`,
 //! `verify`, `run`, and package signing: `keygen`, `sign`.
+//!
+//! A package may hold several functions: `inspect` shows each one's
+//! signature, the inputs it updates in place (`mutates: cache`), its entries
+//! and the globals it uses (and which other functions share them); `run
+//! --function F` picks one (an unknown `F` lists the package's functions).
+//! `run` writes each output as `<output>.npy` and the new value of each
+//! updated input as `<input>.npy`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -89,7 +96,8 @@ enum Command {
         key: PathBuf,
     },
     /// Run a function of a package on `.npy` (or ONNX `TensorProto` `.pb`)
-    /// inputs; write `<output>.npy` files.
+    /// inputs; write `<output>.npy` files, and `<input>.npy` for every input
+    /// the function updates in place.
     Run {
         package: PathBuf,
         /// Function to call (default: the package's only function).
@@ -400,7 +408,35 @@ fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
                 serde_json::json!({ "status": "invalid", "reason": reason })
             }
         };
-        let out = serde_json::json!({ "manifest": m, "files": files, "signature": signature });
+        let functions: Vec<serde_json::Value> = m
+            .functions
+            .iter()
+            .map(|f| {
+                let globals: Vec<serde_json::Value> = function_globals(&m, f)
+                    .into_iter()
+                    .map(|(g, shared)| {
+                        serde_json::json!({
+                            "global": g,
+                            "name": m.globals[g as usize].name,
+                            "shared_with": shared,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": f.name,
+                    "signature": fmt_signature(&f.signature),
+                    "mutates": f.signature.mutated_names(),
+                    "entries": f.entries.len(),
+                    "globals": globals,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "manifest": m,
+            "functions": functions,
+            "files": files,
+            "signature": signature,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -431,22 +467,29 @@ fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
         println!("  [{i}] {} {}{:?}  {source}", g.name, g.dtype, g.shape);
     }
     for f in &m.functions {
-        let sig = |args: &[ampoule::host::manifest::ArgDecl]| {
-            args.iter()
-                .map(|a| match &a.kind {
-                    ArgKind::Tensor { dtype, rank } => format!("{}: {dtype} rank {rank}", a.name),
-                    ArgKind::Scalar { dtype } => format!("{}: {dtype} scalar", a.name),
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         println!(
-            "function `{}` ({}) -> ({})  program {}",
+            "function `{}` {}  program {}",
             f.name,
-            sig(&f.signature.inputs),
-            sig(&f.signature.outputs),
+            fmt_signature(&f.signature),
             prefix(&f.program_hash, 16)
         );
+        if !f.signature.mutates.is_empty() {
+            println!("  mutates: {}", f.signature.mutated_names().join(", "));
+        }
+        let globals: Vec<String> = function_globals(&m, f)
+            .into_iter()
+            .map(|(g, shared)| {
+                let name = &m.globals[g as usize].name;
+                if shared.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{name} (shared with {})", shared.join(", "))
+                }
+            })
+            .collect();
+        if !globals.is_empty() {
+            println!("  globals: {}", globals.join(", "));
+        }
         for (ei, e) in f.entries.iter().enumerate() {
             let bytes: u64 = e
                 .buffers
@@ -492,6 +535,49 @@ fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
     }
     println!("total {total} bytes");
     Ok(())
+}
+
+/// `(x: f32 rank 2, k: i64 scalar) -> (y: f32 rank 2)`.
+fn fmt_signature(sig: &ampoule::host::manifest::Signature) -> String {
+    let args = |args: &[ampoule::host::manifest::ArgDecl]| {
+        args.iter()
+            .map(|a| match &a.kind {
+                ArgKind::Tensor { dtype, rank } => format!("{}: {dtype} rank {rank}", a.name),
+                ArgKind::Scalar { dtype } => format!("{}: {dtype} scalar", a.name),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) -> ({})", args(&sig.inputs), args(&sig.outputs))
+}
+
+/// The package globals `f`'s entries use, in index order, each with the
+/// other functions that use it too.
+fn function_globals(
+    m: &Manifest,
+    f: &ampoule::host::manifest::FunctionDecl,
+) -> Vec<(u32, Vec<String>)> {
+    let uses = |f: &ampoule::host::manifest::FunctionDecl, g: u32| {
+        f.entries.iter().any(|e| e.globals.contains(&g))
+    };
+    let mut used: Vec<u32> = f
+        .entries
+        .iter()
+        .flat_map(|e| e.globals.iter().copied())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    used.into_iter()
+        .map(|g| {
+            let shared = m
+                .functions
+                .iter()
+                .filter(|o| o.name != f.name && uses(o, g))
+                .map(|o| format!("`{}`", o.name))
+                .collect();
+            (g, shared)
+        })
+        .collect()
 }
 
 fn short(s: &str) -> String {
@@ -649,8 +735,22 @@ fn run(
         named.push((name, read_tensor(file)?));
     }
     let sig = m.function(&function).map(|f| f.signature.clone());
+    // Updated inputs are written back as `<input>.npy` beside the outputs.
+    let updated: Vec<String> = sig
+        .as_ref()
+        .map(|s| s.mutated_names().iter().map(|n| n.to_string()).collect())
+        .unwrap_or_default();
+    if let Some(clash) = sig
+        .as_ref()
+        .and_then(|s| s.outputs.iter().find(|o| updated.contains(&o.name)))
+    {
+        bail!(
+            "function `{function}` has an output named `{0}` and updates its input `{0}` in place; both would be written to {0}.npy, so `run` cannot write them apart",
+            clash.name
+        );
+    }
     let t1 = Instant::now();
-    let outputs = pkg.call_named(&function, &named)?;
+    let outputs = pkg.call_named_mut(&function, &mut named)?;
     let called = t1.elapsed();
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create `{}`", out_dir.display()))?;
@@ -659,6 +759,13 @@ fn run(
         let path = out_dir.join(format!("{}.npy", decl.name));
         ampoule::npy::write(&path, t)?;
         println!("{} {} -> {}", decl.name, t.meta(), path.display());
+    }
+    for name in &updated {
+        if let Some((_, t)) = named.iter().find(|(n, _)| n == name) {
+            let path = out_dir.join(format!("{name}.npy"));
+            ampoule::npy::write(&path, t)?;
+            println!("{name} (updated input) {} -> {}", t.meta(), path.display());
+        }
     }
     eprintln!(
         "open {:.2} ms, call {:.2} ms",

@@ -1,6 +1,10 @@
 //! The compile pipeline for one entry: trace → verify → passes (verified
 //! after each) → memory plan → lowering → guard synthesis → wrapper emission.
 //!
+//! Inputs updated in place ([`Graph::mutations`]) are checked first; their
+//! new values are the graph's last outputs, so the wrapper returns them after
+//! the declared outputs, and the signature records them (`mutates`).
+//!
 //! The result, a [`CompiledEntry`], does not know package-global indices:
 //! [`crate::package::PackageDraft::add_entry`] resolves its globals into the
 //! package (sharing them by name and content) and adds the global guards.
@@ -59,6 +63,10 @@ pub enum CompileError {
         #[source]
         source: LowerError,
     },
+    /// The graph's record of inputs updated in place is inconsistent (only
+    /// a graph built by hand, not through `Tracer::assign`, can be).
+    #[error("function `{function}`: {message}")]
+    Mutation { function: String, message: String },
     #[error("emitting the wrapper of function `{function}`: {source}")]
     Emit {
         function: String,
@@ -90,6 +98,10 @@ pub fn compile_trace(
     registry: &Registry,
 ) -> Result<CompiledEntry, CompileError> {
     let _span = tracing::debug_span!("compiler.compile", function).entered();
+    check_mutations(&trace.graph).map_err(|message| CompileError::Mutation {
+        function: function.to_string(),
+        message,
+    })?;
     let signature = guards::signature(&trace.graph);
     let input_guards = guards::input_guards(&trace.graph);
     let graph = optimize(trace.graph, registry).map_err(|source| CompileError::Pass {
@@ -130,4 +142,40 @@ pub fn compile_trace(
         buffers: lowered.buffers,
         input_guards,
     })
+}
+
+/// Checks [`Graph::mutations`]: no more records than outputs, each input in
+/// range and listed once, each new value of its input's dtype and shape.
+fn check_mutations(graph: &Graph) -> Result<(), String> {
+    let Some(first) = graph.outputs.len().checked_sub(graph.mutations.len()) else {
+        return Err(format!(
+            "{} inputs are updated in place but the graph has only {} outputs",
+            graph.mutations.len(),
+            graph.outputs.len()
+        ));
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (&i, out) in graph.mutations.iter().zip(&graph.outputs[first..]) {
+        let input = graph.inputs.get(i as usize).ok_or_else(|| {
+            format!(
+                "updates input {i} but there are {} inputs",
+                graph.inputs.len()
+            )
+        })?;
+        if !seen.insert(i) {
+            return Err(format!("input `{}` is updated twice", input.name));
+        }
+        match graph.try_meta(out.value) {
+            Some(m) if *m == input.meta => {}
+            m => {
+                return Err(format!(
+                    "the new value of input `{}` is {}, but the input is {}",
+                    input.name,
+                    m.map_or("undefined".to_string(), |m| m.to_string()),
+                    input.meta
+                ))
+            }
+        }
+    }
+    Ok(())
 }

@@ -23,7 +23,15 @@
 //! one of the function's first entry.
 //!
 //! A package may hold many functions, each with its own entries: entries are
-//! looked up per function, so equal input shapes never collide.
+//! looked up per function, so equal input shapes never collide. Define them
+//! all on one [`CompilerBuilder`] (`.function(encode).function(decode)`);
+//! weights they capture under the same name with the same contents are one
+//! package global, stored once (see [`crate::package`]).
+//!
+//! A function that updates inputs in place ([`crate::Tracer::assign`]) is
+//! called with [`Compiler::call_mut`] / [`CompiledFunction::call_mut`], which
+//! compile on a miss like `call` and write the new values into the caller's
+//! tensors once the call succeeded; `call` refuses it.
 //!
 //! Thread safety: a `Compiler` is `Send`; calls take `&mut self` because a
 //! miss changes the package. For concurrent serving, share
@@ -234,23 +242,49 @@ impl Compiler {
     }
 
     /// Calls `function`, compiling a new entry on a miss if it is defined.
+    /// A function that updates inputs in place is refused (the host's
+    /// `BadInputs`): use [`Compiler::call_mut`].
     pub fn call(&mut self, function: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         match self.package.call(function, inputs) {
             Ok(out) => return Ok(out),
-            Err(
-                e @ (ampoule_host::Error::GuardMiss { .. }
-                | ampoule_host::Error::UnknownFunction { .. }),
-            ) => {
-                if !self.functions.contains_key(function) {
-                    return Err(e.into());
-                }
-                tracing::info!(function, reason = %e, "compiling a new entry");
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => self.compile_on(function, e)?,
         }
         let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
         self.compile(function, &examples)?;
         Ok(self.package.call(function, inputs)?)
+    }
+
+    /// Calls `function`, compiling a new entry on a miss if it is defined,
+    /// and writes the new values of the inputs it updates in place
+    /// (`Tracer::assign`) into `inputs` (see `Package::call_mut`: only if the
+    /// call succeeded). For a function that updates nothing this is
+    /// [`Compiler::call`].
+    pub fn call_mut(
+        &mut self,
+        function: &str,
+        inputs: &mut [Tensor],
+    ) -> Result<Vec<Tensor>, Error> {
+        match self.package.call_mut(function, inputs) {
+            Ok(out) => return Ok(out),
+            Err(e) => self.compile_on(function, e)?,
+        }
+        let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
+        self.compile(function, &examples)?;
+        Ok(self.package.call_mut(function, inputs)?)
+    }
+
+    /// Whether a failed call is a miss this compiler compiles for (`Ok`), or
+    /// the error to return.
+    fn compile_on(&self, function: &str, e: ampoule_host::Error) -> Result<(), Error> {
+        match e {
+            ampoule_host::Error::GuardMiss { .. } | ampoule_host::Error::UnknownFunction { .. }
+                if self.functions.contains_key(function) =>
+            {
+                tracing::info!(function, reason = %e, "compiling a new entry");
+                Ok(())
+            }
+            e => Err(e.into()),
+        }
     }
 
     /// Compiles an entry of `function` for `examples` ahead of any call;
@@ -369,6 +403,12 @@ impl CompiledFunction {
 
     pub fn call(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         self.compiler.call(&self.name, inputs)
+    }
+
+    /// Calls the function and writes the inputs it updates in place back
+    /// into `inputs` ([`Compiler::call_mut`]).
+    pub fn call_mut(&mut self, inputs: &mut [Tensor]) -> Result<Vec<Tensor>, Error> {
+        self.compiler.call_mut(&self.name, inputs)
     }
 
     pub fn compile_count(&self) -> usize {

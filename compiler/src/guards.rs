@@ -10,9 +10,12 @@
 //!    `GlobalDigest` for a host-bound global the entry is specialized on.
 //!
 //! The signature declares each input a `Scalar` if the trace read its value,
-//! else a `Tensor` of its dtype and rank; each output a `Tensor`.
+//! else a `Tensor` of its dtype and rank; each output a `Tensor`. The graph's
+//! last outputs, the new values of the inputs it updates in place
+//! ([`Graph::mutations`]), are not declared outputs: they become the
+//! signature's `mutates` records, in order.
 
-use ampoule_host::manifest::{ArgDecl, ArgKind, Signature};
+use ampoule_host::manifest::{ArgDecl, ArgKind, MutationDecl, Signature};
 use ampoule_host::Guard;
 
 use crate::ir::{GlobalDef, GlobalSource, Graph};
@@ -35,21 +38,36 @@ pub fn signature(graph: &Graph) -> Signature {
             },
         })
         .collect();
-    let outputs = graph
-        .outputs
+    let kind = |o: &crate::ir::OutputDef| {
+        let m = graph.meta(o.value);
+        ArgKind::Tensor {
+            dtype: m.dtype,
+            rank: m.shape.len() as u32,
+        }
+    };
+    let declared = graph.outputs.len().saturating_sub(graph.mutations.len());
+    let (outs, updated) = graph.outputs.split_at(declared);
+    let outputs = outs
         .iter()
-        .map(|o| {
-            let m = graph.meta(o.value);
-            ArgDecl {
-                name: o.name.clone(),
-                kind: ArgKind::Tensor {
-                    dtype: m.dtype,
-                    rank: m.shape.len() as u32,
-                },
-            }
+        .map(|o| ArgDecl {
+            name: o.name.clone(),
+            kind: kind(o),
         })
         .collect();
-    Signature { inputs, outputs }
+    let mutates = graph
+        .mutations
+        .iter()
+        .zip(updated)
+        .map(|(&input, o)| MutationDecl {
+            input,
+            kind: kind(o),
+        })
+        .collect();
+    Signature {
+        inputs,
+        outputs,
+        mutates,
+    }
 }
 
 /// The input guards (1 and 2 in the module doc).

@@ -10,8 +10,13 @@
 //! - **Globals are shared by name and content.** Adding an entry resolves each
 //!   of its globals by name: an embedded global with the same dtype, shape and
 //!   bytes, or a host-bound global with the same dtype and shape, is reused;
-//!   the same name with anything else is a [`PackageError::GlobalConflict`].
-//!   Two functions capturing the same tensor store it once.
+//!   the same name with anything else is a [`PackageError::GlobalConflict`]
+//!   that names the functions using the existing global and the function
+//!   asking for the new one (the fix: capture different values under
+//!   different names). Two functions capturing the same tensor under the
+//!   same name (`encode` and `decode` sharing an embedding) reference one
+//!   global, and its bytes are stored once: the weights file that first
+//!   held it.
 //! - **Weight files are immutable.** The embedded globals an entry adds are
 //!   written into one new safetensors file (tensors named by global name;
 //!   the `safetensors` crate orders them by dtype alignment, then name), so
@@ -74,10 +79,16 @@ pub enum PackageError {
     },
     #[error("`{}` exists and is not a package directory; refusing to replace it (choose another path or remove it)", path.display())]
     NotAPackage { path: PathBuf },
-    #[error("global `{name}` is already in the package as {existing}, but this entry needs {requested}; give different values different names")]
+    /// Two functions (or two entries of one) capture different values
+    /// under one global name.
+    #[error("global `{name}` is already in the package as {existing} (used by {used_by}), but function `{function}` needs {requested}; capture different values under different names (e.g. `{function}.{name}`), or the same tensor if they are meant to share it")]
     GlobalConflict {
         name: String,
         existing: String,
+        /// The functions whose entries use the existing global.
+        used_by: String,
+        /// The function of the entry being added.
+        function: String,
         requested: String,
     },
     #[error("function `{function}` has signature {existing} in the package, but this entry has {requested}; use another function name")]
@@ -211,7 +222,11 @@ impl PackageDraft {
         self.manifest.to_json()
     }
 
-    fn resolve<'a>(&self, def: &'a GlobalDef) -> Result<Resolved<'a>, PackageError> {
+    fn resolve<'a>(
+        &self,
+        function: &str,
+        def: &'a GlobalDef,
+    ) -> Result<Resolved<'a>, PackageError> {
         let Some(index) = self
             .manifest
             .globals
@@ -245,9 +260,26 @@ impl PackageDraft {
                 existing.push_str(" with other contents");
                 requested.push_str(" with these contents");
             }
+            let users: Vec<String> = self
+                .manifest
+                .functions
+                .iter()
+                .filter(|f| {
+                    f.entries
+                        .iter()
+                        .any(|e| e.globals.contains(&(index as u32)))
+                })
+                .map(|f| format!("function `{}`", f.name))
+                .collect();
             Err(PackageError::GlobalConflict {
                 name: def.name.clone(),
                 existing,
+                used_by: if users.is_empty() {
+                    "no function".into()
+                } else {
+                    users.join(", ")
+                },
+                function: function.to_string(),
                 requested,
             })
         }
@@ -276,7 +308,7 @@ impl PackageDraft {
         let resolved = entry
             .globals
             .iter()
-            .map(|g| self.resolve(g))
+            .map(|g| self.resolve(&entry.function, g))
             .collect::<Result<Vec<_>, _>>()?;
 
         // New globals: bound ones are declared; embedded ones go into one new
@@ -732,7 +764,7 @@ mod tests {
         let err = d.add_entry(&entry("h", &other)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "global `w` is already in the package as an embedded weight f32[2] with other contents, but this entry needs an embedded weight f32[2] with these contents; give different values different names"
+            "global `w` is already in the package as an embedded weight f32[2] with other contents (used by function `f`, function `g`), but function `h` needs an embedded weight f32[2] with these contents; capture different values under different names (e.g. `h.w`), or the same tensor if they are meant to share it"
         );
         assert_eq!(d.manifest(), &before, "a failed add changes nothing");
     }

@@ -117,6 +117,7 @@ fn run(guards: &[Guard], case: &Case) {
             .map(|n| ArgDecl { name: n.clone(), kind: ArgKind::Scalar { dtype: DType::F32 } })
             .collect(),
         outputs: vec![],
+        mutates: vec![],
     };
     let decls: Vec<GlobalDecl> = case
         .global_names

@@ -363,6 +363,7 @@ mod tests {
                 },
             ],
             outputs: vec![],
+            mutates: vec![],
         }
     }
 

@@ -18,6 +18,16 @@
 //! Files are named by their SHA-256, and `files` lists every file with its
 //! digest; the loader never follows a path from the manifest, it only looks
 //! names up in `files` after checking they have one of the two forms above.
+//!
+//! A package holds any number of functions (`encode` and `decode`, `prefill`
+//! and `step`), each with its own signature and entries; `globals` is
+//! package-wide, so functions that use the same weight reference one global
+//! and the weight is stored once.
+//!
+//! A function may update inputs in place ([`Signature::mutates`]): its
+//! wrapper returns each updated input's new value after the declared
+//! outputs, and the host writes them into the caller's tensors only once the
+//! whole call succeeded.
 
 use std::collections::BTreeMap;
 
@@ -99,12 +109,50 @@ pub struct FunctionDecl {
     pub entries: Vec<EntryDecl>,
 }
 
-/// Input and output names and kinds of a function.
+/// Input and output names and kinds of a function, and the inputs it
+/// updates in place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signature {
     pub inputs: Vec<ArgDecl>,
     pub outputs: Vec<ArgDecl>,
+    /// The inputs the function updates in place (a cache, a running
+    /// statistic), in the order the wrapper returns their new values: after
+    /// the `outputs`, as hidden extra outputs. Absent in manifests of
+    /// functions that update nothing (and in manifests older than it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mutates: Vec<MutationDecl>,
+}
+
+/// An input a function updates in place.
+///
+/// The wrapper returns the input's new value as a hidden output; after a
+/// successful call the host writes it into the caller's tensor
+/// (`Package::call_mut`). Verification checks that `input` is in range,
+/// appears once, and that `kind` has the input's dtype and rank; each call
+/// checks that the new value has exactly the caller's tensor's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutationDecl {
+    /// Index of the updated input in `inputs`.
+    pub input: u32,
+    /// What the wrapper returns for it: the input's dtype and rank.
+    pub kind: ArgKind,
+}
+
+impl Signature {
+    /// The names of the inputs the function updates in place, in record
+    /// order (`?` for an index out of range, which verification refuses).
+    pub fn mutated_names(&self) -> Vec<&str> {
+        self.mutates
+            .iter()
+            .map(|m| {
+                self.inputs
+                    .get(m.input as usize)
+                    .map_or("?", |a| a.name.as_str())
+            })
+            .collect()
+    }
 }
 
 /// One input or output.

@@ -11,6 +11,21 @@
 //! entry that matches on an instance from that entry's pool; a miss lists,
 //! for every entry, the first guard that failed.
 //!
+//! A package may hold several functions sharing its globals; every call
+//! names its function ([`Package::call`]), and an unknown name lists the
+//! package's functions.
+//!
+//! **Input mutation.** A function whose signature lists updated inputs
+//! (`Signature::mutates`) is called with [`Package::call_mut`] (or
+//! [`Package::call_named_mut`]): the wrapper returns each updated input's new
+//! value as a hidden output after the declared ones; the host checks that
+//! the wrapper returned exactly that many outputs and that each new value has
+//! the caller's tensor's dtype and shape (a package is untrusted), and only
+//! then, once nothing else can fail, replaces the caller's tensors. A failed
+//! call (guard miss, trap, contract violation) leaves them untouched.
+//! [`Package::call`] refuses such a function with an error that says to use
+//! `call_mut`, rather than drop the update.
+//!
 //! Thread safety: [`Package`] is `Send + Sync`; calls from many threads run
 //! at once, each on its own instance.
 
@@ -627,17 +642,111 @@ impl Package {
     }
 
     /// Calls `function` with positional inputs.
+    ///
+    /// A function that updates inputs in place is refused with
+    /// [`Error::BadInputs`] saying to use [`Package::call_mut`]: dropping
+    /// the update silently would lose state (a cache, a running statistic).
     pub fn call(&self, function: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
-        self.call_inner(function, None, inputs)
+        let fi = self.function_index(function)?;
+        self.refuse_mutating(fi, "call")?;
+        Ok(self.call_inner(fi, None, inputs)?.0)
     }
 
-    /// Calls `function` with inputs by name, in any order.
+    /// Calls `function` with positional inputs and writes the new value of
+    /// every input it updates in place ([`Signature::mutates`]) into
+    /// `inputs`. Returns the declared outputs.
+    ///
+    /// The caller's tensors change only if the whole call succeeded (guards,
+    /// the run, and the check that each new value has exactly the dtype and
+    /// shape of the tensor it replaces); on any error they are untouched.
+    /// An updated input's `Tensor` is replaced by the new value: clones of
+    /// the old tensor keep the old value. For a function that updates
+    /// nothing this is [`Package::call`].
+    ///
+    /// [`Signature::mutates`]: crate::manifest::Signature::mutates
+    pub fn call_mut(&self, function: &str, inputs: &mut [Tensor]) -> Result<Vec<Tensor>, Error> {
+        let fi = self.function_index(function)?;
+        let (outputs, updates) = self.call_inner(fi, None, inputs)?;
+        let sig = &self.manifest.functions[fi].signature;
+        for (m, value) in sig.mutates.iter().zip(updates) {
+            // In range: `call_inner` checked it before the run.
+            if let Some(slot) = inputs.get_mut(m.input as usize) {
+                *slot = value;
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Calls `function` with inputs by name, in any order. A function that
+    /// updates inputs in place is refused: use [`Package::call_named_mut`].
     pub fn call_named(
         &self,
         function: &str,
         inputs: &[(&str, Tensor)],
     ) -> Result<Vec<Tensor>, Error> {
         let fi = self.function_index(function)?;
+        self.refuse_mutating(fi, "call_named")?;
+        let (ordered, names) = self.order_named(fi, inputs)?;
+        Ok(self.call_inner(fi, Some(&names), &ordered)?.0)
+    }
+
+    /// [`Package::call_mut`] with inputs by name, in any order: the new
+    /// value of each updated input replaces the tensor of that name.
+    pub fn call_named_mut(
+        &self,
+        function: &str,
+        inputs: &mut [(&str, Tensor)],
+    ) -> Result<Vec<Tensor>, Error> {
+        let fi = self.function_index(function)?;
+        let (ordered, names) = self.order_named(fi, inputs)?;
+        let (outputs, updates) = self.call_inner(fi, Some(&names), &ordered)?;
+        let sig = &self.manifest.functions[fi].signature;
+        for (m, value) in sig.mutates.iter().zip(updates) {
+            let Some(name) = names.get(m.input as usize) else {
+                continue;
+            };
+            if let Some(slot) = inputs.iter_mut().find(|(n, _)| n == name) {
+                slot.1 = value;
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Refuses a call that cannot hand back updated inputs.
+    fn refuse_mutating(&self, fi: usize, method: &str) -> Result<(), Error> {
+        let f = &self.manifest.functions[fi];
+        if f.signature.mutates.is_empty() {
+            return Ok(());
+        }
+        Err(Error::BadInputs {
+            function: f.name.clone(),
+            expected: format!(
+                "a call through `Package::{method}_mut`, since it updates input{} {} in place",
+                if f.signature.mutates.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                f.signature
+                    .mutated_names()
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            actual: format!(
+                "a call through `Package::{method}`, which cannot hand the new values back"
+            ),
+        })
+    }
+
+    /// The inputs in signature order, and the signature's input names.
+    fn order_named(
+        &self,
+        fi: usize,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<(Vec<Tensor>, Vec<String>), Error> {
+        let function = self.manifest.functions[fi].name.as_str();
         let sig = &self.manifest.functions[fi].signature;
         let mut ordered = Vec::with_capacity(sig.inputs.len());
         for a in &sig.inputs {
@@ -671,7 +780,7 @@ impl Package {
             });
         }
         let names: Vec<String> = sig.inputs.iter().map(|a| a.name.clone()).collect();
-        self.call_inner(function, Some(&names), &ordered)
+        Ok((ordered, names))
     }
 
     fn function_index(&self, function: &str) -> Result<usize, Error> {
@@ -729,13 +838,32 @@ impl Package {
         })
     }
 
+    /// Runs function `fi`: its declared outputs, and the new values of the
+    /// inputs it updates (in `signature.mutates` order), each checked to
+    /// have its input's dtype and shape.
     fn call_inner(
         &self,
-        function: &str,
+        fi: usize,
         names: Option<&[String]>,
         inputs: &[Tensor],
-    ) -> Result<Vec<Tensor>, Error> {
-        let fi = self.function_index(function)?;
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
+        let f = &self.manifest.functions[fi];
+        if let Some(m) = f
+            .signature
+            .mutates
+            .iter()
+            .find(|m| m.input as usize >= inputs.len())
+        {
+            return Err(Error::BadInputs {
+                function: f.name.clone(),
+                expected: format!(
+                    "{} inputs (it updates input {} in place)",
+                    f.signature.inputs.len(),
+                    m.input
+                ),
+                actual: format!("{} inputs", inputs.len()),
+            });
+        }
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let ei = self.select_inner(fi, names, &refs)?;
         self.run_entry(fi, ei, inputs)
@@ -822,7 +950,12 @@ impl Package {
         Ok(Instance { store, wrapper })
     }
 
-    fn run_entry(&self, fi: usize, ei: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+    fn run_entry(
+        &self,
+        fi: usize,
+        ei: usize,
+        inputs: &[Tensor],
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
         self.host
             .inner
             .counters
@@ -856,7 +989,7 @@ impl Package {
         ei: usize,
         inst: &mut Instance,
         inputs: &[Tensor],
-    ) -> Result<Vec<Tensor>, Error> {
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
         let f = &self.manifest.functions[fi];
         let store = &mut inst.store;
         store.data_mut().begin_run();
@@ -878,17 +1011,55 @@ impl Package {
                 index,
             }),
             Ok(Ok(outs)) => {
-                if outs.len() != f.signature.outputs.len() {
+                let declared = f.signature.outputs.len();
+                let updated = f.signature.mutates.len();
+                if Some(outs.len()) != declared.checked_add(updated) {
                     return Err(self.trap(
                         fi,
                         ei,
                         TrapKind::Contract,
-                        format!(
-                            "wrapper returned {} outputs, the signature has {}",
-                            outs.len(),
-                            f.signature.outputs.len()
-                        ),
+                        if updated == 0 {
+                            format!(
+                                "wrapper returned {} outputs, the signature has {declared}",
+                                outs.len()
+                            )
+                        } else {
+                            format!(
+                                "wrapper returned {} outputs, the signature has {declared} and {updated} updated input{}",
+                                outs.len(),
+                                if updated == 1 { "" } else { "s" }
+                            )
+                        },
                     ));
+                }
+                let (outs, new_values) = outs.split_at(declared);
+                let mut updates = Vec::with_capacity(updated);
+                for (h, m) in new_values.iter().zip(&f.signature.mutates) {
+                    let t = store
+                        .data()
+                        .output(*h)
+                        .map_err(|fault| self.trap(fi, ei, fault.kind, fault.message))?;
+                    // The package is untrusted: the new value must be able
+                    // to stand in for the caller's tensor exactly.
+                    let old = inputs.get(m.input as usize);
+                    if old.map(Tensor::meta) != Some(t.meta()) {
+                        let name = f
+                            .signature
+                            .inputs
+                            .get(m.input as usize)
+                            .map_or("?", |a| a.name.as_str());
+                        return Err(self.trap(
+                            fi,
+                            ei,
+                            TrapKind::Contract,
+                            format!(
+                                "the new value of input `{name}` is {}, but the input is {}",
+                                t.meta(),
+                                old.map_or("missing".to_string(), |o| o.meta().to_string())
+                            ),
+                        ));
+                    }
+                    updates.push(t);
                 }
                 let mut tensors = Vec::with_capacity(outs.len());
                 for (h, decl) in outs.iter().zip(&f.signature.outputs) {
@@ -913,7 +1084,7 @@ impl Package {
                     }
                     tensors.push(t);
                 }
-                Ok(tensors)
+                Ok((tensors, updates))
             }
         };
         store.data_mut().end_run();

@@ -9,7 +9,8 @@
 //!   arithmetic), its safetensors tensor present with the same dtype and
 //!   shape;
 //! - every function: name unique, input and output names unique, ranks in
-//!   range; every entry: guard indices in range, every kernel resolved in the
+//!   range; every updated input (`signature.mutates`) in range, listed once,
+//!   its new value declared with the input's dtype and rank; every entry: guard indices in range, every kernel resolved in the
 //!   host's registry with its attributes validated, globals-table indices in
 //!   range, buffer sizes in range and within the host tensor budget;
 //! - every wrapper: a valid component whose only import is the contract's
@@ -241,6 +242,36 @@ pub(crate) fn verify_package(
                         ),
                     );
                 }
+            }
+        }
+        let mut mutated = HashSet::new();
+        for (mi, mu) in f.signature.mutates.iter().enumerate() {
+            let mat = format!("{fat}.signature.mutates[{mi}]");
+            let Some(input) = f.signature.inputs.get(mu.input as usize) else {
+                p.add(
+                    &mat,
+                    format!(
+                        "updates input {} but the function has {} inputs",
+                        mu.input,
+                        f.signature.inputs.len()
+                    ),
+                );
+                continue;
+            };
+            if !mutated.insert(mu.input) {
+                p.add(
+                    &mat,
+                    format!("input `{}` is updated twice; list it once", input.name),
+                );
+            }
+            if mu.kind.dtype() != input.kind.dtype() || mu.kind.rank() != input.kind.rank() {
+                p.add(
+                    &mat,
+                    format!(
+                        "the new value of input `{}` is declared {}, but the input is {}",
+                        input.name, mu.kind, input.kind
+                    ),
+                );
             }
         }
         let mut fkernels = Vec::with_capacity(f.entries.len());

@@ -159,6 +159,7 @@ pub fn hand_manifest(functions: &[HandFunction]) -> (Manifest, Vec<(String, Vec<
             signature: Signature {
                 inputs: args(&f.inputs),
                 outputs: args(&f.outputs),
+                mutates: vec![],
             },
             program_hash: "0".repeat(64),
             entries: vec![EntryDecl {
