@@ -21,12 +21,14 @@ mod attrs;
 mod cast;
 mod conv;
 mod elementwise;
+mod index;
 mod layout;
 mod matmul;
 mod norm;
 mod num;
 mod pool;
 mod reduce;
+mod scan;
 mod shape;
 mod unary;
 
@@ -45,7 +47,7 @@ pub(crate) const PAR_MIN: usize = 1 << 16;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
-    let families: [(&'static str, BindFn); 18] = [
+    let families: [(&'static str, BindFn); 22] = [
         ("binary", elementwise::bind_binary),
         ("compare", elementwise::bind_compare),
         ("where", elementwise::bind_where),
@@ -64,6 +66,10 @@ pub(crate) fn register_all(r: &mut Registry) {
         ("conv", conv::bind_conv),
         ("conv_transpose", conv::bind_conv_transpose),
         ("pool", pool::bind),
+        ("arg_reduce", scan::bind_arg_reduce),
+        ("cumsum", scan::bind_cumsum),
+        ("gather_elements", index::bind_gather_elements),
+        ("gather_nd", index::bind_gather_nd),
     ];
     for (name, bind) in families {
         r.register(Arc::new(Family { name, bind }));
@@ -410,6 +416,7 @@ mod tests {
     /// Minimal valid attributes for every kernel of the catalog.
     fn catalog() -> Vec<(&'static str, crate::Attrs)> {
         vec![
+            ("arg_reduce@1", attrs(&[("op", s("max"))])),
             ("binary@1", attrs(&[("op", s("add"))])),
             ("cast@1", attrs(&[("to", s("f32"))])),
             ("compare@1", attrs(&[("op", s("eq"))])),
@@ -417,7 +424,10 @@ mod tests {
             ("conv@1", attrs(&[])),
             ("conv_transpose@1", attrs(&[])),
             ("copy@1", attrs(&[])),
+            ("cumsum@1", attrs(&[("axis", i(0))])),
             ("gather@1", attrs(&[])),
+            ("gather_elements@1", attrs(&[])),
+            ("gather_nd@1", attrs(&[])),
             ("layer_norm@1", attrs(&[])),
             ("linear@1", attrs(&[])),
             ("matmul@1", attrs(&[])),
