@@ -28,6 +28,7 @@ mod norm;
 mod num;
 mod pool;
 mod reduce;
+mod resize;
 mod scan;
 mod shape;
 mod unary;
@@ -47,7 +48,7 @@ pub(crate) const PAR_MIN: usize = 1 << 16;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
-    let families: [(&'static str, BindFn); 22] = [
+    let families: [(&'static str, BindFn); 23] = [
         ("binary", elementwise::bind_binary),
         ("compare", elementwise::bind_compare),
         ("where", elementwise::bind_where),
@@ -70,6 +71,7 @@ pub(crate) fn register_all(r: &mut Registry) {
         ("cumsum", scan::bind_cumsum),
         ("gather_elements", index::bind_gather_elements),
         ("gather_nd", index::bind_gather_nd),
+        ("resize", resize::bind),
     ];
     for (name, bind) in families {
         r.register(Arc::new(Family { name, bind }));
@@ -436,6 +438,7 @@ mod tests {
                 attrs(&[("op", s("max")), ("kernel_shape", ints(&[2]))]),
             ),
             ("reduce@1", attrs(&[("op", s("sum"))])),
+            ("resize@1", attrs(&[("sizes", ints(&[]))])),
             (
                 "slice@1",
                 attrs(&[("starts", ints(&[])), ("ends", ints(&[]))]),
