@@ -20,7 +20,7 @@
 //! where a node is `{"op": "input", "index"}`, `{"op": "global", "index"}`,
 //! `{"op": "constant", "dtype"}`, `{"op": "reshape", "rank"}` or
 //! `{"op": "kernel", "kernel": "name@version", "attrs": {..}}`, or
-//! `{"op": "if" | "while", "regions": [..]}` whose regions are this same
+//! `{"op": "guard", "index"}`, `{"op": "if" | "while", "regions": [..]}` whose regions are this same
 //! form (`then`, `otherwise`; `cond`, `body`). Kernel
 //! attributes are hashed except those that commonly hold sizes
 //! ([`SIZE_ATTRS`]: slice bounds). Value ids are the graph's own dense
@@ -89,6 +89,7 @@ pub fn canonical_form(graph: &Graph) -> Value {
                 }
                 Op::If { then, otherwise } => json!({"op": "if", "inputs": ins,
                     "regions": [canonical_form(then), canonical_form(otherwise)]}),
+                Op::Guard { index } => json!({"op": "guard", "index": index, "inputs": ins}),
                 Op::While { cond, body } => json!({"op": "while", "inputs": ins,
                     "regions": [canonical_form(cond), canonical_form(body)]}),
             }

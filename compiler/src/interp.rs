@@ -33,6 +33,10 @@ pub enum EvalError {
     },
     #[error("node {node}: {message}")]
     Invalid { node: usize, message: String },
+    /// A graph break's guard did not hold (the compiled entry would report a
+    /// miss at this break).
+    #[error("the guard of break {index} does not hold")]
+    BreakMiss { index: u32 },
 }
 
 /// Evaluates a verified graph on `inputs`; host-bound globals come from
@@ -141,6 +145,15 @@ pub fn evaluate(
                 let args: Vec<Tensor> = args.iter().map(|t| (*t).clone()).collect();
                 evaluate(branch, registry, &args, bindings).map_err(|e| in_region(n, e))?
             }
+            Op::Guard { index } => {
+                let c = ins
+                    .first()
+                    .ok_or_else(|| invalid("`guard` has no input".into()))?;
+                if !truth(c).map_err(invalid)? {
+                    return Err(EvalError::BreakMiss { index: *index });
+                }
+                Vec::new()
+            }
             Op::While { cond, body } => {
                 let carried = node.outputs.len();
                 let mut args: Vec<Tensor> = ins.iter().map(|t| (*t).clone()).collect();
@@ -204,6 +217,9 @@ fn truth(t: &Tensor) -> Result<bool, String> {
 
 /// An error inside a region of node `n`, reported at `n`.
 fn in_region(n: usize, e: EvalError) -> EvalError {
+    if let EvalError::BreakMiss { .. } = e {
+        return e;
+    }
     EvalError::Invalid {
         node: n,
         message: format!("in a region: {e}"),

@@ -86,6 +86,10 @@ pub enum Op {
     /// outputs are the carried values when `cond` first does not hold (so
     /// there are as many outputs as carried values).
     While { cond: Box<Graph>, body: Box<Graph> },
+    /// A graph break's data-dependent guard: if element 0 of its one input
+    /// (a one-element bool or integer tensor) is zero, the run stops and
+    /// reports a miss at break `index`. No outputs; never dead.
+    Guard { index: u32 },
 }
 
 /// The graphs of `If` and `While` are *regions*: ordinary [`Graph`]s whose
@@ -117,6 +121,7 @@ impl Op {
             Op::Kernel { kernel, .. } => kernel,
             Op::If { .. } => "if",
             Op::While { .. } => "while",
+            Op::Guard { .. } => "guard",
         }
     }
 
@@ -552,8 +557,8 @@ impl Graph {
         c
     }
 
-    /// Which nodes some output of the graph depends on (the others are dead:
-    /// kernels have no side effects). Out-of-range value ids count as dead.
+    /// Which nodes some output or guard of the graph depends on (the others
+    /// are dead: kernels have no side effects; guards are always live). Out-of-range value ids count as dead.
     pub fn live_nodes(&self) -> Vec<bool> {
         let mut needed = vec![false; self.values.len()];
         for o in &self.outputs {
@@ -563,10 +568,11 @@ impl Graph {
         }
         let mut live = vec![false; self.nodes.len()];
         for (n, node) in self.nodes.iter().enumerate().rev() {
-            if node
-                .outputs
-                .iter()
-                .any(|v| needed.get(v.index()).copied().unwrap_or(false))
+            if matches!(node.op, Op::Guard { .. })
+                || node
+                    .outputs
+                    .iter()
+                    .any(|v| needed.get(v.index()).copied().unwrap_or(false))
             {
                 live[n] = true;
                 for v in &node.inputs {
@@ -704,6 +710,7 @@ impl fmt::Display for Graph {
                     }
                 }
                 op @ (Op::If { .. } | Op::While { .. }) => write!(f, "{}", op.name())?,
+                Op::Guard { index } => write!(f, "guard {index}")?,
             }
             let ins: Vec<String> = node.inputs.iter().map(ToString::to_string).collect();
             if !ins.is_empty() {

@@ -58,6 +58,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod breaks;
 pub mod compile;
 pub mod function;
 pub mod guards;

@@ -325,6 +325,13 @@ impl Lowerer {
                         place[o.index()] = Some((r, Phase::Run));
                     }
                 }
+                Op::Guard { index } => {
+                    let &(cond, _) = ins.first().ok_or_else(unplaced)?;
+                    run.push(Step::Guard {
+                        index: *index,
+                        cond: Cond(cond),
+                    });
+                }
                 Op::While { cond, body } => {
                     let copy = self.kernel("copy@1", &Attrs::new())?;
                     let mut carried = Vec::with_capacity(node.outputs.len());

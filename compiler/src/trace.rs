@@ -201,6 +201,31 @@ where
 pub struct Trace {
     pub graph: Graph,
     pub program_hash: String,
+    /// The graph breaks the body took, in order (see [`Tracer::item`]):
+    /// the trace is valid only for inputs that read these values again.
+    pub breaks: Vec<BreakRecord>,
+}
+
+/// One graph break of a trace: the value read, and where its guard is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakRecord {
+    /// The value the body read (and the trace is specialized on).
+    pub value: ScalarValue,
+    /// The one-element tensor read.
+    pub read: ValueId,
+    /// The first node of the break's condition (`read == value`).
+    pub cond_from: usize,
+    /// The `Guard` node checking it (the last node of the condition).
+    pub guard: usize,
+}
+
+/// What a trace knows about graph breaks: the values of the inputs (to
+/// evaluate what the body reads), and values to replay instead, in order
+/// (a path recorded earlier).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BreakSource<'a> {
+    pub data: Option<&'a [Tensor]>,
+    pub replay: &'a [ScalarValue],
 }
 
 impl FunctionDef {
@@ -228,6 +253,31 @@ impl FunctionDef {
         registry: &Registry,
         bindings: &BTreeMap<String, Tensor>,
     ) -> Result<Trace, TraceError> {
+        self.trace_with(examples, registry, bindings, BreakSource::default())
+    }
+
+    /// [`FunctionDef::trace`], with what graph breaks read: a body that
+    /// calls [`Tracer::item`] gets `breaks.replay` values first, then values
+    /// computed from `breaks.data`.
+    pub fn trace_with(
+        &self,
+        examples: &[Example],
+        registry: &Registry,
+        bindings: &BTreeMap<String, Tensor>,
+        breaks: BreakSource<'_>,
+    ) -> Result<Trace, TraceError> {
+        self.trace_body(examples, registry, bindings, breaks, &*self.body)
+    }
+
+    /// Traces `body` in place of the function's own body, with its names.
+    pub(crate) fn trace_body(
+        &self,
+        examples: &[Example],
+        registry: &Registry,
+        bindings: &BTreeMap<String, Tensor>,
+        breaks: BreakSource<'_>,
+        body: &(dyn Fn(&mut Tracer<'_>, &[Traced]) -> Result<Vec<Traced>, TraceError> + '_),
+    ) -> Result<Trace, TraceError> {
         let _span = tracing::debug_span!("compiler.trace", function = %self.name).entered();
         let names: Vec<String> = match &self.inputs {
             Some(n) if n.len() != examples.len() => {
@@ -252,6 +302,8 @@ impl FunctionDef {
             captures: Vec::new(),
             outer: Vec::new(),
             next_scope: ROOT,
+            source: breaks,
+            breaks: Vec::new(),
         };
         let mut inputs = Vec::with_capacity(examples.len());
         for (i, (name, ex)) in names.into_iter().zip(examples).enumerate() {
@@ -262,7 +314,7 @@ impl FunctionDef {
             })?;
             inputs.push(cx.t(v));
         }
-        let outs = (self.body)(&mut cx, &inputs)?;
+        let outs = body(&mut cx, &inputs)?;
         // `assign` recorded the new values of updated inputs as outputs;
         // they go after the declared outputs (see `Graph::mutations`).
         let updated = std::mem::take(&mut cx.graph.outputs);
@@ -289,6 +341,7 @@ impl FunctionDef {
         Ok(Trace {
             graph,
             program_hash,
+            breaks: cx.breaks,
         })
     }
 }
@@ -308,6 +361,9 @@ pub struct Tracer<'a> {
     /// The enclosing graphs while a region is traced, outermost first.
     outer: Vec<Level>,
     next_scope: u32,
+    /// Where graph breaks get their values, and the breaks taken so far.
+    source: BreakSource<'a>,
+    breaks: Vec<BreakRecord>,
 }
 
 fn s(v: &str) -> AttrValue {
@@ -533,6 +589,138 @@ impl Tracer<'_> {
             graph,
             captures.into_iter().map(|(outer, _)| outer).collect(),
         ))
+    }
+
+    // ---- graph breaks ----
+
+    /// Reads the value of the one-element tensor `t` now, during tracing, so
+    /// the body can branch on it in Rust: a *graph break*. The entry is
+    /// compiled for this value: the wrapper checks `t == value` where the
+    /// value is computed, and a call whose data gives another value stops
+    /// there with a miss at this break (break `k` is the body's `k`-th
+    /// read). A compiler attached to the package then traces the other
+    /// path and the entry grows a continuation for it.
+    ///
+    /// The value comes from the call's inputs (evaluated on the reference
+    /// kernels), or from a recorded path when an entry is re-traced.
+    /// Only in the function's own graph, not inside `cond` or `while_loop`
+    /// regions (use `cond` there).
+    pub fn item(&mut self, t: Traced) -> Result<ScalarValue, TraceError> {
+        let op = "item";
+        let invalid = |message: String| TraceError::Invalid {
+            op: op.to_string(),
+            message,
+        };
+        if !self.outer.is_empty() {
+            return Err(invalid(
+                "a value cannot be read inside a `cond` or `while_loop` region; branch with `cond` instead".into(),
+            ));
+        }
+        let read = self.resolve(t, op)?;
+        let meta = self.graph.meta(read).clone();
+        if meta.numel() != Some(1) {
+            return Err(invalid(format!("reads one-element tensors; got {meta}")));
+        }
+        let k = self.breaks.len();
+        let value = match (self.source.replay.get(k), self.source.data) {
+            (Some(v), _) => *v,
+            (None, Some(data)) => {
+                let mut g = self.graph.clone();
+                g.outputs = vec![crate::ir::OutputDef {
+                    name: "item".into(),
+                    value: read,
+                }];
+                let out = crate::interp::evaluate(&g, self.registry, data, self.bindings)
+                    .map_err(|e| invalid(format!("evaluating break {k} on the inputs: {e}")))?;
+                out.first()
+                    .and_then(ScalarValue::of)
+                    .ok_or_else(|| invalid(format!("break {k} read no value")))?
+            }
+            (None, None) => {
+                return Err(invalid(format!(
+                    "break {k} needs the inputs' values, and this trace has only their types; call the compiled function with tensors"
+                )))
+            }
+        };
+        let cond_from = self.graph.nodes.len();
+        let cond = self.break_condition(self.t(read), value)?;
+        let cond = self.resolve(cond, op)?;
+        let guard = self.graph.nodes.len();
+        self.graph.push(
+            Op::Guard {
+                index: u32::try_from(k).map_err(|_| invalid("too many breaks".into()))?,
+            },
+            vec![cond],
+            vec![],
+        );
+        self.breaks.push(BreakRecord {
+            value,
+            read,
+            cond_from,
+            guard,
+        });
+        Ok(value)
+    }
+
+    /// [`Tracer::item`] for an integer or bool tensor.
+    pub fn item_i64(&mut self, t: Traced) -> Result<i64, TraceError> {
+        match self.item(t)? {
+            ScalarValue::Int(v) => Ok(v),
+            ScalarValue::Float(v) => Err(TraceError::Invalid {
+                op: "item_i64".into(),
+                message: format!("the tensor holds the float {v}; use `item_f64`"),
+            }),
+        }
+    }
+
+    /// [`Tracer::item`] for a float tensor (integers convert).
+    pub fn item_f64(&mut self, t: Traced) -> Result<f64, TraceError> {
+        Ok(match self.item(t)? {
+            ScalarValue::Float(v) => v,
+            ScalarValue::Int(v) => v as f64,
+        })
+    }
+
+    /// [`Tracer::item`] as a truth value (non-zero).
+    pub fn item_bool(&mut self, t: Traced) -> Result<bool, TraceError> {
+        Ok(match self.item(t)? {
+            ScalarValue::Float(v) => v != 0.0,
+            ScalarValue::Int(v) => v != 0,
+        })
+    }
+
+    /// Adds the guard of break `k` on `cond` to the graph recorded now.
+    pub(crate) fn guard(&mut self, cond: Traced, k: usize) -> Result<(), TraceError> {
+        let cond = self.resolve(cond, "guard")?;
+        let index = u32::try_from(k).map_err(|_| TraceError::Invalid {
+            op: "guard".into(),
+            message: "too many breaks".into(),
+        })?;
+        self.graph.push(Op::Guard { index }, vec![cond], vec![]);
+        Ok(())
+    }
+
+    /// A bool that holds where `read` equals `value` exactly (NaN equals
+    /// NaN, as in guards).
+    pub(crate) fn break_condition(
+        &mut self,
+        read: Traced,
+        value: ScalarValue,
+    ) -> Result<Traced, TraceError> {
+        let dtype = self.dtype(read);
+        let nan = matches!(value, ScalarValue::Float(v) if v.is_nan());
+        if nan {
+            let same = self.eq(read, read)?;
+            let t = self.constant(Tensor::scalar(ampoule_kernels::Bool8(1)));
+            let f = self.constant(Tensor::scalar(ampoule_kernels::Bool8(0)));
+            return self.where_(same, f, t);
+        }
+        let c = match value {
+            ScalarValue::Int(v) => self.constant(Tensor::scalar(v)),
+            ScalarValue::Float(v) => self.constant(Tensor::scalar(v)),
+        };
+        let c = self.cast(c, dtype)?;
+        self.eq(read, c)
     }
 
     // ---- control flow ----

@@ -26,6 +26,8 @@
 //!    their list.
 //! 10. **Specialized scalars.** An input specialized on a value is rank 0, and
 //!     the value's kind (int or float) matches the input's dtype.
+//! 12. **Guards.** A `Guard` reads one condition (a one-element bool or
+//!     integer tensor) and defines nothing.
 //! 11. **Regions.** An `If` reads a one-element bool or integer predicate
 //!     and its branches take the other inputs' types and return the outputs'
 //!     types; a `While`'s first inputs are the carried values (the outputs'
@@ -426,6 +428,13 @@ fn verify_node(graph: &Graph, registry: &Registry, n: usize, c: &mut Collector) 
             }
             for (name, region) in [("then", then), ("otherwise", otherwise)] {
                 verify_region(registry, name, region, args, &outs, n, c);
+            }
+        }
+        Op::Guard { .. } => {
+            if counts(1, 0) {
+                if let Some(Err(m)) = in_meta(0).map(check_condition) {
+                    c.add(at(), format!("the guarded condition {m}"));
+                }
             }
         }
         Op::While { cond, body } => {

@@ -36,7 +36,10 @@ pub fn materialize_outputs(graph: &mut Graph, registry: &Registry) -> Result<usi
             // Lowering gives `If` and `While` results storage of their own
             // (materialized region outputs, loop-carried buffers).
             Some(Op::Kernel { .. } | Op::If { .. } | Op::While { .. }) => false,
-            Some(Op::Input(_) | Op::Global(_) | Op::Constant(_) | Op::Reshape) | None => true,
+            Some(
+                Op::Input(_) | Op::Global(_) | Op::Constant(_) | Op::Reshape | Op::Guard { .. },
+            )
+            | None => true,
         };
         if borrowed || !seen.insert(v) {
             let copy = graph
