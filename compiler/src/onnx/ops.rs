@@ -65,7 +65,8 @@ fn since(op: &str) -> Option<i64> {
         "Min" | "Max" | "Expand" => 8,
         "Erf" | "Where" | "ConstantOfShape" | "IsNaN" => 9,
         "Split" | "Pad" | "Softplus" => 2,
-        "Range" => 11,
+        "Range" | "CumSum" | "GatherElements" | "GatherND" | "Resize" => 11,
+        "ArgMax" | "ArgMin" => 1,
         "LessOrEqual" | "GreaterOrEqual" => 12,
         "HardSwish" | "Trilu" => 14,
         "LayerNormalization" => 17,
@@ -80,6 +81,8 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Abs",
         "Add",
         "And",
+        "ArgMax",
+        "ArgMin",
         "AveragePool",
         "BatchNormalization",
         "Cast",
@@ -91,6 +94,7 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Conv",
         "ConvTranspose",
         "Cos",
+        "CumSum",
         "Div",
         "Dropout",
         "Equal",
@@ -100,6 +104,8 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Flatten",
         "Floor",
         "Gather",
+        "GatherElements",
+        "GatherND",
         "Gelu",
         "Gemm",
         "GlobalAveragePool",
@@ -134,6 +140,7 @@ pub fn supported_ops() -> Vec<&'static str> {
         "ReduceSum",
         "Relu",
         "Reshape",
+        "Resize",
         "Shape",
         "Sigmoid",
         "Sin",
@@ -1008,6 +1015,62 @@ impl Builder<'_, '_> {
                 one(self.reduce(k, &x, &axes, true)?)
             }
             "BatchNormalization" => self.batch_norm().map(|v| vec![v]),
+            "ArgMax" | "ArgMin" => {
+                let x = self.input(0)?;
+                let a = attrs([
+                    (
+                        "op",
+                        AttrValue::Str(if op == "ArgMax" { "max" } else { "min" }.into()),
+                    ),
+                    ("axis", AttrValue::Int(self.int("axis", 0)?)),
+                    (
+                        "keepdims",
+                        AttrValue::Int(i64::from(self.int("keepdims", 1)? != 0)),
+                    ),
+                    (
+                        "select_last_index",
+                        AttrValue::Int(i64::from(
+                            n.opset >= 12 && self.int("select_last_index", 0)? != 0,
+                        )),
+                    ),
+                ]);
+                one(self.kernel("arg_reduce@1", a, &[x])?)
+            }
+            "CumSum" => {
+                let x = self.input(0)?;
+                let axis = self.known_ints(&self.input(1)?, "the axis input")?;
+                let [axis] = axis.as_slice() else {
+                    return Err(format!("the axis input must hold one value, not {axis:?}"));
+                };
+                let a = attrs([
+                    ("axis", AttrValue::Int(*axis)),
+                    (
+                        "exclusive",
+                        AttrValue::Int(i64::from(self.int("exclusive", 0)? != 0)),
+                    ),
+                    (
+                        "reverse",
+                        AttrValue::Int(i64::from(self.int("reverse", 0)? != 0)),
+                    ),
+                ]);
+                one(self.kernel("cumsum@1", a, &[x])?)
+            }
+            "GatherElements" => {
+                let (data, idx) = (self.input(0)?, self.input(1)?);
+                let a = attrs([("axis", AttrValue::Int(self.int("axis", 0)?))]);
+                one(self.kernel("gather_elements@1", a, &[data, idx])?)
+            }
+            "GatherND" => {
+                let (data, idx) = (self.input(0)?, self.input(1)?);
+                let b = if n.opset >= 12 {
+                    self.int("batch_dims", 0)?
+                } else {
+                    0
+                };
+                let a = attrs([("batch_dims", AttrValue::Int(b))]);
+                one(self.kernel("gather_nd@1", a, &[data, idx])?)
+            }
+            "Resize" => self.resize().map(|v| vec![v]),
             "PRelu" => {
                 let (x, slope) = (self.input(0)?, self.input(1)?);
                 let zero = self.scalar_like(0.0, &x);
@@ -1436,6 +1499,119 @@ impl Builder<'_, '_> {
             a.insert("count_include_pad".into(), AttrValue::Int(i64::from(cip)));
         }
         self.kernel("pool@1", a, &[x])
+    }
+
+    fn resize(&mut self) -> R<Val> {
+        let n = self.node;
+        let x = self.input(0)?;
+        let shape = self.shape(&x);
+        let rank = shape.len();
+        let mode = self.string("mode", "nearest")?;
+        if mode != "nearest" && mode != "linear" {
+            return Err(format!(
+                "mode `{mode}` is not supported (nearest or linear)"
+            ));
+        }
+        let coord = self.string("coordinate_transformation_mode", "half_pixel")?;
+        if !matches!(
+            coord.as_str(),
+            "half_pixel" | "pytorch_half_pixel" | "align_corners" | "asymmetric"
+        ) && !(coord == "half_pixel_symmetric" && n.opset >= 19)
+        {
+            return Err(format!(
+                "coordinate_transformation_mode `{coord}` is not supported"
+            ));
+        }
+        if n.opset >= 18 {
+            if self.int("antialias", 0)? != 0 {
+                return Err("antialias = 1 is not supported".into());
+            }
+            let policy = self.string("keep_aspect_ratio_policy", "stretch")?;
+            if policy != "stretch" {
+                return Err(format!(
+                    "keep_aspect_ratio_policy `{policy}` is not supported (only `stretch`)"
+                ));
+            }
+        }
+        let axes: Vec<usize> = match self.ints("axes")? {
+            Some(a) if n.opset >= 18 => a
+                .iter()
+                .map(|&v| norm_axis(v, rank))
+                .collect::<R<Vec<_>>>()?,
+            _ => (0..rank).collect(),
+        };
+        let sizes = match self.opt_input(3)? {
+            Some(v) => Some(self.known_ints(&v, "the sizes input")?),
+            None => None,
+        }
+        .filter(|v| !v.is_empty());
+        let scales = match self.opt_input(2)? {
+            Some(Val::Known { t, .. }) if t.numel() == 0 => None,
+            Some(v) => {
+                let Val::Known { t, .. } = &v else {
+                    return Err("the scales input must be known at compile time".into());
+                };
+                let c = self.cast(&known(t.clone()), DType::F64)?;
+                let Val::Known { t, .. } = c else {
+                    return Err("the scales input must be known at compile time".into());
+                };
+                Some(t.to_vec::<f64>().map_err(e)?)
+            }
+            None => None,
+        };
+        let mut out = shape.clone();
+        let mut a = attrs([
+            ("mode", AttrValue::Str(mode)),
+            ("coordinate_transformation_mode", AttrValue::Str(coord)),
+            (
+                "nearest_mode",
+                AttrValue::Str(self.string("nearest_mode", "round_prefer_floor")?),
+            ),
+        ]);
+        match (sizes, scales) {
+            (Some(sz), _) => {
+                if sz.len() != axes.len() {
+                    return Err(format!(
+                        "sizes {sz:?} must have one entry per resized axis ({})",
+                        axes.len()
+                    ));
+                }
+                for (&ax, &v) in axes.iter().zip(&sz) {
+                    out[ax] = usize::try_from(v)
+                        .map_err(|_| format!("sizes {sz:?} has a negative entry"))?;
+                }
+            }
+            (None, Some(sc)) => {
+                if sc.len() != axes.len() {
+                    return Err(format!(
+                        "scales {sc:?} must have one entry per resized axis ({})",
+                        axes.len()
+                    ));
+                }
+                let mut full = vec![1.0f64; rank];
+                for (&ax, &v) in axes.iter().zip(&sc) {
+                    if !(v.is_finite() && v > 0.0) {
+                        return Err(format!("scales {sc:?} must be positive and finite"));
+                    }
+                    let o = (shape[ax] as f64 * v).floor();
+                    if o > MAX_CREATED as f64 {
+                        return Err(format!(
+                            "resizing axis {ax} to {o} elements exceeds the limit of {MAX_CREATED}"
+                        ));
+                    }
+                    out[ax] = o as usize;
+                    full[ax] = v;
+                }
+                a.insert("scales".into(), AttrValue::Floats(full));
+            }
+            (None, None) => return Err("Resize needs scales or sizes".into()),
+        }
+        if product(&out)? > MAX_CREATED.saturating_mul(16) {
+            return Err(format!("the resized shape {out:?} is too large"));
+        }
+        let sizes: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+        a.insert("sizes".into(), AttrValue::Ints(sizes));
+        self.kernel("resize@1", a, &[x])
     }
 
     /// Inference-mode batch normalization as `x * s + t` with per-channel

@@ -13,9 +13,10 @@
 //! Output coordinate `x` on an axis of input size `D`, output size `O` and
 //! scale `s` maps to input coordinate `x'`:
 //! - half_pixel: `(x + 0.5) / s - 0.5`; pytorch_half_pixel: the same when
-//!   `O > 1`, else 0; align_corners: `x (D - 1) / (O - 1)` (0 when
-//!   `O = 1`); asymmetric: `x / s`; half_pixel_symmetric: half_pixel
-//!   shifted by `D/2 (1 - O / (s D))`.
+//!   `L > 1`, else 0; align_corners: `x (D - 1) / (L - 1)` (0 when
+//!   `L = 1`); asymmetric: `x / s`; half_pixel_symmetric: half_pixel
+//!   shifted by `D/2 (1 - O / (s D))`; where the resized length `L` is
+//!   `s D` (not rounded, as in ONNX) when `scales` is given, else `O`.
 //! - nearest rounds `x'` by `nearest_mode` and clamps it to `[0, D - 1]`;
 //! - linear blends `floor(x')` and `floor(x') + 1` (each clamped) with
 //!   weights `1 - w` and `w`, `w = x' - floor(x')`; a zero weight drops its
@@ -152,20 +153,27 @@ impl Resize {
             .get(a)
             .copied()
             .unwrap_or(o as f64 / d.max(1) as f64);
-        let (df, of) = (d as f64, o as f64);
+        // The resized length the coordinate rules use: `scale * D` when
+        // scales are given (unrounded, as in ONNX), else the output size.
+        let df = d as f64;
+        let of = if self.scales.is_empty() {
+            o as f64
+        } else {
+            scale * df
+        };
         let last = d.saturating_sub(1);
         (0..o)
             .map(|x| {
                 let xf = x as f64;
                 let src = match self.coord {
                     Coord::HalfPixel => (xf + 0.5) / scale - 0.5,
-                    Coord::PytorchHalfPixel if o > 1 => (xf + 0.5) / scale - 0.5,
+                    Coord::PytorchHalfPixel if of > 1.0 => (xf + 0.5) / scale - 0.5,
                     Coord::PytorchHalfPixel => 0.0,
-                    Coord::AlignCorners if o > 1 => xf * (df - 1.0) / (of - 1.0),
+                    Coord::AlignCorners if of != 1.0 => xf * (df - 1.0) / (of - 1.0),
                     Coord::AlignCorners => 0.0,
                     Coord::Asymmetric => xf / scale,
                     Coord::HalfPixelSymmetric => {
-                        let adj = of / (scale * df);
+                        let adj = o as f64 / (scale * df);
                         df / 2.0 * (1.0 - adj) + (xf + 0.5) / scale - 0.5
                     }
                 };
