@@ -154,9 +154,15 @@ fn encode_and_decode_share_one_weight_stored_once() {
         .function(decode)
         .create()
         .unwrap();
-    let h = c.call("encode", &[x.clone()]).unwrap().remove(0);
+    let h = c
+        .call("encode", std::slice::from_ref(&x))
+        .unwrap()
+        .remove(0);
     assert_close(&h, &direct(&x, &w, false), "encode (compiler)");
-    let back = c.call("decode", &[h.clone()]).unwrap().remove(0);
+    let back = c
+        .call("decode", std::slice::from_ref(&h))
+        .unwrap()
+        .remove(0);
     assert_close(&back, &direct(&h, &w, true), "decode (compiler)");
     assert_eq!(c.compile_count(), 2);
     c.save(&pkg).unwrap();
@@ -164,9 +170,15 @@ fn encode_and_decode_share_one_weight_stored_once() {
     // A fresh host, no compiler: both functions serve.
     let host = test_host();
     let p = host.open(&pkg, Bindings::new()).unwrap();
-    let h2 = p.call("encode", &[x.clone()]).unwrap().remove(0);
+    let h2 = p
+        .call("encode", std::slice::from_ref(&x))
+        .unwrap()
+        .remove(0);
     assert_close(&h2, &direct(&x, &w, false), "encode (fresh host)");
-    let back2 = p.call("decode", &[h2.clone()]).unwrap().remove(0);
+    let back2 = p
+        .call("decode", std::slice::from_ref(&h2))
+        .unwrap()
+        .remove(0);
     assert_close(&back2, &direct(&h2, &w, true), "decode (fresh host)");
 
     // One global, referenced by both functions' entries.
