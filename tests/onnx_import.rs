@@ -547,9 +547,9 @@ fn unsupported_nodes_are_listed_together_by_library_and_cli() -> Result<()> {
     let graph = GraphProto {
         name: "cnn".into(),
         node: vec![
-            NodeProto::new("conv0", "Conv", &["x", "w"], &["c"]),
+            NodeProto::new("nms0", "NonMaxSuppression", &["x", "w"], &["c"]),
             NodeProto::new("relu0", "Relu", &["c"], &["r"]),
-            NodeProto::new("pool0", "MaxPool", &["r"], &["p"]),
+            NodeProto::new("roi0", "RoiAlign", &["r"], &["p"]),
             custom,
         ],
         initializer: vec![to_proto("w", &f32s(&[2, 1, 3, 3], 70))],
@@ -576,8 +576,8 @@ fn unsupported_nodes_are_listed_together_by_library_and_cli() -> Result<()> {
     assert_eq!(
         listed,
         [
-            ("conv0", "Conv", "", Some(13)),
-            ("pool0", "MaxPool", "", Some(13)),
+            ("nms0", "NonMaxSuppression", "", Some(13)),
+            ("roi0", "RoiAlign", "", Some(13)),
             ("attn_fused", "Attention", "com.microsoft", None),
         ]
     );
@@ -593,8 +593,8 @@ fn unsupported_nodes_are_listed_together_by_library_and_cli() -> Result<()> {
     let stderr = String::from_utf8_lossy(&o.stderr);
     for needle in [
         "the model has 3 unsupported nodes",
-        "node `conv0`: op `Conv` (domain `ai.onnx`, opset 13)",
-        "node `pool0`: op `MaxPool` (domain `ai.onnx`, opset 13)",
+        "node `nms0`: op `NonMaxSuppression` (domain `ai.onnx`, opset 13)",
+        "node `roi0`: op `RoiAlign` (domain `ai.onnx`, opset 13)",
         "node `attn_fused`: op `Attention` (domain `com.microsoft`, no opset imported)",
     ] {
         assert!(stderr.contains(needle), "missing `{needle}` in:\n{stderr}");
@@ -813,5 +813,266 @@ fn model_serialized_by_the_onnx_library_matches_its_reference_evaluator() -> Res
         "{kernels:?}"
     );
     assert_eq!(m.globals[0].name, "W");
+    Ok(())
+}
+
+// ---- a small CNN: Conv (groups, stride, pads, bias) + BatchNormalization +
+// PRelu + MaxPool + GlobalAveragePool, checked against direct loops ----
+
+/// `x [N, C, H, W]` convolved with `w [M, C/g, KH, KW]` (ONNX Conv), in f64.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv(
+    x: &[f64],
+    [n, c, h, wd]: [usize; 4],
+    w: &[f64],
+    [m, cg, kh, kw]: [usize; 4],
+    b: &[f64],
+    group: usize,
+    stride: usize,
+    pad: usize,
+) -> (Vec<f64>, [usize; 4]) {
+    let oh = (h + 2 * pad - kh) / stride + 1;
+    let ow = (wd + 2 * pad - kw) / stride + 1;
+    let mut y = vec![0.0; n * m * oh * ow];
+    for bi in 0..n {
+        for mo in 0..m {
+            let g = mo / (m / group);
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = b[mo];
+                    for ci in 0..cg {
+                        for p in 0..kh {
+                            for q in 0..kw {
+                                let (r, s) = (
+                                    (i * stride + p) as i64 - pad as i64,
+                                    (j * stride + q) as i64 - pad as i64,
+                                );
+                                if r >= 0 && s >= 0 && (r as usize) < h && (s as usize) < wd {
+                                    acc += x[((bi * c + g * cg + ci) * h + r as usize) * wd
+                                        + s as usize]
+                                        * w[((mo * cg + ci) * kh + p) * kw + q];
+                                }
+                            }
+                        }
+                    }
+                    y[((bi * m + mo) * oh + i) * ow + j] = acc;
+                }
+            }
+        }
+    }
+    (y, [n, m, oh, ow])
+}
+
+#[test]
+fn small_cnn_with_conv_batchnorm_prelu_and_pools() -> Result<()> {
+    let w = f32s(&[6, 2, 3, 3], 21);
+    let b = f32s(&[6], 22);
+    let scale = f32s(&[6], 23);
+    let shift = f32s(&[6], 24);
+    let mean = f32s(&[6], 25);
+    let var = Tensor::from_vec(
+        &[6],
+        vals(&f32s(&[6], 26))
+            .iter()
+            .map(|v| (v.abs() + 0.5) as f32)
+            .collect(),
+    )?;
+    let slope = f32s(&[6, 1, 1], 27);
+    let graph = GraphProto {
+        name: "cnn".into(),
+        node: vec![
+            NodeProto::new("conv", "Conv", &["x", "w", "b"], &["c"])
+                .attr(AttributeProto::int("group", 2))
+                .attr(AttributeProto::ints("kernel_shape", &[3, 3]))
+                .attr(AttributeProto::ints("strides", &[2, 2]))
+                .attr(AttributeProto::ints("pads", &[1, 1, 1, 1])),
+            NodeProto::new(
+                "bn",
+                "BatchNormalization",
+                &["c", "scale", "shift", "mean", "var"],
+                &["n"],
+            )
+            .attr(AttributeProto::float("epsilon", 1e-3)),
+            NodeProto::new("act", "PRelu", &["n", "slope"], &["a"]),
+            NodeProto::new("pool", "MaxPool", &["a"], &["p"])
+                .attr(AttributeProto::ints("kernel_shape", &[2, 2])),
+            NodeProto::new("gap", "GlobalAveragePool", &["p"], &["y"]),
+        ],
+        initializer: vec![
+            to_proto("w", &w),
+            to_proto("b", &b),
+            to_proto("scale", &scale),
+            to_proto("shift", &shift),
+            to_proto("mean", &mean),
+            to_proto("var", &var),
+            to_proto("slope", &slope),
+        ],
+        input: vec![ValueInfoProto::tensor(
+            "x",
+            data_type::FLOAT,
+            &[Ok(2), Ok(4), Ok(7), Ok(6)],
+        )],
+        output: vec![out("p"), out("y")],
+        ..Default::default()
+    };
+    let bytes = model_bytes(graph, 13);
+    let dir = tempfile::tempdir()?;
+    let x = f32s(&[2, 4, 7, 6], 28);
+    let outs = compile_and_run(&bytes, &[vec![x.clone()]], &dir.path().join("cnn"))?;
+
+    let (conv, [n, m, oh, ow]) = direct_conv(
+        &vals(&x),
+        [2, 4, 7, 6],
+        &vals(&w),
+        [6, 2, 3, 3],
+        &vals(&b),
+        2,
+        2,
+        1,
+    );
+    assert_eq!([oh, ow], [4, 3]);
+    let (sc, sh, mu, va, sl) = (
+        vals(&scale),
+        vals(&shift),
+        vals(&mean),
+        vals(&var),
+        vals(&slope),
+    );
+    let act: Vec<f64> = conv
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let ch = i / (oh * ow) % m;
+            let t = (v - mu[ch]) / (va[ch] + 1e-3).sqrt() * sc[ch] + sh[ch];
+            if t < 0.0 {
+                t * sl[ch]
+            } else {
+                t
+            }
+        })
+        .collect();
+    let (ph, pw) = (oh - 1, ow - 1);
+    let mut pooled = vec![0.0; n * m * ph * pw];
+    for plane in 0..n * m {
+        for i in 0..ph {
+            for j in 0..pw {
+                let at = |r: usize, c: usize| act[plane * oh * ow + r * ow + c];
+                pooled[(plane * ph + i) * pw + j] = at(i, j)
+                    .max(at(i + 1, j))
+                    .max(at(i, j + 1))
+                    .max(at(i + 1, j + 1));
+            }
+        }
+    }
+    let gap: Vec<f64> = pooled
+        .chunks(ph * pw)
+        .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+        .collect();
+    assert_close(&outs[0][0], &pooled, &[2, 6, 3, 2], 1e-4);
+    assert_close(&outs[0][1], &gap, &[2, 6, 1, 1], 1e-4);
+    // The batch norm statistics folded into per-channel constants: one
+    // mul and one add remain around the conv.
+    let m = Host::new(HostConfig::default())?.verify(&dir.path().join("cnn"))?;
+    let kernels: Vec<&str> = m.functions[0].entries[0]
+        .kernels
+        .iter()
+        .map(|k| k.kernel.as_str())
+        .collect();
+    assert!(
+        kernels.contains(&"conv@1") && kernels.contains(&"pool@1"),
+        "{kernels:?}"
+    );
+    assert!(
+        !kernels.contains(&"unary@1"),
+        "sqrt(var + eps) was not folded: {kernels:?}"
+    );
+    Ok(())
+}
+
+// ---- ConvTranspose + Resize + ArgMax + CumSum + GatherElements ----
+
+#[test]
+fn conv_transpose_resize_and_index_ops() -> Result<()> {
+    let w = f32s(&[2, 3, 2, 2], 31);
+    let scales = Tensor::from_vec(&[4], vec![1.0f32, 1.0, 0.5, 0.5])?;
+    let axis = Tensor::scalar(2i64);
+    let idx = Tensor::from_vec(
+        &[1, 3, 3, 2],
+        (0..18).map(|i| (i * 7 % 3) as i64 - 1).collect(),
+    )?;
+    let graph = GraphProto {
+        name: "up".into(),
+        node: vec![
+            NodeProto::new("up", "ConvTranspose", &["x", "w"], &["u"])
+                .attr(AttributeProto::ints("strides", &[2, 2])),
+            NodeProto::new("rs", "Resize", &["u", "", "scales"], &["r"])
+                .attr(AttributeProto::string(
+                    "coordinate_transformation_mode",
+                    "asymmetric",
+                ))
+                .attr(AttributeProto::string("nearest_mode", "floor")),
+            NodeProto::new("am", "ArgMax", &["r"], &["a"])
+                .attr(AttributeProto::int("axis", 1))
+                .attr(AttributeProto::int("keepdims", 0)),
+            NodeProto::new("cs", "CumSum", &["r", "axis"], &["c"]),
+            NodeProto::new("ge", "GatherElements", &["r", "idx"], &["g"])
+                .attr(AttributeProto::int("axis", 3)),
+        ],
+        initializer: vec![
+            to_proto("w", &w),
+            to_proto("scales", &scales),
+            to_proto("axis", &axis),
+            to_proto("idx", &idx),
+        ],
+        input: vec![ValueInfoProto::tensor(
+            "x",
+            data_type::FLOAT,
+            &[Ok(1), Ok(2), Ok(3), Ok(3)],
+        )],
+        output: vec![out("a"), out("c"), out("g")],
+        ..Default::default()
+    };
+    let bytes = model_bytes(graph, 13);
+    let dir = tempfile::tempdir()?;
+    let x = f32s(&[1, 2, 3, 3], 32);
+    let outs = compile_and_run(&bytes, &[vec![x.clone()]], &dir.path().join("up"))?;
+
+    // Stride-2 transposed conv with a 2x2 kernel: each input pixel writes
+    // its own 2x2 block, u[m, 2i + p, 2j + q] = sum_c x[c, i, j] w[c, m, p, q].
+    let (xv, wv) = (vals(&x), vals(&w));
+    let u = |m: usize, r: usize, s: usize| -> f64 {
+        (0..2)
+            .map(|c| xv[(c * 3 + r / 2) * 3 + s / 2] * wv[((c * 3 + m) * 2 + r % 2) * 2 + s % 2])
+            .sum()
+    };
+    // Nearest, asymmetric, floor, scale 1/2: r[m, i, j] = u[m, 2i, 2j] = the p = q = 0 tap.
+    let r: Vec<f64> = (0..27)
+        .map(|k| u(k / 9, k / 3 % 3 * 2, k % 3 * 2))
+        .collect();
+    let argmax: Vec<i64> = (0..9)
+        .map(|p| {
+            (0..3).fold(0, |best, m| {
+                if r[m * 9 + p] > r[best * 9 + p] {
+                    m
+                } else {
+                    best
+                }
+            }) as i64
+        })
+        .collect();
+    assert_eq!(outs[0][0].shape(), [1, 3, 3]);
+    assert_eq!(outs[0][0].to_vec::<i64>()?, argmax);
+    let cumsum: Vec<f64> = (0..27)
+        .map(|k| (0..=k / 3 % 3).map(|i| r[k / 9 * 9 + i * 3 + k % 3]).sum())
+        .collect();
+    assert_close(&outs[0][1], &cumsum, &[1, 3, 3, 3], 1e-5);
+    let iv = idx.to_vec::<i64>()?;
+    let gathered: Vec<f64> = (0..18)
+        .map(|k| {
+            let row = k / 2;
+            r[row * 3 + iv[k].rem_euclid(3) as usize]
+        })
+        .collect();
+    assert_close(&outs[0][2], &gathered, &[1, 3, 3, 2], 1e-5);
     Ok(())
 }
