@@ -42,6 +42,14 @@
 //! | `where@1` | cond: bool, x, y: same dtype | broadcast(cond, x, y) | none |
 //! | `cast@1` | x: any | same shape, dtype `to` | `to`: dtype name |
 //! | `copy@1` | x: any | same | none |
+//! | `conv@1` | x [N, C, D..], w [M, C/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | `group`, `strides`, `dilations`, `pads` (begins then ends), `bias` |
+//! | `conv_transpose@1` | x [N, C, D..], w [C, M/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | as `conv@1` plus `output_padding` |
+//! | `pool@1` | x [N, C, D..]: float | [N, C, O..] | `op`: max, avg; `kernel_shape`, `strides`, `dilations`, `pads`, `ceil_mode`, `count_include_pad` |
+//! | `arg_reduce@1` | x: float or int | reduced shape, i64 | `op`: max, min; `axis`, `keepdims`, `select_last_index` |
+//! | `cumsum@1` | x: float or int | same | `axis`, `exclusive`, `reverse` |
+//! | `gather_elements@1` | data: any, indices: i32 or i64, same rank | indices' shape | `axis`; out-of-range indices are a run error |
+//! | `gather_nd@1` | data: any, indices [.., k]: i32 or i64 | indices.shape[..-1] + data.shape[batch_dims + k..] | `batch_dims`; out-of-range indices are a run error |
+//! | `resize@1` | x: any (nearest) or float (linear) | `sizes` | `sizes`, `scales`, `mode`, `coordinate_transformation_mode`, `nearest_mode` (ONNX Resize semantics) |
 //!
 //! Reshape is not a kernel: the host's `view` import reshapes without a copy.
 //!
