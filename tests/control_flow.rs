@@ -286,3 +286,105 @@ fn region_mistakes_are_trace_errors_naming_the_op() {
         .to_string();
     assert!(err.contains("region that has ended"), "{err}");
 }
+
+/// Branches in Rust on a value read from the data (a graph break): positive
+/// sums take `tanh(x) * w`, the others `x - w`.
+fn breaking(w: Vec<f32>) -> FunctionDef {
+    let w = f32s(&[4], w);
+    function("breaking", move |cx, x| {
+        let s = cx.sum(x[0], &[0], false)?;
+        let positive = cx.item_f64(s)? > 0.0;
+        let w = cx.capture("w", &w)?;
+        let y = if positive {
+            let t = cx.tanh(x[0])?;
+            cx.mul(t, w)?
+        } else {
+            cx.sub(x[0], w)?
+        };
+        Ok(vec![y])
+    })
+    .inputs(["x"])
+    .outputs(["y"])
+}
+
+fn breaking_direct(x: &[f32], w: &[f32]) -> Vec<f32> {
+    let positive = f64::from(x.iter().sum::<f32>()) > 0.0;
+    x.iter()
+        .zip(w)
+        .map(|(a, b)| if positive { a.tanh() * b } else { a - b })
+        .collect()
+}
+
+#[test]
+fn a_graph_break_grows_its_entry_and_a_fresh_process_serves_both_paths() -> Result<()> {
+    let w = vec![0.5f32, -1.0, 2.0, 0.25];
+    let pos = vec![1.0f32, 2.0, -0.5, 3.0];
+    let neg = vec![-1.0f32, -2.0, 0.5, -3.0];
+    let mut f = CompiledFunction::new(test_host(), breaking(w.clone()))?;
+
+    // The first call compiles the positive path; the negative one misses at
+    // break 0 inside the sandbox and grows the same entry.
+    let y = f.call(&[f32s(&[4], pos.clone())])?;
+    assert_eq!(y[0].to_vec::<f32>()?, breaking_direct(&pos, &w));
+    let y = f.call(&[f32s(&[4], neg.clone())])?;
+    assert_eq!(y[0].to_vec::<f32>()?, breaking_direct(&neg, &w));
+    assert_eq!(f.compile_count(), 2);
+    let decl = f
+        .compiler()
+        .manifest()
+        .function("breaking")
+        .expect("function");
+    assert_eq!(decl.entries.len(), 1, "one entry, grown by a continuation");
+    assert_eq!(decl.entries[0].paths.len(), 2);
+    // Both paths now run without compiling.
+    for x in [&pos, &neg, &pos] {
+        let y = f.call(&[f32s(&[4], x.clone())])?;
+        assert_eq!(y[0].to_vec::<f32>()?, breaking_direct(x, &w));
+    }
+    assert_eq!(f.compile_count(), 2);
+
+    // Saved, then served by a fresh process (the CLI, no compiler attached).
+    let tmp = tempfile::tempdir()?;
+    let pkg = tmp.path().join("breaking.ampoule");
+    f.save(&pkg)?;
+    for (name, x) in [("pos", &pos), ("neg", &neg)] {
+        let input = tmp.path().join(format!("{name}.npy"));
+        ampoule::npy::write(&input, &f32s(&[4], x.clone()))?;
+        let out = tmp.path().join(name);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ampoule"))
+            .args(["run", pkg.to_str().unwrap(), "--input"])
+            .arg(format!("x={}", input.display()))
+            .args(["--output-dir", out.to_str().unwrap()])
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let y = ampoule::npy::read(&out.join("y.npy"))?;
+        assert_eq!(y.to_vec::<f32>()?, breaking_direct(x, &w), "{name}");
+    }
+
+    // A load-only function (no compiler) serves the compiled paths too.
+    let mut served = CompiledFunction::load(test_host(), &pkg, "breaking")?;
+    let y = served.call(&[f32s(&[4], pos.clone())])?;
+    assert_eq!(y[0].to_vec::<f32>()?, breaking_direct(&pos, &w));
+    Ok(())
+}
+
+#[test]
+fn a_break_miss_without_a_compiler_is_a_typed_error() -> Result<()> {
+    let w = vec![1.0f32; 4];
+    let mut f = CompiledFunction::new(test_host(), breaking(w))?;
+    f.call(&[f32s(&[4], vec![1.0; 4])])?;
+    let tmp = tempfile::tempdir()?;
+    f.save(tmp.path())?;
+    let mut served = CompiledFunction::load(test_host(), tmp.path(), "breaking")?;
+    let err = served.call(&[f32s(&[4], vec![-1.0; 4])]).unwrap_err();
+    match &err {
+        ampoule::compiler::Error::Host(ampoule::host::Error::BreakMiss {
+            entry, index, ..
+        }) => {
+            assert_eq!((*entry, *index), (0, 0));
+        }
+        other => panic!("expected a miss at break 0, got {other}"),
+    }
+    assert!(err.to_string().contains("missed at break 0"), "{err}");
+    Ok(())
+}

@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 
 use ampoule_guest::{EmitError, Program};
 use ampoule_host::manifest::{BufferDecl, KernelUse, Signature};
-use ampoule_host::Guard;
+use ampoule_host::{Guard, ScalarValue};
 use ampoule_kernels::{Registry, Tensor};
 
 use crate::guards;
 use crate::ir::{GlobalDef, Graph};
 use crate::lower::{lower, LowerError};
 use crate::passes::{optimize, plan::plan_memory, PassError};
-use crate::trace::{Example, FunctionDef, Trace, TraceError};
+use crate::trace::{BreakSource, Example, FunctionDef, Trace, TraceError};
 
 /// One compiled entry, before it joins a package.
 #[derive(Clone, Debug)]
@@ -40,6 +40,8 @@ pub struct CompiledEntry {
     pub buffers: Vec<BufferDecl>,
     /// Guards on the call's inputs; global guards are added by the package.
     pub input_guards: Vec<Guard>,
+    /// The graph-break paths merged into this entry (empty without breaks).
+    pub paths: Vec<Vec<ScalarValue>>,
 }
 
 /// Why compiling an entry failed.
@@ -82,13 +84,48 @@ pub fn compile(
     registry: &Registry,
     bindings: &BTreeMap<String, Tensor>,
 ) -> Result<CompiledEntry, CompileError> {
+    compile_with(def, examples, None, &[], registry, bindings)
+}
+
+/// [`compile`] for a call's inputs: graph breaks read their values from
+/// `data`. With `paths` (the paths an existing entry was compiled for), the
+/// new path is merged with them into one entry ([`crate::breaks`]).
+pub fn compile_with(
+    def: &FunctionDef,
+    examples: &[Example],
+    data: Option<&[Tensor]>,
+    paths: &[Vec<ScalarValue>],
+    registry: &Registry,
+    bindings: &BTreeMap<String, Tensor>,
+) -> Result<CompiledEntry, CompileError> {
+    let err = |source| CompileError::Trace {
+        function: def.name().to_string(),
+        source,
+    };
+    let source = BreakSource { data, replay: &[] };
     let trace = def
-        .trace(examples, registry, bindings)
-        .map_err(|source| CompileError::Trace {
-            function: def.name().to_string(),
-            source,
-        })?;
-    compile_trace(def.name(), trace, registry)
+        .trace_with(examples, registry, bindings, source)
+        .map_err(err)?;
+    if trace.breaks.is_empty() {
+        return compile_trace(def.name(), trace, registry);
+    }
+    let mut all = paths.to_vec();
+    let new: Vec<ScalarValue> = trace.breaks.iter().map(|b| b.value).collect();
+    if !all.iter().any(|p| same_path(p, &new)) {
+        all.push(new);
+    }
+    let merged = if all.len() == 1 {
+        trace
+    } else {
+        crate::breaks::merge(def, examples, registry, bindings, &all).map_err(err)?
+    };
+    let mut entry = compile_trace(def.name(), merged, registry)?;
+    entry.paths = all;
+    Ok(entry)
+}
+
+fn same_path(a: &[ScalarValue], b: &[ScalarValue]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(*y))
 }
 
 /// Compiles a trace (see the module doc).
@@ -141,6 +178,7 @@ pub fn compile_trace(
         globals,
         buffers: lowered.buffers,
         input_guards,
+        paths: Vec::new(),
     })
 }
 

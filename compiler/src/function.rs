@@ -9,8 +9,13 @@
 //! 2. on a guard miss (or a function with no entries yet), if the function is
 //!    defined here, traces and compiles a new entry for these inputs, adds it
 //!    to the draft, reopens the package and calls again;
-//! 3. without a definition (load-only), returns the host's typed error
-//!    (`ampoule_host::Error::GuardMiss` with every entry's explanation).
+//! 3. on a miss at a graph break (`ampoule_host::Error::BreakMiss`: the
+//!    entry's wrapper read a value none of its paths was traced for), traces
+//!    the path these inputs take and replaces the entry by one with that
+//!    continuation merged in ([`crate::breaks`]); the entry keeps its place
+//!    and its recorded paths;
+//! 4. without a definition (load-only), returns the host's typed error
+//!    (`GuardMiss` with every entry's explanation, or `BreakMiss`).
 //!
 //! [`Compiler::save`] writes the package atomically; [`CompilerBuilder::open`]
 //! resumes one. Resuming checks each defined function that the package
@@ -44,9 +49,9 @@ use ampoule_host::manifest::Manifest;
 use ampoule_host::{Guard, Host, Package, ScalarValue};
 use ampoule_kernels::{Tensor, TensorMeta};
 
-use crate::compile::{compile, CompileError};
+use crate::compile::{compile, compile_with, CompileError};
 use crate::package::{fmt_signature, PackageDraft, PackageError};
-use crate::trace::{Example, FunctionDef};
+use crate::trace::{BreakSource, Example, FunctionDef};
 
 /// Everything that can go wrong compiling, calling or saving.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +84,15 @@ fn mismatch_fix(what: &str) -> &'static str {
     } else {
         "use another function name or another package"
     }
+}
+
+/// Why a call missed, when this compiler compiles for it.
+#[derive(Clone, Copy, Debug)]
+enum Miss {
+    /// No entry's guards hold (or the function has no entries).
+    Guards,
+    /// Entry `entry` stopped at a graph break whose value no path has seen.
+    Break { entry: usize },
 }
 
 /// Options of a [`Compiler`].
@@ -215,8 +229,17 @@ impl Compiler {
                 })
             }
         };
+        // A function with graph breaks is re-traced along the first path
+        // its first entry recorded (no input values are needed for that).
+        let replay = first.paths.first().map_or(&[][..], Vec::as_slice);
+        let source = BreakSource { data: None, replay };
         let trace = def
-            .trace(&examples, &self.host.config().registry, &self.bindings)
+            .trace_with(
+                &examples,
+                &self.host.config().registry,
+                &self.bindings,
+                source,
+            )
             .map_err(|source| CompileError::Trace {
                 function: def.name().to_string(),
                 source,
@@ -245,12 +268,11 @@ impl Compiler {
     /// A function that updates inputs in place is refused (the host's
     /// `BadInputs`): use [`Compiler::call_mut`].
     pub fn call(&mut self, function: &str, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
-        match self.package.call(function, inputs) {
+        let miss = match self.package.call(function, inputs) {
             Ok(out) => return Ok(out),
             Err(e) => self.compile_on(function, e)?,
-        }
-        let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
-        self.compile(function, &examples)?;
+        };
+        self.compile_miss(function, inputs, miss)?;
         Ok(self.package.call(function, inputs)?)
     }
 
@@ -264,27 +286,75 @@ impl Compiler {
         function: &str,
         inputs: &mut [Tensor],
     ) -> Result<Vec<Tensor>, Error> {
-        match self.package.call_mut(function, inputs) {
+        let miss = match self.package.call_mut(function, inputs) {
             Ok(out) => return Ok(out),
             Err(e) => self.compile_on(function, e)?,
-        }
-        let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
-        self.compile(function, &examples)?;
+        };
+        self.compile_miss(function, inputs, miss)?;
         Ok(self.package.call_mut(function, inputs)?)
     }
 
     /// Whether a failed call is a miss this compiler compiles for (`Ok`), or
     /// the error to return.
-    fn compile_on(&self, function: &str, e: ampoule_host::Error) -> Result<(), Error> {
+    fn compile_on(&self, function: &str, e: ampoule_host::Error) -> Result<Miss, Error> {
+        let defined = self.functions.contains_key(function);
         match e {
             ampoule_host::Error::GuardMiss { .. } | ampoule_host::Error::UnknownFunction { .. }
-                if self.functions.contains_key(function) =>
+                if defined =>
             {
                 tracing::info!(function, reason = %e, "compiling a new entry");
-                Ok(())
+                Ok(Miss::Guards)
+            }
+            ampoule_host::Error::BreakMiss { entry, .. } if defined => {
+                tracing::info!(function, reason = %e, "growing the entry by a continuation");
+                Ok(Miss::Break { entry })
             }
             e => Err(e.into()),
         }
+    }
+
+    /// Compiles for a call that missed: a new entry after a guard miss; after
+    /// a miss at a graph break, the entry again with the path these inputs
+    /// take merged in (it keeps its place in lookup order).
+    fn compile_miss(&mut self, function: &str, inputs: &[Tensor], miss: Miss) -> Result<(), Error> {
+        let examples: Vec<Example> = inputs.iter().map(Example::of).collect();
+        let def = self
+            .functions
+            .get(function)
+            .ok_or_else(|| Error::UnknownFunction {
+                name: function.to_string(),
+                available: self.known().join(", "),
+            })?;
+        let paths = match miss {
+            Miss::Guards => Vec::new(),
+            Miss::Break { entry } => self
+                .draft
+                .manifest()
+                .function(function)
+                .and_then(|f| f.entries.get(entry))
+                .map(|e| e.paths.clone())
+                .unwrap_or_default(),
+        };
+        let compiled = compile_with(
+            def,
+            &examples,
+            Some(inputs),
+            &paths,
+            &self.host.config().registry,
+            &self.bindings,
+        )?;
+        let mut draft = self.draft.clone();
+        match miss {
+            Miss::Guards => {
+                draft.add_entry(&compiled)?;
+            }
+            Miss::Break { entry } => draft.replace_entry(entry, &compiled)?,
+        }
+        let package = draft.open(&self.host, &self.bindings)?;
+        self.draft = draft;
+        self.package = package;
+        self.compiles += 1;
+        Ok(())
     }
 
     /// Compiles an entry of `function` for `examples` ahead of any call;

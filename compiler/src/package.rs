@@ -97,6 +97,12 @@ pub enum PackageError {
         existing: String,
         requested: String,
     },
+    #[error("function `{function}` has no entry {index} to replace ({count} entries)")]
+    NoEntry {
+        function: String,
+        index: usize,
+        count: usize,
+    },
     #[error("cannot write a weights file: {0}")]
     Weights(String),
     #[error("the package's manifest is not valid JSON of the expected form: {0}")]
@@ -391,6 +397,7 @@ impl PackageDraft {
             kernels: entry.kernels.clone(),
             globals: indices,
             buffers: entry.buffers.clone(),
+            paths: entry.paths.clone(),
         };
         let kernels: BTreeSet<String> = self
             .manifest
@@ -416,6 +423,57 @@ impl PackageDraft {
         let entries = &mut self.manifest.functions[fi].entries;
         entries.push(decl);
         Ok(entries.len() - 1)
+    }
+
+    /// Replaces entry `index` of `entry.function` with `entry`, keeping its
+    /// place in lookup order (an entry that grew a graph-break continuation).
+    /// The old wrapper file goes unless another entry uses it. On an error
+    /// the draft is unchanged.
+    pub fn replace_entry(
+        &mut self,
+        index: usize,
+        entry: &CompiledEntry,
+    ) -> Result<(), PackageError> {
+        let count = self
+            .manifest
+            .function(&entry.function)
+            .map_or(0, |f| f.entries.len());
+        if index >= count {
+            return Err(PackageError::NoEntry {
+                function: entry.function.clone(),
+                index,
+                count,
+            });
+        }
+        let mut draft = self.clone();
+        let added = draft.add_entry(entry)?;
+        let Some(f) = draft
+            .manifest
+            .functions
+            .iter_mut()
+            .find(|f| f.name == entry.function)
+        else {
+            return Err(PackageError::NoEntry {
+                function: entry.function.clone(),
+                index,
+                count,
+            });
+        };
+        let decl = f.entries.remove(added);
+        let old = std::mem::replace(&mut f.entries[index], decl);
+        let used = draft
+            .manifest
+            .functions
+            .iter()
+            .flat_map(|f| &f.entries)
+            .any(|e| e.wrapper == old.wrapper);
+        if !used {
+            let name = wrapper_file(&old.wrapper);
+            draft.manifest.files.remove(&name);
+            draft.files.remove(&name);
+        }
+        *self = draft;
+        Ok(())
     }
 
     /// The manifest bytes and files, for [`Host::open_files`].

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use ampoule_kernels::{Attrs, DType};
 use serde::{Deserialize, Serialize};
 
-use crate::guard::Guard;
+use crate::guard::{Guard, ScalarValue};
 
 /// The manifest format this host writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -213,6 +213,12 @@ pub struct EntryDecl {
     /// The memory plan: buffers the host allocates once per instance and
     /// hands to `init`.
     pub buffers: Vec<BufferDecl>,
+    /// For an entry with graph breaks: the values each traced path read at
+    /// its breaks, in order. The wrapper checks them itself; the host never
+    /// interprets this list. A compiler re-traces these paths (no input data
+    /// needed) to grow the entry when a call misses at a break.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<Vec<ScalarValue>>,
 }
 
 /// A kernel-table row.
