@@ -79,8 +79,9 @@ fn read_npys(dir: &Path, prefix: &str, count: Option<usize>) -> Result<Vec<Tenso
     Ok(out)
 }
 
-/// The model's outcome per kernel mode, and the time it took.
+/// The model's outcome per kernel mode.
 fn run_model(cache: &Path, spec: &Spec, hosts: &[Host]) -> Vec<Result<(), String>> {
+    let t0 = Instant::now();
     let data = cache.join("models").join(&spec.name);
     let prepared = harness::catch(|| {
         let inputs = read_npys(&data, "input", Some(spec.inputs))?;
@@ -96,10 +97,17 @@ fn run_model(cache: &Path, spec: &Spec, hosts: &[Host]) -> Vec<Result<(), String
         Ok(p) => p,
         Err(tag) => return vec![Err(tag); hosts.len()],
     };
+    harness::say(&format!(
+        "{:<22} compiled and opened in {:.1} s",
+        spec.name,
+        t0.elapsed().as_secs_f64()
+    ));
     packages
         .iter()
-        .map(|pkg| {
-            harness::catch(|| {
+        .zip(MODES)
+        .map(|(pkg, (mode, _))| {
+            let t1 = Instant::now();
+            let r = harness::catch(|| {
                 let got = pkg.call("forward", &inputs).map_err(|e| {
                     format!(
                         "run-error: {}",
@@ -118,7 +126,13 @@ fn run_model(cache: &Path, spec: &Spec, hosts: &[Host]) -> Vec<Result<(), String
                         .map_err(|e| format!("mismatch: output {k}: {e}"))?;
                 }
                 Ok(())
-            })
+            });
+            harness::say(&format!(
+                "{:<22} ran in {:.2} s [{mode} kernels]",
+                spec.name,
+                t1.elapsed().as_secs_f64()
+            ));
+            r
         })
         .collect()
 }
@@ -135,9 +149,7 @@ fn real_models_match_onnxruntime() -> Result<()> {
 
     let mut results = BTreeMap::new();
     for spec in &specs {
-        let t0 = Instant::now();
         let outcome = run_model(&cache, spec, &hosts);
-        let secs = t0.elapsed().as_secs_f64();
         for ((mode, _), r) in MODES.iter().zip(&outcome) {
             harness::say(&format!(
                 "{:<22} {mode:<9} {}",
@@ -151,10 +163,6 @@ fn real_models_match_onnxruntime() -> Result<()> {
                 }
             ));
         }
-        harness::say(&format!(
-            "{:<22} {secs:.1} s (compile and both runs)",
-            spec.name
-        ));
         results.insert(spec.name.clone(), outcome);
     }
 

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Comparison benchmark: ampoule against onnxruntime on the real models of
+models.json, in the same run.
+
+For each model: median warm latency (ampoule: package opened, optimized
+kernels; onnxruntime: session created, CPU provider), both on the same
+number of threads, and ampoule's package open-to-first-result time against
+onnxruntime's session creation time. Prints a table of ratios
+(ampoule / onnxruntime: below 1 means ampoule is faster). Models ampoule
+cannot compile yet are listed as `unsupported: <reason>`.
+
+    conformance/bench_models.py [--threads N] [MODEL...]
+
+Runs in the venv of `conformance/fetch` (re-executing itself there), builds
+and runs the ampoule side with `cargo bench --bench models` (release
+profile).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = Path(os.environ.get("AMPOULE_TEST_DATA") or ROOT / "target" / "test-data").resolve()
+VENV_PY = CACHE / "venv" / "bin" / "python"
+
+
+def ort_times(model_path, inputs, threads):
+    import numpy as np
+    import onnxruntime as ort
+
+    feeds = {name: np.load(path) for name, path in inputs}
+
+    def session():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+    creates = []
+    for _ in range(5):
+        t = time.perf_counter()
+        sess = session()
+        creates.append(time.perf_counter() - t)
+    sess.run(None, feeds)
+    t = time.perf_counter()
+    sess.run(None, feeds)
+    one = max(time.perf_counter() - t, 1e-6)
+    runs = max(5, min(200, int(2.0 / one)))
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return statistics.median(creates) * 1e3, statistics.median(times) * 1e3
+
+
+def main():
+    if Path(sys.prefix).resolve() != (CACHE / "venv").resolve():
+        subprocess.run(["bash", str(HERE / "fetch"), "models"], check=True)
+        os.execv(str(VENV_PY), [str(VENV_PY), __file__] + sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("models", nargs="*")
+    args = ap.parse_args()
+
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), AMPOULE_TEST_DATA=str(CACHE))
+    print(f"building and running the ampoule side (cargo bench --bench models), "
+          f"{args.threads} threads...", file=sys.stderr)
+    out = subprocess.run(["cargo", "bench", "--bench", "models", "--"] + args.models,
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
+    amp = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            amp[r["model"]] = r
+
+    specs = json.loads((HERE / "models.json").read_text())["models"]
+    header = ("model", "ampoule ms", "ort ms", "ratio", "amp open+1st ms",
+              "ort session ms", "ratio")
+    rows = []
+    for m in specs:
+        name = m["name"]
+        if args.models and name not in args.models:
+            continue
+        a = amp.get(name)
+        if a is None or "unsupported" in a:
+            reason = a["unsupported"] if a else "no result from the ampoule bench"
+            rows.append((name, f"unsupported: {reason}"))
+            continue
+        inputs = [(i["name"], CACHE / "models" / name / f"input_{k}.npy")
+                  for k, i in enumerate(m["inputs"])]
+        create, run = ort_times(CACHE / "models" / f"{name}.onnx", inputs, args.threads)
+        rows.append((name, f"{a['median_ms']:.3f}", f"{run:.3f}", f"{a['median_ms'] / run:.2f}",
+                     f"{a['open_first_ms']:.2f}", f"{create:.2f}",
+                     f"{a['open_first_ms'] / create:.2f}"))
+
+    widths = [max(len(str(r[i])) for r in [header] + [r for r in rows if len(r) == len(header)])
+              for i in range(len(header))]
+    print(f"threads: {args.threads} (ampoule: RAYON_NUM_THREADS; onnxruntime: intra_op_num_threads)")
+    print("ratio = ampoule / onnxruntime (below 1: ampoule is faster); latency = median of warm calls")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        if len(r) == len(header):
+            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        else:
+            print(f"{r[0].ljust(widths[0])}  {r[1]}")
+
+
+if __name__ == "__main__":
+    main()
