@@ -1513,11 +1513,12 @@ impl Builder<'_, '_> {
             ));
         }
         let coord = self.string("coordinate_transformation_mode", "half_pixel")?;
-        if !matches!(
-            coord.as_str(),
-            "half_pixel" | "pytorch_half_pixel" | "align_corners" | "asymmetric"
-        ) && !(coord == "half_pixel_symmetric" && n.opset >= 19)
-        {
+        let known_coord = match coord.as_str() {
+            "half_pixel" | "pytorch_half_pixel" | "align_corners" | "asymmetric" => true,
+            "half_pixel_symmetric" => n.opset >= 19,
+            _ => false,
+        };
+        if !known_coord {
             return Err(format!(
                 "coordinate_transformation_mode `{coord}` is not supported"
             ));

@@ -332,7 +332,7 @@ impl Conv {
                 .ok_or("output channels overflow".to_string())?;
             (m, w[1])
         } else {
-            if w[1] != cg || w[0] % g != 0 {
+            if w[1] != cg || !w[0].is_multiple_of(g) {
                 return Err(format!(
                     "input 1 (w): expected [M, C/group = {cg}, K..] with M a multiple of group {g}, got shape {w:?}"
                 ));

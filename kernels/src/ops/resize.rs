@@ -183,7 +183,7 @@ impl Resize {
                     let f = src.floor();
                     let w = src - f;
                     let (i0, i1) = (clamp(f), clamp(f + 1.0));
-                    if i0 == i1 || !(w > 0.0) {
+                    if i0 == i1 || w.is_nan() || w <= 0.0 {
                         (i0, i0, 0.0)
                     } else {
                         (i0, i1, w)
