@@ -397,6 +397,20 @@ impl CoreModule<'_> {
                     self.load_reg(s, *reg);
                     s.i32_const(axis.cast_signed()).call(F_DIM);
                 }
+                Dim::Affine {
+                    terms,
+                    constant,
+                    divisor,
+                } => {
+                    // Verified: at most MAX_TERMS terms, divisor >= 1.
+                    s.i64_const(*constant);
+                    for t in terms {
+                        self.load_reg(s, t.reg);
+                        s.i32_const(t.axis.cast_signed()).call(F_DIM);
+                        s.i64_extend_i32_u().i64_const(t.coeff).i64_mul().i64_add();
+                    }
+                    s.i64_const(i64::from(*divisor)).i64_div_s().i32_wrap_i64();
+                }
             }
         }
         for _ in dims.len()..MAX_DIMS {

@@ -29,10 +29,10 @@ pub use component::{componentize, componentize_with_wit, WORLD};
 pub use emit::{emit, emit_core};
 pub use error::{BoxError, EmitError};
 pub use layout::{Layout, PAGE};
-pub use program::{Cond, Dim, Program, Reg, Step};
+pub use program::{Cond, Dim, Program, Reg, Step, Term};
 pub use verify::{
     verify, Phase, VerifyError, MAX_DIMS, MAX_FUNCTION_BYTES, MAX_NESTING, MAX_OPERANDS,
-    MAX_OUTPUTS, MAX_REGISTERS,
+    MAX_OUTPUTS, MAX_REGISTERS, MAX_TERMS,
 };
 
 /// The contract, as WIT source. The single copy lives in `wit/`.

@@ -28,6 +28,24 @@ pub enum Dim {
     /// The size of axis `.1` of the tensor in register `.0`, read with the
     /// host's `dim` import.
     Of(Reg, u32),
+    /// A size derived from symbolic dims:
+    /// `(constant + Σ coeff · size(reg, axis)) / divisor`, computed in 64-bit
+    /// arithmetic and truncated to 32 bits. The compiler guarantees exact
+    /// division with guards; a wrong size is still only a size the host
+    /// checks (a launch or view it refuses), never an access.
+    Affine {
+        terms: Vec<Term>,
+        constant: i64,
+        divisor: u32,
+    },
+}
+
+/// One term of [`Dim::Affine`]: `coeff · size(reg, axis)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Term {
+    pub reg: Reg,
+    pub axis: u32,
+    pub coeff: i64,
 }
 
 /// A branch condition: element 0 of the tensor in the register, read with

@@ -10,7 +10,8 @@
 //! - every register a step or an output names is `< registers`;
 //! - `init` steps name no input register (inputs are only set by `run`);
 //! - a `Launch` has at most [`MAX_OPERANDS`] operands;
-//! - an `Alloc` or a `View` has at most [`MAX_DIMS`] dims;
+//! - an `Alloc` or a `View` has at most [`MAX_DIMS`] dims; an affine dim has
+//!   at most [`MAX_TERMS`] terms and a non-zero divisor;
 //! - `If` and `Loop` nesting is at most [`MAX_NESTING`] deep, so the emitter's recursion
 //!   is bounded (the walk itself stops descending at that depth);
 //! - a `Guard` only appears in `run` (only `run` can return `err(break)`);
@@ -27,6 +28,8 @@ use crate::program::{Cond, Dim, Program, Reg, Step};
 pub const MAX_OPERANDS: usize = 6;
 /// Dims an `alloc` or `view` import takes (`d0..d7`).
 pub const MAX_DIMS: usize = 8;
+/// Terms a [`Dim::Affine`] may have.
+pub const MAX_TERMS: usize = 8;
 /// The deepest `If`/`Loop` nesting a program may have.
 pub const MAX_NESTING: usize = 64;
 /// The most registers a program may have (each is 4 bytes of guest memory).
@@ -104,6 +107,12 @@ pub enum VerifyError {
         at: String,
         count: usize,
         max: usize,
+    },
+    #[error("{at}: an affine dim has {terms} terms (at most {MAX_TERMS}) and divisor {divisor} (at least 1)")]
+    BadAffine {
+        at: String,
+        terms: usize,
+        divisor: u32,
     },
     #[error("{at}: `If`/`Loop` nesting is deeper than {limit}; flatten the control flow")]
     NestingTooDeep { at: String, limit: usize },
@@ -305,8 +314,21 @@ impl Verifier<'_> {
             });
         }
         for d in dims {
-            if let Dim::Of(r, _) = d {
-                self.use_reg(phase, *r);
+            match d {
+                Dim::Const(_) => {}
+                Dim::Of(r, _) => self.use_reg(phase, *r),
+                Dim::Affine { terms, divisor, .. } => {
+                    if terms.len() > MAX_TERMS || *divisor == 0 {
+                        self.errors.push(VerifyError::BadAffine {
+                            at: self.at(),
+                            terms: terms.len(),
+                            divisor: *divisor,
+                        });
+                    }
+                    for t in terms {
+                        self.use_reg(phase, t.reg);
+                    }
+                }
             }
         }
     }

@@ -4,8 +4,8 @@
 mod common;
 
 use ampoule_guest::{
-    emit, emit_core, verify, Cond, Dim, EmitError, Program, Reg, Step, VerifyError, HOST_INTERFACE,
-    MAX_REGISTERS,
+    emit, emit_core, verify, Cond, Dim, EmitError, Program, Reg, Step, Term, VerifyError,
+    HOST_INTERFACE, MAX_REGISTERS,
 };
 use common::{Call, Mock, Wrapper, NONE};
 use wasmtime::Result;
@@ -238,6 +238,43 @@ fn loop_runs_its_body_while_the_condition_holds() -> Result<()> {
     // A false condition at the first test runs the head once and no body.
     assert_eq!(w.run(&[X1, X0])?, Ok(vec![X1]));
     assert_eq!(w.take_calls(), [launch(1, &[]), Call::ReadI64(X1, 0)]);
+    Ok(())
+}
+
+#[test]
+fn affine_dims_are_computed_from_host_dims() -> Result<()> {
+    // The mock's dim(h, a) is h * 10 + a: dim(x0, 0) = 300, dim(x1, 1) = 311.
+    let affine = Dim::Affine {
+        terms: vec![
+            Term {
+                reg: Reg(2),
+                axis: 0,
+                coeff: 2,
+            },
+            Term {
+                reg: Reg(3),
+                axis: 1,
+                coeff: -1,
+            },
+        ],
+        constant: 3,
+        divisor: 2,
+    };
+    let run = vec![Step::Alloc {
+        dst: Reg(4),
+        dtype: 1,
+        dims: vec![affine, Dim::Const(5)],
+    }];
+    let mut w = start(&program(vec![], run, vec![Reg(4)]), Mock::default())?;
+    assert_eq!(w.run(&[X0, X1])?, Ok(vec![1000]));
+    assert_eq!(
+        w.take_calls(),
+        [
+            Call::Dim(X0, 0),
+            Call::Dim(X1, 1),
+            Call::Alloc(1, 2, shape(&[(3 + 2 * 300 - 311) / 2, 5])),
+        ]
+    );
     Ok(())
 }
 

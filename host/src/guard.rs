@@ -122,6 +122,30 @@ pub enum Guard {
     Rank { input: u32, rank: u32 },
     /// Axis `axis` of input `input` has size `size`.
     Dim { input: u32, axis: u32, size: u64 },
+    /// A symbolic dim: axis `axis` of input `input` has a size in
+    /// `min..=max` (the range a dynamic entry admits).
+    DimRange {
+        input: u32,
+        axis: u32,
+        min: u64,
+        max: u64,
+    },
+    /// A symbolic dim's size is `remainder` modulo `modulus` (what the
+    /// shapes the wrapper derives from it need to divide exactly).
+    DimModulo {
+        input: u32,
+        axis: u32,
+        modulus: u64,
+        remainder: u64,
+    },
+    /// Two dims are the same symbol: axis `axis` of input `input` equals
+    /// axis `other_axis` of input `other`.
+    DimEq {
+        input: u32,
+        axis: u32,
+        other: u32,
+        other_axis: u32,
+    },
     /// Scalar input `input` equals `value` (the entry is specialized on it).
     ScalarValue { input: u32, value: ScalarValue },
     /// Global `global` (a package-global index) has this dtype and shape.
@@ -193,6 +217,46 @@ impl Guard {
                     None => Err(format!("rank {}", t.shape().len())),
                 }
             }
+            Guard::DimRange {
+                input: i,
+                axis,
+                min,
+                max,
+            } => {
+                let d = dim(input(*i)?, *axis)?;
+                if (*min..=*max).contains(&d) {
+                    Ok(())
+                } else {
+                    Err(d.to_string())
+                }
+            }
+            Guard::DimModulo {
+                input: i,
+                axis,
+                modulus,
+                remainder,
+            } => {
+                let d = dim(input(*i)?, *axis)?;
+                match d.checked_rem(*modulus) {
+                    Some(r) if r == *remainder => Ok(()),
+                    Some(r) => Err(format!("{d} ({d} % {modulus} == {r})")),
+                    None => Err("a modulus of 0".to_string()),
+                }
+            }
+            Guard::DimEq {
+                input: i,
+                axis,
+                other,
+                other_axis,
+            } => {
+                let a = dim(input(*i)?, *axis)?;
+                let b = dim(input(*other)?, *other_axis)?;
+                if a == b {
+                    Ok(())
+                } else {
+                    Err(format!("{a} and {b}"))
+                }
+            }
             Guard::ScalarValue { input: i, value } => {
                 let t = input(*i)?;
                 match ScalarValue::of(t) {
@@ -240,6 +304,9 @@ impl Guard {
             | Guard::Dtype { .. }
             | Guard::Rank { .. }
             | Guard::Dim { .. }
+            | Guard::DimRange { .. }
+            | Guard::DimModulo { .. }
+            | Guard::DimEq { .. }
             | Guard::ScalarValue { .. } => Ok(()),
         }
     }
@@ -267,6 +334,28 @@ impl Guard {
                 axis,
                 size,
             } => format!("{}.shape[{axis}] == {size}", input(*i)),
+            Guard::DimRange {
+                input: i,
+                axis,
+                min,
+                max,
+            } => format!("{min} <= {}.shape[{axis}] <= {max}", input(*i)),
+            Guard::DimModulo {
+                input: i,
+                axis,
+                modulus,
+                remainder,
+            } => format!("{}.shape[{axis}] % {modulus} == {remainder}", input(*i)),
+            Guard::DimEq {
+                input: i,
+                axis,
+                other,
+                other_axis,
+            } => format!(
+                "{}.shape[{axis}] == {}.shape[{other_axis}]",
+                input(*i),
+                input(*other)
+            ),
             Guard::ScalarValue { input: i, value } => format!("{} == {value}", input(*i)),
             Guard::GlobalMeta {
                 global: g,
@@ -287,12 +376,32 @@ impl Guard {
             Guard::Dtype { input, .. }
             | Guard::Rank { input, .. }
             | Guard::Dim { input, .. }
+            | Guard::DimRange { input, .. }
+            | Guard::DimModulo { input, .. }
+            | Guard::DimEq { input, .. }
             | Guard::ScalarValue { input, .. } => Some(*input),
             Guard::InputCount { .. }
             | Guard::InputNames { .. }
             | Guard::GlobalMeta { .. }
             | Guard::GlobalDigest { .. } => None,
         }
+    }
+
+    /// The other input a `DimEq` guard reads.
+    pub fn other_input(&self) -> Option<u32> {
+        match self {
+            Guard::DimEq { other, .. } => Some(*other),
+            _ => None,
+        }
+    }
+
+    /// Whether this guard admits a range of sizes for a dim (the entry is
+    /// dynamic there).
+    pub fn is_symbolic(&self) -> bool {
+        matches!(
+            self,
+            Guard::DimRange { .. } | Guard::DimModulo { .. } | Guard::DimEq { .. }
+        )
     }
 
     /// The package-global index this guard reads, if any.
@@ -302,6 +411,14 @@ impl Guard {
             _ => None,
         }
     }
+}
+
+/// The size of axis `axis` of `t`, or the rank as the observed value.
+fn dim(t: &Tensor, axis: u32) -> Result<u64, String> {
+    t.shape()
+        .get(axis as usize)
+        .map(|&d| d as u64)
+        .ok_or_else(|| format!("rank {}", t.shape().len()))
 }
 
 /// The first `n` characters of `s` (which may come from a package: never
@@ -416,6 +533,78 @@ mod tests {
                     size: 32,
                 },
                 Some("x.shape[5] == 32, got rank 2"),
+            ),
+            (
+                Guard::DimRange {
+                    input: 0,
+                    axis: 0,
+                    min: 2,
+                    max: 64,
+                },
+                None,
+            ),
+            (
+                Guard::DimRange {
+                    input: 0,
+                    axis: 0,
+                    min: 2,
+                    max: 63,
+                },
+                Some("2 <= x.shape[0] <= 63, got 64"),
+            ),
+            (
+                Guard::DimModulo {
+                    input: 0,
+                    axis: 0,
+                    modulus: 8,
+                    remainder: 0,
+                },
+                None,
+            ),
+            (
+                Guard::DimModulo {
+                    input: 0,
+                    axis: 1,
+                    modulus: 2,
+                    remainder: 0,
+                },
+                Some("x.shape[1] % 2 == 0, got 3 (3 % 2 == 1)"),
+            ),
+            (
+                Guard::DimModulo {
+                    input: 0,
+                    axis: 1,
+                    modulus: 0,
+                    remainder: 0,
+                },
+                Some("x.shape[1] % 0 == 0, got a modulus of 0"),
+            ),
+            (
+                Guard::DimEq {
+                    input: 0,
+                    axis: 1,
+                    other: 0,
+                    other_axis: 1,
+                },
+                None,
+            ),
+            (
+                Guard::DimEq {
+                    input: 0,
+                    axis: 0,
+                    other: 0,
+                    other_axis: 1,
+                },
+                Some("x.shape[0] == x.shape[1], got 64 and 3"),
+            ),
+            (
+                Guard::DimEq {
+                    input: 0,
+                    axis: 0,
+                    other: 1,
+                    other_axis: 0,
+                },
+                Some("x.shape[0] == k.shape[0], got rank 0"),
             ),
             (
                 Guard::Dim {

@@ -278,7 +278,7 @@ pub(crate) fn verify_package(
         for (ei, e) in f.entries.iter().enumerate() {
             let at = format!("{fat}.entries[{ei}]");
             for (gi, guard) in e.guards.iter().enumerate() {
-                if let Some(i) = guard.input() {
+                for i in guard.input().into_iter().chain(guard.other_input()) {
                     if i as usize >= f.signature.inputs.len() {
                         p.add(
                             format!("{at}.guards[{gi}]"),
