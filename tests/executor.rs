@@ -164,7 +164,15 @@ fn two_shapes_two_entries_then_miss_or_compile_a_third() {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("layer.ampoule");
     let (def, w, b) = mlp_layer();
-    let mut f = CompiledFunction::new(test_host(), def.clone()).unwrap();
+    // Static shapes: this test is about one entry per size (automatic
+    // dynamic is tested in tests/dynamic.rs).
+    let mut f = Compiler::builder(test_host())
+        .function(def.clone())
+        .options(Options::default().static_shapes())
+        .create()
+        .unwrap()
+        .into_function("layer")
+        .unwrap();
     for rows in [4, 7] {
         let y = f.call(&[xs(rows)]).unwrap();
         assert_eq!(y[0].to_vec::<f32>().unwrap(), mlp_direct(&xs(rows), &w, &b));

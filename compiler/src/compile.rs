@@ -16,10 +16,11 @@ use ampoule_host::manifest::{BufferDecl, KernelUse, Signature};
 use ampoule_host::{Guard, ScalarValue};
 use ampoule_kernels::{Registry, Tensor};
 
+use crate::dynamic::{analyze, DimSpec, DynamicError, Probe};
 use crate::guards;
 use crate::ir::{GlobalDef, Graph};
-use crate::lower::{lower, LowerError};
-use crate::passes::{optimize, plan::plan_memory, PassError};
+use crate::lower::{lower_dynamic, LowerError};
+use crate::passes::{optimize, plan::plan_memory_except, PassError};
 use crate::trace::{BreakSource, Example, FunctionDef, Trace, TraceError};
 
 /// One compiled entry, before it joins a package.
@@ -69,6 +70,12 @@ pub enum CompileError {
     /// a graph built by hand, not through `Tracer::assign`, can be).
     #[error("function `{function}`: {message}")]
     Mutation { function: String, message: String },
+    #[error("function `{function}`: {source}")]
+    Dynamic {
+        function: String,
+        #[source]
+        source: DynamicError,
+    },
     #[error("emitting the wrapper of function `{function}`: {source}")]
     Emit {
         function: String,
@@ -84,17 +91,21 @@ pub fn compile(
     registry: &Registry,
     bindings: &BTreeMap<String, Tensor>,
 ) -> Result<CompiledEntry, CompileError> {
-    compile_with(def, examples, None, &[], registry, bindings)
+    compile_with(def, examples, None, &[], &[], registry, bindings)
 }
 
 /// [`compile`] for a call's inputs: graph breaks read their values from
 /// `data`. With `paths` (the paths an existing entry was compiled for), the
 /// new path is merged with them into one entry ([`crate::breaks`]).
+///
+/// Dims the definition marks dynamic, and `dynamic` (chosen by the caller,
+/// e.g. automatic dynamic), are compiled as symbols ([`crate::dynamic`]).
 pub fn compile_with(
     def: &FunctionDef,
     examples: &[Example],
     data: Option<&[Tensor]>,
     paths: &[Vec<ScalarValue>],
+    dynamic: &[DimSpec],
     registry: &Registry,
     bindings: &BTreeMap<String, Tensor>,
 ) -> Result<CompiledEntry, CompileError> {
@@ -106,8 +117,31 @@ pub fn compile_with(
     let trace = def
         .trace_with(examples, registry, bindings, source)
         .map_err(err)?;
-    if trace.breaks.is_empty() {
-        return compile_trace(def.name(), trace, registry);
+    let mut specs = marked_dims(def, examples).map_err(|reason| CompileError::Dynamic {
+        function: def.name().to_string(),
+        source: DynamicError {
+            dim: "a dim marked dynamic".into(),
+            reason,
+        },
+    })?;
+    specs.extend(dynamic.iter().cloned());
+    // One path: compile it, with symbolic dims if any. (An entry that grows
+    // graph-break continuations is compiled with static shapes.)
+    if trace.breaks.is_empty() || paths.is_empty() {
+        let replay: Vec<ScalarValue> = trace.breaks.iter().map(|b| b.value).collect();
+        let probe = Probe {
+            def,
+            examples,
+            registry,
+            bindings,
+            replay: &replay,
+        };
+        let new = replay.clone();
+        let mut entry = compile_trace_with(def.name(), trace, registry, Some((&probe, &specs)))?;
+        if !new.is_empty() {
+            entry.paths = vec![new];
+        }
+        return Ok(entry);
     }
     let mut all = paths.to_vec();
     let new: Vec<ScalarValue> = trace.breaks.iter().map(|b| b.value).collect();
@@ -128,11 +162,46 @@ fn same_path(a: &[ScalarValue], b: &[ScalarValue]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(*y))
 }
 
+/// The dims `def` marks dynamic, as specs for these examples.
+fn marked_dims(def: &FunctionDef, examples: &[Example]) -> Result<Vec<DimSpec>, String> {
+    def.dynamic_dims()
+        .iter()
+        .map(|(name, axis, min, max)| {
+            let input = match def.input_names() {
+                Some(names) => names.iter().position(|n| n == name),
+                None => name
+                    .strip_prefix('x')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|&i| i < examples.len()),
+            }
+            .ok_or_else(|| format!("`{name}` is not an input of the function"))?;
+            Ok(DimSpec {
+                input: input as u32,
+                axis: *axis as u32,
+                min: *min,
+                max: *max,
+                why: "marked dynamic".into(),
+            })
+        })
+        .collect()
+}
+
 /// Compiles a trace (see the module doc).
 pub fn compile_trace(
     function: &str,
     trace: Trace,
     registry: &Registry,
+) -> Result<CompiledEntry, CompileError> {
+    compile_trace_with(function, trace, registry, None)
+}
+
+/// [`compile_trace`], with dims to compile as symbols and how to probe the
+/// body at other sizes.
+pub fn compile_trace_with(
+    function: &str,
+    trace: Trace,
+    registry: &Registry,
+    dynamic: Option<(&Probe<'_>, &[DimSpec])>,
 ) -> Result<CompiledEntry, CompileError> {
     let _span = tracing::debug_span!("compiler.compile", function).entered();
     check_mutations(&trace.graph).map_err(|message| CompileError::Mutation {
@@ -145,11 +214,25 @@ pub fn compile_trace(
         function: function.to_string(),
         source,
     })?;
-    let plan = plan_memory(&graph);
-    let lowered = lower(&graph, &plan).map_err(|source| CompileError::Lower {
-        function: function.to_string(),
-        source,
-    })?;
+    let env = match dynamic {
+        Some((probe, specs)) if !specs.is_empty() => {
+            analyze(probe, specs, &graph).map_err(|source| CompileError::Dynamic {
+                function: function.to_string(),
+                source,
+            })?
+        }
+        _ => None,
+    };
+    let input_guards = match &env {
+        Some(env) => env.guards(input_guards),
+        None => input_guards,
+    };
+    let plan = plan_memory_except(&graph, &|v| env.as_ref().is_some_and(|e| e.is_dynamic(v)));
+    let lowered =
+        lower_dynamic(&graph, &plan, env.as_ref()).map_err(|source| CompileError::Lower {
+            function: function.to_string(),
+            source,
+        })?;
     let wrapper = ampoule_guest::emit(&lowered.program).map_err(|source| CompileError::Emit {
         function: function.to_string(),
         source,

@@ -45,11 +45,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ampoule_host::guard::CallView;
 use ampoule_host::manifest::Manifest;
 use ampoule_host::{Guard, Host, Package, ScalarValue};
 use ampoule_kernels::{Tensor, TensorMeta};
 
 use crate::compile::{compile, compile_with, CompileError};
+use crate::dynamic::DimSpec;
 use crate::package::{fmt_signature, PackageDraft, PackageError};
 use crate::trace::{BreakSource, Example, FunctionDef};
 
@@ -101,11 +103,19 @@ pub struct Options {
     /// Resume a package even if a defined function's program hash differs
     /// from the package's (the old entries stay and keep serving).
     pub allow_program_change: bool,
+    /// Turns automatic dynamic off: a miss caused by one dim alone compiles
+    /// another static entry instead of one where that dim is a symbol.
+    pub static_shapes: bool,
 }
 
 impl Options {
     pub fn allow_program_change(mut self) -> Self {
         self.allow_program_change = true;
+        self
+    }
+
+    pub fn static_shapes(mut self) -> Self {
+        self.static_shapes = true;
         self
     }
 }
@@ -335,14 +345,36 @@ impl Compiler {
                 .map(|e| e.paths.clone())
                 .unwrap_or_default(),
         };
-        let compiled = compile_with(
+        let registry = &self.host.config().registry;
+        let automatic = match miss {
+            Miss::Guards => self.automatic_dims(function, inputs),
+            Miss::Break { .. } => Vec::new(),
+        };
+        let compiled = match compile_with(
             def,
             &examples,
             Some(inputs),
             &paths,
-            &self.host.config().registry,
+            &automatic,
+            registry,
             &self.bindings,
-        )?;
+        ) {
+            // Automatic dynamic is a guess: if the dim cannot be a symbol,
+            // compile a static entry.
+            Err(CompileError::Dynamic { source, .. }) if !automatic.is_empty() => {
+                tracing::info!(function, reason = %source, "automatic dynamic failed; compiling static");
+                compile_with(
+                    def,
+                    &examples,
+                    Some(inputs),
+                    &paths,
+                    &[],
+                    registry,
+                    &self.bindings,
+                )?
+            }
+            r => r?,
+        };
         let mut draft = self.draft.clone();
         match miss {
             Miss::Guards => {
@@ -355,6 +387,57 @@ impl Compiler {
         self.package = package;
         self.compiles += 1;
         Ok(())
+    }
+
+    /// Automatic dynamic: if some entry of `function` misses these inputs
+    /// only because one input dim has another size, that dim (see the module
+    /// doc).
+    fn automatic_dims(&self, function: &str, inputs: &[Tensor]) -> Vec<DimSpec> {
+        if self.options.static_shapes {
+            return Vec::new();
+        }
+        let Some(decl) = self.draft.manifest().function(function) else {
+            return Vec::new();
+        };
+        let views: Vec<&Tensor> = inputs.iter().collect();
+        let call = CallView {
+            names: None,
+            inputs: &views,
+        };
+        for (ei, e) in decl.entries.iter().enumerate() {
+            let mut failing = e
+                .guards
+                .iter()
+                .filter(|g| g.is_input_guard() && g.check(&call).is_err());
+            let Some(&Guard::Dim { input, axis, size }) = failing.next() else {
+                continue;
+            };
+            if failing.any(
+                |g| !matches!(g, Guard::Dim { input: i, axis: a, .. } if (*i, *a) == (input, axis)),
+            ) {
+                continue;
+            }
+            let name = decl
+                .signature
+                .inputs
+                .get(input as usize)
+                .map_or_else(|| format!("input {input}"), |a| a.name.clone());
+            let actual = inputs
+                .get(input as usize)
+                .and_then(|t| t.shape().get(axis as usize))
+                .copied()
+                .unwrap_or(0);
+            return vec![DimSpec {
+                input,
+                axis,
+                min: 2,
+                max: crate::dynamic::MAX_SIZE,
+                why: format!(
+                    "automatic: entry {ei} has {name}.shape[{axis}] == {size}, a call had {actual}"
+                ),
+            }];
+        }
+        Vec::new()
     }
 
     /// Compiles an entry of `function` for `examples` ahead of any call;
@@ -531,8 +614,49 @@ pub fn examples_from_guards(guards: &[Guard]) -> Result<Vec<Example>, String> {
             Guard::Dim { input, axis, size } => {
                 dims[slot(*input)?].insert(*axis, *size);
             }
+            // A symbol: its smallest admitted size (with its modulus).
+            Guard::DimRange {
+                input, axis, min, ..
+            } => {
+                let modulo = guards.iter().find_map(|m| match m {
+                    Guard::DimModulo {
+                        input: i,
+                        axis: a,
+                        modulus,
+                        remainder,
+                    } if (i, a) == (input, axis) && *modulus > 0 => Some((*modulus, *remainder)),
+                    _ => None,
+                });
+                // In u128: the values come from a package.
+                let size = match modulo {
+                    Some((m, r)) => {
+                        let (min, m, r) = (
+                            u128::from(*min),
+                            u128::from(m),
+                            u128::from(r) % u128::from(m),
+                        );
+                        u64::try_from(min + (r + m - min % m) % m).unwrap_or(u64::MAX)
+                    }
+                    None => *min,
+                };
+                dims[slot(*input)?].insert(*axis, size);
+            }
             Guard::ScalarValue { input, value: v } => value[slot(*input)?] = Some(*v),
             _ => {}
+        }
+    }
+    for g in guards {
+        if let Guard::DimEq {
+            input,
+            axis,
+            other,
+            other_axis,
+        } = g
+        {
+            let size = dims[slot(*other)?].get(other_axis).copied();
+            if let Some(size) = size {
+                dims[slot(*input)?].insert(*axis, size);
+            }
         }
     }
     (0..count)

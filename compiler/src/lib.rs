@@ -60,6 +60,7 @@
 
 pub mod breaks;
 pub mod compile;
+pub mod dynamic;
 pub mod function;
 pub mod guards;
 pub mod hash;

@@ -39,12 +39,14 @@
 //! Constants must have become globals before lowering
 //! (`passes::constants_to_globals`).
 
-use ampoule_guest::{Cond, Dim, Program, Reg, Step};
+use ampoule_guest::{Cond, Dim, Program, Reg, Step, Term};
 use ampoule_host::manifest::{BufferDecl, KernelUse};
 use ampoule_kernels::{Attrs, TensorMeta, MAX_OPERANDS};
 
+use crate::dynamic::ShapeEnv;
+use crate::ir::ValueId;
 use crate::ir::{Graph, Op};
-use crate::passes::plan::{plan_memory, MemoryPlan};
+use crate::passes::plan::{plan_memory, Liveness, MemoryPlan};
 
 /// What lowering produces for one entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +111,18 @@ fn count(n: usize) -> Result<u32, LowerError> {
 
 /// Lowers a verified graph without constants, with its memory plan.
 pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
+    lower_dynamic(graph, plan, None)
+}
+
+/// [`lower`] for an entry with symbolic dims: `env` gives the shapes the
+/// wrapper derives from the inputs' dims, and values of dynamic shape
+/// (which `plan` must leave out) are allocated per run and released after
+/// their last use.
+pub fn lower_dynamic(
+    graph: &Graph,
+    plan: &MemoryPlan,
+    env: Option<&ShapeEnv>,
+) -> Result<Lowered, LowerError> {
     // The globals table: globals read, in order of first read.
     let mut globals: Vec<u32> = Vec::new();
     for node in &graph.nodes {
@@ -125,11 +139,24 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
         .checked_add(nb)
         .and_then(|n| n.checked_add(ni))
         .ok_or(LowerError::TooLarge)?;
+    let symbols = env
+        .map(|e| {
+            e.symbols
+                .iter()
+                .map(|s| {
+                    let (i, a) = s.dims.first().copied().ok_or(LowerError::TooLarge)?;
+                    Ok((Reg(ng + nb + i), a))
+                })
+                .collect::<Result<Vec<_>, LowerError>>()
+        })
+        .transpose()?
+        .unwrap_or_default();
     let mut l = Lowerer {
         next,
         init: Vec::new(),
         kernels: Vec::new(),
         globals,
+        symbols,
     };
     let inputs = (0..ni)
         .map(|i| (Reg(ng + nb + i), Phase::Run))
@@ -138,7 +165,15 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
     let mut run = Vec::new();
     // Root-level views made in `run` are freed with the run's slots.
     let mut transient = Vec::new();
-    let outputs = l.nodes(graph, plan, &buffers, &inputs, &mut run, &mut transient)?;
+    let outputs = l.nodes(
+        graph,
+        plan,
+        env,
+        &buffers,
+        &inputs,
+        &mut run,
+        &mut transient,
+    )?;
     let buffers = plan
         .buffers
         .iter()
@@ -172,6 +207,9 @@ struct Lowerer {
     kernels: Vec<KernelUse>,
     /// The entry's globals table (graph global indices).
     globals: Vec<u32>,
+    /// Where each symbol of a dynamic entry is read: an input register and
+    /// axis.
+    symbols: Vec<(Reg, u32)>,
 }
 
 impl Lowerer {
@@ -192,6 +230,38 @@ impl Lowerer {
         Ok(dst)
     }
 
+    /// The wrapper dims of `v`: constants, or for a dynamic entry the
+    /// symbolic sizes computed from the inputs' dims.
+    fn dims_of(
+        &self,
+        graph: &Graph,
+        env: Option<&ShapeEnv>,
+        v: ValueId,
+    ) -> Result<Vec<Dim>, LowerError> {
+        let meta = graph.meta(v);
+        let mut out = dims(meta)?;
+        let Some(env) = env else { return Ok(out) };
+        for (a, d) in out.iter_mut().enumerate() {
+            let Some(e) = env.dim(v, a) else { continue };
+            let term = |&(k, coeff): &(usize, i64)| {
+                let &(reg, axis) = self.symbols.get(k).ok_or(LowerError::TooLarge)?;
+                Ok::<_, LowerError>(Term { reg, axis, coeff })
+            };
+            *d = match (&e.terms[..], e.constant, e.divisor) {
+                ([(k, 1)], 0, 1) => {
+                    let t = term(&(*k, 1))?;
+                    Dim::Of(t.reg, t.axis)
+                }
+                _ => Dim::Affine {
+                    terms: e.terms.iter().map(term).collect::<Result<_, _>>()?,
+                    constant: e.constant,
+                    divisor: u32::try_from(e.divisor).map_err(|_| LowerError::TooLarge)?,
+                },
+            };
+        }
+        Ok(out)
+    }
+
     fn kernel(&mut self, kernel: &str, attrs: &Attrs) -> Result<u32, LowerError> {
         kernel_row(&mut self.kernels, kernel, attrs)
     }
@@ -200,16 +270,23 @@ impl Lowerer {
     /// registers. `buffers` holds the register of each planned buffer of
     /// `plan`; `inputs` where each graph input is. Views made in `run` are
     /// pushed on `transient`.
+    #[allow(clippy::too_many_arguments)]
     fn nodes(
         &mut self,
         graph: &Graph,
         plan: &MemoryPlan,
+        env: Option<&ShapeEnv>,
         buffers: &[Reg],
         inputs: &[(Reg, Phase)],
         run: &mut Vec<Step>,
         transient: &mut Vec<Reg>,
     ) -> Result<Vec<Reg>, LowerError> {
         let mut place: Vec<Option<(Reg, Phase)>> = vec![None; graph.values.len()];
+        let dynamic = |v: ValueId| env.is_some_and(|e| e.is_dynamic(v));
+        // Per-run allocations of dynamic values, released after the last
+        // use of their storage (views included); outputs are never released.
+        let live = env.map(|_| Liveness::of(graph));
+        let mut allocated: Vec<(ValueId, Reg)> = Vec::new();
         for (n, node) in graph.nodes.iter().enumerate() {
             let unplaced = || LowerError::Unplaced { node: n };
             let ins = node
@@ -243,8 +320,9 @@ impl Lowerer {
                     let step = Step::View {
                         dst,
                         src,
-                        dims: dims(graph.meta(o))?,
+                        dims: self.dims_of(graph, env, o)?,
                     };
+                    let phase = if dynamic(o) { Phase::Run } else { phase };
                     match phase {
                         Phase::Init => self.init.push(step),
                         Phase::Run => {
@@ -257,6 +335,18 @@ impl Lowerer {
                 Op::Kernel { kernel, attrs } => {
                     let mut args: Vec<Reg> = ins.iter().map(|&(r, _)| r).collect();
                     for &o in &node.outputs {
+                        if dynamic(o) {
+                            let dst = self.temp()?;
+                            run.push(Step::Alloc {
+                                dst,
+                                dtype: graph.meta(o).dtype.code(),
+                                dims: self.dims_of(graph, env, o)?,
+                            });
+                            place[o.index()] = Some((dst, Phase::Run));
+                            allocated.push((o, dst));
+                            args.push(dst);
+                            continue;
+                        }
                         let b = plan
                             .buffer_of
                             .get(o.index())
@@ -369,6 +459,15 @@ impl Lowerer {
                     }
                 }
             }
+            if let Some(live) = &live {
+                allocated.retain(|&(v, reg)| {
+                    let done = live.last_use.get(v.index()) == Some(&n);
+                    if done {
+                        run.push(Step::Release { reg });
+                    }
+                    !done
+                });
+            }
         }
         graph
             .outputs
@@ -404,7 +503,7 @@ impl Lowerer {
             .map(|m| self.region_buffer(m))
             .collect::<Result<Vec<_>, _>>()?;
         let mut transient = Vec::new();
-        let results = self.nodes(region, &plan, &buffers, args, steps, &mut transient)?;
+        let results = self.nodes(region, &plan, None, &buffers, args, steps, &mut transient)?;
         steps.extend(transient.into_iter().map(|reg| Step::Release { reg }));
         Ok(results)
     }

@@ -169,6 +169,8 @@ pub struct FunctionDef {
     inputs: Option<Vec<String>>,
     outputs: Option<Vec<String>>,
     body: Arc<Body>,
+    /// Dims to compile as symbols: `(input name, axis, min, max)`.
+    dynamic: Vec<(String, usize, u64, u64)>,
 }
 
 impl std::fmt::Debug for FunctionDef {
@@ -193,6 +195,7 @@ where
         inputs: None,
         outputs: None,
         body: Arc::new(body),
+        dynamic: Vec::new(),
     }
 }
 
@@ -237,6 +240,28 @@ impl FunctionDef {
     pub fn inputs<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
         self.inputs = Some(names.into_iter().map(Into::into).collect());
         self
+    }
+
+    /// Marks axis `axis` of input `input` dynamic: entries are compiled for
+    /// every size from 2 up (see [`crate::dynamic`]), not for the example's.
+    pub fn dynamic(self, input: &str, axis: usize) -> Self {
+        self.dynamic_range(input, axis, 2, crate::dynamic::MAX_SIZE)
+    }
+
+    /// Marks axis `axis` of input `input` dynamic for sizes `min..=max`.
+    pub fn dynamic_range(mut self, input: &str, axis: usize, min: u64, max: u64) -> Self {
+        self.dynamic.push((input.to_string(), axis, min, max));
+        self
+    }
+
+    /// The dims marked dynamic: `(input name, axis, min, max)`.
+    pub fn dynamic_dims(&self) -> &[(String, usize, u64, u64)] {
+        &self.dynamic
+    }
+
+    /// The declared input names, if any.
+    pub fn input_names(&self) -> Option<&[String]> {
+        self.inputs.as_deref()
     }
 
     /// Names the outputs, in order.

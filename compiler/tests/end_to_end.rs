@@ -113,7 +113,15 @@ fn assert_close(got: &[f32], want: &[f32]) {
 #[test]
 fn mlp_compiles_on_miss_runs_saves_and_resumes() {
     let w = weights();
-    let mut f = CompiledFunction::new(host(), mlp(&w)).unwrap();
+    // Static shapes: this test is about one entry per batch size (automatic
+    // dynamic is tested in the workspace's tests/dynamic.rs).
+    let mut f = Compiler::builder(host())
+        .function(mlp(&w))
+        .options(Options::default().static_shapes())
+        .create()
+        .unwrap()
+        .into_function("mlp")
+        .unwrap();
     for (batch, seed, compiles) in [(2, 10, 1), (2, 11, 1), (5, 12, 2), (2, 13, 2), (5, 14, 2)] {
         let x = tensor(&[batch, K], seed);
         let y = f.call(std::slice::from_ref(&x)).unwrap();

@@ -82,6 +82,12 @@ impl Liveness {
 
 /// Plans buffers for a verified graph (see the module doc).
 pub fn plan_memory(graph: &Graph) -> MemoryPlan {
+    plan_memory_except(graph, &|_| false)
+}
+
+/// [`plan_memory`] for the kernel outputs that `skip` does not name (values
+/// of dynamic shape, which the wrapper allocates per run).
+pub fn plan_memory_except(graph: &Graph, skip: &dyn Fn(ValueId) -> bool) -> MemoryPlan {
     let live = Liveness::of(graph);
     let mut buffers: Vec<TensorMeta> = Vec::new();
     let mut buffer_of: Vec<Option<u32>> = vec![None; graph.values.len()];
@@ -92,6 +98,9 @@ pub fn plan_memory(graph: &Graph) -> MemoryPlan {
             continue;
         }
         for &o in &node.outputs {
+            if skip(o) {
+                continue;
+            }
             let meta = graph.meta(o);
             let pinned = live.last_use[o.index()] == usize::MAX;
             let reuse = if pinned {
