@@ -506,6 +506,22 @@ fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
             for g in &e.guards {
                 println!("    guard  {}", g.describe(&f.signature, &m.globals));
             }
+            let dim = |&[i, a]: &[u32; 2]| {
+                let name = f
+                    .signature
+                    .inputs
+                    .get(i as usize)
+                    .map_or_else(|| format!("input#{i}"), |x| x.name.clone());
+                format!("{name}.shape[{a}]")
+            };
+            for s in &e.symbols {
+                let dims: Vec<String> = s.dims.iter().map(dim).collect();
+                println!("    symbolic {}: {}", dims.join(" = "), s.why);
+            }
+            for (pi, p) in e.paths.iter().enumerate() {
+                let values: Vec<String> = p.iter().map(ToString::to_string).collect();
+                println!("    path {pi}: breaks read [{}]", values.join(", "));
+            }
             for (k, ku) in e.kernels.iter().enumerate() {
                 let attrs = if ku.attrs.is_empty() {
                     String::new()

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use ampoule_guest::{EmitError, Program};
-use ampoule_host::manifest::{BufferDecl, KernelUse, Signature};
+use ampoule_host::manifest::{BufferDecl, KernelUse, Signature, SymbolNote};
 use ampoule_host::{Guard, ScalarValue};
 use ampoule_kernels::{Registry, Tensor};
 
@@ -43,6 +43,8 @@ pub struct CompiledEntry {
     pub input_guards: Vec<Guard>,
     /// The graph-break paths merged into this entry (empty without breaks).
     pub paths: Vec<Vec<ScalarValue>>,
+    /// The entry's symbolic dims and why (empty for a static entry).
+    pub symbols: Vec<SymbolNote>,
 }
 
 /// Why compiling an entry failed.
@@ -262,6 +264,14 @@ pub fn compile_trace_with(
         buffers: lowered.buffers,
         input_guards,
         paths: Vec::new(),
+        symbols: env
+            .iter()
+            .flat_map(|e| &e.symbols)
+            .map(|s| SymbolNote {
+                dims: s.dims.iter().map(|&(i, a)| [i, a]).collect(),
+                why: s.why.clone(),
+            })
+            .collect(),
     })
 }
 

@@ -398,6 +398,7 @@ impl PackageDraft {
             globals: indices,
             buffers: entry.buffers.clone(),
             paths: entry.paths.clone(),
+            symbols: entry.symbols.clone(),
         };
         let kernels: BTreeSet<String> = self
             .manifest

@@ -38,6 +38,9 @@ enum G {
     GlobalDigest(u8, String),
     /// Indices far out of range.
     Huge(u32, u32),
+    DimRange(u8, u8, u64, u64),
+    DimModulo(u8, u8, u64, u64),
+    DimEq(u8, u8, u8, u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -102,6 +105,21 @@ fn guard(g: &G) -> Guard {
         },
         G::GlobalDigest(gi, s) => Guard::GlobalDigest { global: u32::from(*gi % 6), sha256: s.clone() },
         G::Huge(i, a) => Guard::Dim { input: *i, axis: *a, size: u64::MAX },
+        G::DimRange(i, a, min, max) => {
+            Guard::DimRange { input: u32::from(*i % 6), axis: u32::from(*a % 10), min: *min, max: *max }
+        }
+        G::DimModulo(i, a, modulus, remainder) => Guard::DimModulo {
+            input: u32::from(*i % 6),
+            axis: u32::from(*a % 10),
+            modulus: *modulus,
+            remainder: *remainder,
+        },
+        G::DimEq(i, a, o, b) => Guard::DimEq {
+            input: u32::from(*i % 6),
+            axis: u32::from(*a % 10),
+            other: u32::from(*o % 6),
+            other_axis: u32::from(*b % 10),
+        },
     }
 }
 
@@ -167,6 +185,28 @@ fn run(guards: &[Guard], case: &Case) {
                 }
                 Guard::InputCount { count } => {
                     assert_eq!(r.is_ok(), refs.len() as u64 == u64::from(*count));
+                }
+                Guard::DimRange { input, axis, min, max } => {
+                    if let Some(t) = refs.get(*input as usize) {
+                        let d = t.shape().get(*axis as usize).map(|&d| d as u64);
+                        assert_eq!(r.is_ok(), d.is_some_and(|d| *min <= d && d <= *max), "{g:?}");
+                    }
+                }
+                Guard::DimModulo { input, axis, modulus, remainder } => {
+                    if let Some(t) = refs.get(*input as usize) {
+                        let d = t.shape().get(*axis as usize).map(|&d| d as u64);
+                        let holds = d.is_some_and(|d| *modulus != 0 && d % modulus == *remainder);
+                        assert_eq!(r.is_ok(), holds, "{g:?}");
+                    }
+                }
+                Guard::DimEq { input, axis, other, other_axis } => {
+                    let a = refs.get(*input as usize).and_then(|t| t.shape().get(*axis as usize));
+                    let b = refs.get(*other as usize).and_then(|t| t.shape().get(*other_axis as usize));
+                    if a.is_some() && b.is_some() {
+                        assert_eq!(r.is_ok(), a == b, "{g:?}");
+                    } else {
+                        assert!(r.is_err(), "{g:?}");
+                    }
                 }
                 _ => {}
             }

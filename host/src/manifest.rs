@@ -219,6 +219,20 @@ pub struct EntryDecl {
     /// needed) to grow the entry when a call misses at a break.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<Vec<ScalarValue>>,
+    /// For an entry with symbolic dims: each symbol's input dims and why it
+    /// is symbolic, for `inspect`. The guards are what the host enforces;
+    /// it never interprets this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub symbols: Vec<SymbolNote>,
+}
+
+/// One symbolic dim of an entry (see [`EntryDecl::symbols`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymbolNote {
+    /// `[input, axis]` pairs that are this symbol; the first defines it.
+    pub dims: Vec<[u32; 2]>,
+    pub why: String,
 }
 
 /// A kernel-table row.

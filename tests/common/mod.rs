@@ -164,6 +164,7 @@ pub fn hand_manifest(functions: &[HandFunction]) -> (Manifest, Vec<(String, Vec<
             program_hash: "0".repeat(64),
             entries: vec![EntryDecl {
                 paths: vec![],
+                symbols: vec![],
                 guards: f.guards.clone(),
                 wrapper: digest,
                 kernels: f.kernels.clone(),
