@@ -59,6 +59,12 @@ enum Command {
         /// given. Repeating a NAME starts the next entry's set.
         #[arg(long = "input", value_name = "NAME=DIMS[:DTYPE]")]
         inputs: Vec<String>,
+        /// Compile axis AXIS of input NAME as a symbolic dim: one entry
+        /// serves every size from MIN to MAX (default 2 and 2^31 - 1), with
+        /// the shapes derived from it computed by the wrapper. The size
+        /// given by --input is the example the program is traced at.
+        #[arg(long = "dynamic", value_name = "NAME.AXIS[=MIN..MAX]")]
+        dynamic: Vec<String>,
         /// The function's name in the package.
         #[arg(long, default_value = "forward")]
         function: String,
@@ -193,8 +199,9 @@ fn main() {
             model,
             output,
             inputs,
+            dynamic,
             function,
-        } => compile_onnx(&model, &output, &inputs, &function),
+        } => compile_onnx(&model, &output, &inputs, &dynamic, &function),
         Command::Inspect {
             package,
             json,
@@ -663,16 +670,54 @@ fn input_sets(
     Ok(sets)
 }
 
-fn compile_onnx(model: &Path, out: &Path, flags: &[String], function: &str) -> Result<()> {
+/// Parses `NAME.AXIS[=MIN..MAX]`.
+fn dynamic_flag(flag: &str) -> Result<(String, usize, u64, u64)> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--dynamic `{flag}`: expected NAME.AXIS or NAME.AXIS=MIN..MAX (e.g. `x.0=2..512`)"
+        )
+    };
+    let (dim, range) = match flag.split_once('=') {
+        Some((d, r)) => (d, Some(r)),
+        None => (flag, None),
+    };
+    let (name, axis) = dim.rsplit_once('.').ok_or_else(bad)?;
+    let axis: usize = axis.parse().map_err(|_| bad())?;
+    let (min, max) = match range {
+        None => (2, ampoule::compiler::dynamic::MAX_SIZE),
+        Some(r) => {
+            let (a, b) = r.split_once("..").ok_or_else(bad)?;
+            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)
+        }
+    };
+    if name.is_empty() || min > max {
+        return Err(bad());
+    }
+    Ok((name.to_string(), axis, min, max))
+}
+
+fn compile_onnx(
+    model: &Path,
+    out: &Path,
+    flags: &[String],
+    dynamic: &[String],
+    function: &str,
+) -> Result<()> {
     use ampoule::compiler::Compiler;
     let t0 = Instant::now();
     let m = ampoule::compiler::onnx::load_file(model)
         .with_context(|| format!("cannot import `{}`", model.display()))?;
     let sets = input_sets(flags)?;
+    let mut def = m.function(function);
+    for flag in dynamic {
+        let (name, axis, min, max) = dynamic_flag(flag)?;
+        if !m.inputs().iter().any(|i| i.name == name) {
+            bail!("--dynamic `{flag}`: the model has no input `{name}`");
+        }
+        def = def.dynamic_range(&name, axis, min, max);
+    }
     let host = Host::new(HostConfig::default())?;
-    let mut compiler = Compiler::builder(host)
-        .function(m.function(function))
-        .create()?;
+    let mut compiler = Compiler::builder(host).function(def).create()?;
     for (i, set) in sets.iter().enumerate() {
         let examples = m
             .examples(set)

@@ -258,3 +258,100 @@ fn a_size_held_in_an_attribute_cannot_be_dynamic_and_says_why() {
         "{err}"
     );
 }
+
+/// `ampoule compile --dynamic`: an ONNX model with a symbolic batch dim
+/// compiles into one dynamic entry; `ampoule run` serves several batch
+/// sizes from it and `inspect` says which dim is symbolic and why.
+#[test]
+fn cli_compiles_an_onnx_model_with_a_dynamic_batch() -> Result<()> {
+    use ampoule::compiler::onnx::proto::{
+        data_type, GraphProto, Message, ModelProto, NodeProto, ValueInfoProto,
+    };
+    use ampoule::compiler::onnx::tensor::to_proto;
+    use std::process::Command;
+
+    let w = Tensor::from_vec(&[4, 3], (0..12).map(|i| (i as f32 - 5.0) / 4.0).collect())?;
+    let graph = GraphProto {
+        name: "dense".into(),
+        node: vec![
+            NodeProto::new("mm", "MatMul", &["x", "w"], &["h"]),
+            NodeProto::new("act", "Relu", &["h"], &["y"]),
+        ],
+        initializer: vec![to_proto("w", &w)],
+        input: vec![ValueInfoProto::tensor(
+            "x",
+            data_type::FLOAT,
+            &[Err("batch"), Ok(4)],
+        )],
+        output: vec![ValueInfoProto {
+            name: "y".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let tmp = tempfile::tempdir()?;
+    let model = tmp.path().join("dense.onnx");
+    std::fs::write(&model, ModelProto::with_opset(graph, 13).encode_to_vec())?;
+    let pkg = tmp.path().join("dense.ampoule");
+    let bin = env!("CARGO_BIN_EXE_ampoule");
+    let o = Command::new(bin)
+        .args([
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            pkg.to_str().unwrap(),
+        ])
+        .args(["--input", "x=8x4", "--dynamic", "x.0=2..1024"])
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let o = Command::new(bin)
+        .args(["inspect", pkg.to_str().unwrap()])
+        .output()?;
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("2 <= x.shape[0] <= 1024"), "{text}");
+    assert!(
+        text.contains("symbolic x.shape[0]: marked dynamic"),
+        "{text}"
+    );
+
+    let wv = w.to_vec::<f32>()?;
+    for n in [2usize, 5, 8, 33] {
+        let x = Tensor::from_vec(&[n, 4], (0..n * 4).map(|i| (i % 7) as f32 - 3.0).collect())?;
+        let input = tmp.path().join(format!("x{n}.npy"));
+        ampoule::npy::write(&input, &x)?;
+        let out = tmp.path().join(format!("out{n}"));
+        let o = Command::new(bin)
+            .args(["run", pkg.to_str().unwrap()])
+            .arg("--input")
+            .arg(format!("x={}", input.display()))
+            .args(["--output-dir", out.to_str().unwrap()])
+            .output()?;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let y = ampoule::npy::read(&out.join("y.npy"))?;
+        let xv = x.to_vec::<f32>()?;
+        let want: Vec<f32> = (0..n * 3)
+            .map(|i| {
+                let (r, c) = (i / 3, i % 3);
+                (0..4)
+                    .map(|k| xv[r * 4 + k] * wv[k * 3 + c])
+                    .sum::<f32>()
+                    .max(0.0)
+            })
+            .collect();
+        close(&y.to_vec::<f32>()?, &want, &format!("batch {n}"));
+    }
+    // A malformed flag is a clear error.
+    let o = Command::new(bin)
+        .args([
+            "compile",
+            model.to_str().unwrap(),
+            "-o",
+            pkg.to_str().unwrap(),
+        ])
+        .args(["--input", "x=8x4", "--dynamic", "x=2..9"])
+        .output()?;
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expected NAME.AXIS"));
+    Ok(())
+}
