@@ -33,6 +33,12 @@
 //!   instance by `Alloc` steps in `init`, so a loop allocates nothing per
 //!   trip; the views a region makes per execution are released at its end.
 //!
+//! Symbolic dims ([`lower_dynamic`], with the entry's
+//! [`ShapeEnv`]): a dim is `Dim::Of` or `Dim::Affine` over the inputs' dims,
+//! computed by the wrapper. Values of dynamic shape get no planned buffer:
+//! they are `Alloc`ed in `run` right before the launch that writes them and
+//! `Release`d after the last use of their storage (outputs are kept).
+//!
 //! `run` is the kernel launches in node order, with the input views placed
 //! right before their first use. So a static entry's `run` makes no `alloc`
 //! call. Kernel-table rows are deduplicated by (kernel, attributes).
