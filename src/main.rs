@@ -1,5 +1,16 @@
 //! The `ampoule` command line: `demo`, `compile` (ONNX models), `inspect`,
-//! `verify`, `run`, and package signing: `keygen`, `sign`.
+//! `verify`, `run`, `test` (replay bundled samples), and package signing:
+//! `keygen`, `sign`.
+//!
+//! `compile --bundle-samples` bundles, per entry, seeded random inputs of the
+//! entry's example shapes (dynamic entries at their example size) with the
+//! outputs reference kernels give for them: floats standard normal, integers
+//! uniform in 0..=3 (small enough to be a valid index into any axis of size
+//! 4 or more), bools fair coin flips, specialized scalars their value; the
+//! seed is the entry's index, so recompiling gives the same package. `test`
+//! replays them on this host's kernels and prints, per output, the worst
+//! absolute and relative error against the output's tolerance; it fails if
+//! any output is out of tolerance or the package has no samples.
 //!
 //! A package may hold several functions: `inspect` shows each one's
 //! signature, the inputs it updates in place (`mutates: cache`), its entries
@@ -68,6 +79,28 @@ enum Command {
         /// The function's name in the package.
         #[arg(long, default_value = "forward")]
         function: String,
+        /// Bundle, per entry, seeded random sample inputs and the outputs
+        /// reference kernels give for them, for `ampoule test` to replay on
+        /// other hosts (floats standard normal, integers in 0..=3).
+        #[arg(long)]
+        bundle_samples: bool,
+    },
+    /// Replay a package's bundled samples (`compile --bundle-samples`) on
+    /// this host's kernels: print each output's worst error against its
+    /// tolerance; exit status 0 only if every output is within it.
+    Test {
+        package: PathBuf,
+        /// Test only this function (default: all of them).
+        #[arg(long)]
+        function: Option<String>,
+        /// A host-bound global, as NAME=FILE.npy or NAME=FILE.pb.
+        #[arg(long = "bind", value_name = "NAME=FILE")]
+        binds: Vec<String>,
+        /// Replay on reference kernels instead of the optimized ones.
+        #[arg(long)]
+        reference: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Show a package's functions, entries, guards, kernels, globals, sizes
     /// and digests (after full verification).
@@ -201,7 +234,22 @@ fn main() {
             inputs,
             dynamic,
             function,
-        } => compile_onnx(&model, &output, &inputs, &dynamic, &function),
+            bundle_samples,
+        } => compile_onnx(
+            &model,
+            &output,
+            &inputs,
+            &dynamic,
+            &function,
+            bundle_samples,
+        ),
+        Command::Test {
+            package,
+            function,
+            binds,
+            reference,
+            trust,
+        } => test(&package, function.as_deref(), &binds, reference, &trust),
         Command::Inspect {
             package,
             json,
@@ -525,6 +573,14 @@ fn inspect(dir: &Path, json: bool, trust: &TrustArgs) -> Result<()> {
                 let dims: Vec<String> = s.dims.iter().map(dim).collect();
                 println!("    symbolic {}: {}", dims.join(" = "), s.why);
             }
+            if let Some(s) = &e.samples {
+                let tols: Vec<String> = s
+                    .tolerances
+                    .iter()
+                    .map(|(n, t)| format!("{n} rtol {:.1e} atol {:.1e}", t.rtol, t.atol))
+                    .collect();
+                println!("    samples {}  {}", short(&s.file), tols.join(", "));
+            }
             for (pi, p) in e.paths.iter().enumerate() {
                 let values: Vec<String> = p.iter().map(ToString::to_string).collect();
                 println!("    path {pi}: breaks read [{}]", values.join(", "));
@@ -702,6 +758,7 @@ fn compile_onnx(
     flags: &[String],
     dynamic: &[String],
     function: &str,
+    bundle_samples: bool,
 ) -> Result<()> {
     use ampoule::compiler::Compiler;
     let t0 = Instant::now();
@@ -737,6 +794,32 @@ fn compile_onnx(
             .and_then(|f| f.entries.get(entry))
             .map_or(0, |e| e.kernels.len());
         println!("entry {entry}: {}  ({kernels} kernels)", shapes.join(", "));
+        if bundle_samples {
+            let inputs = sample_inputs(&examples, entry as u64)
+                .with_context(|| format!("cannot make sample inputs for entry {entry}"))?;
+            compiler
+                .bundle_samples(
+                    function,
+                    entry,
+                    &inputs,
+                    &ampoule::compiler::package::SampleOptions::default(),
+                )
+                .with_context(|| format!("cannot bundle samples for entry {entry}"))?;
+            let tolerances = compiler
+                .manifest()
+                .function(function)
+                .and_then(|f| f.entries.get(entry))
+                .and_then(|e| e.samples.as_ref())
+                .map(|s| {
+                    s.tolerances
+                        .iter()
+                        .map(|(n, t)| format!("{n} rtol {:.1e} atol {:.1e}", t.rtol, t.atol))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!("  samples bundled (reference kernels): {tolerances}");
+        }
     }
     compiler
         .save(out)
@@ -752,6 +835,153 @@ fn compile_onnx(
             .join(","),
         out.display(),
         t0.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// SplitMix64: a small, well-mixed, seedable generator, so sample inputs
+/// need no dependency and are the same on every run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// Seeded random inputs of the examples' shapes (see the module doc).
+fn sample_inputs(
+    examples: &[ampoule::compiler::Example],
+    seed: u64,
+) -> Result<Vec<ampoule::kernels::Tensor>> {
+    use ampoule::host::ScalarValue;
+    use ampoule::kernels::{DType, Tensor};
+    let mut rng = SplitMix(seed.wrapping_mul(0xA076_1D64_78BD_642F) ^ 0x5A4D_504C_4553);
+    examples
+        .iter()
+        .map(|ex| {
+            let dtype = ex.meta.dtype;
+            let n = ex
+                .meta
+                .numel()
+                .context("the example's element count overflows")?;
+            let mut bytes = Vec::with_capacity(n.saturating_mul(dtype.size()));
+            for _ in 0..n {
+                // A specialized scalar must have its value, or no entry serves it.
+                let (f, i) = match ex.value {
+                    Some(ScalarValue::Int(v)) => (v as f64, v),
+                    Some(ScalarValue::Float(v)) => (v, v as i64),
+                    None => {
+                        let i = (rng.next() % 4) as i64;
+                        (rng.normal(), i)
+                    }
+                };
+                match dtype {
+                    DType::F32 => bytes.extend_from_slice(&(f as f32).to_le_bytes()),
+                    DType::F64 => bytes.extend_from_slice(&f.to_le_bytes()),
+                    DType::I8 => bytes.extend_from_slice(&(i as i8).to_le_bytes()),
+                    DType::U8 => bytes.push(i as u8),
+                    DType::Bool => bytes.push(u8::from(i % 2 == 1)),
+                    DType::I32 => bytes.extend_from_slice(&(i as i32).to_le_bytes()),
+                    DType::I64 => bytes.extend_from_slice(&i.to_le_bytes()),
+                }
+            }
+            Ok(Tensor::from_bytes(dtype, &ex.meta.shape, &bytes)?)
+        })
+        .collect()
+}
+
+fn test(
+    dir: &Path,
+    function: Option<&str>,
+    binds: &[String],
+    reference: bool,
+    trust: &TrustArgs,
+) -> Result<()> {
+    let host = host(reference, trust)?;
+    let mut bindings = Bindings::new();
+    for b in binds {
+        let (name, file) = parse_pair(b)?;
+        bindings.insert(name, read_tensor(file)?);
+    }
+    let pkg = host
+        .open(dir, bindings)
+        .with_context(|| format!("cannot open package `{}`", dir.display()))?;
+    let m = pkg.manifest();
+    let functions: Vec<&ampoule::host::manifest::FunctionDecl> = match function {
+        Some(name) => vec![m.function(name).with_context(|| {
+            format!(
+                "package has no function `{name}`; it has: {}",
+                m.functions
+                    .iter()
+                    .map(|f| format!("`{}`", f.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?],
+        None => m.functions.iter().collect(),
+    };
+    let (mut replayed, mut outputs) = (0usize, 0usize);
+    let mut failed = Vec::new();
+    for f in &functions {
+        for ei in 0..f.entries.len() {
+            match pkg.replay_samples(&f.name, ei) {
+                Ok(None) => println!("{} entry {ei}: no samples", f.name),
+                Ok(Some(reports)) => {
+                    replayed += 1;
+                    for r in reports {
+                        outputs += 1;
+                        println!("{r}");
+                        if !r.comparison.passed() {
+                            failed.push(format!("{} entry {ei} output `{}`", f.name, r.output));
+                        }
+                    }
+                }
+                Err(e) => {
+                    replayed += 1;
+                    println!("{} entry {ei}: the replay failed: {e}  FAIL", f.name);
+                    failed.push(format!("{} entry {ei} (the replay failed)", f.name));
+                }
+            }
+        }
+    }
+    if replayed == 0 {
+        bail!(
+            "package `{}` has no bundled samples{}; compile it with `ampoule compile MODEL.onnx -o PKG --bundle-samples` (or bundle them with `Compiler::bundle_samples`) to test it",
+            dir.display(),
+            function.map_or(String::new(), |f| format!(" for function `{f}`"))
+        );
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {outputs} sample output{} failed on {} kernels: {}",
+            failed.len(),
+            if outputs == 1 { "" } else { "s" },
+            if reference { "reference" } else { "optimized" },
+            failed.join(", ")
+        );
+    }
+    println!(
+        "ok: {outputs} output{} of {replayed} entr{} within tolerance on {} kernels",
+        if outputs == 1 { "" } else { "s" },
+        if replayed == 1 { "y" } else { "ies" },
+        if reference { "reference" } else { "optimized" }
     );
     Ok(())
 }

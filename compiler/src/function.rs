@@ -17,6 +17,11 @@
 //! 4. without a definition (load-only), returns the host's typed error
 //!    (`GuardMiss` with every entry's explanation, or `BreakMiss`).
 //!
+//! [`Compiler::bundle_samples`] records sample inputs for an entry with the
+//! outputs reference kernels give for them
+//! ([`PackageDraft::set_samples`]), for `ampoule test` to replay on other
+//! hosts.
+//!
 //! [`Compiler::save`] writes the package atomically; [`CompilerBuilder::open`]
 //! resumes one. Resuming checks each defined function that the package
 //! already has: the definition is traced again with the inputs the package's
@@ -52,7 +57,7 @@ use ampoule_kernels::{Tensor, TensorMeta};
 
 use crate::compile::{compile, compile_with, CompileError};
 use crate::dynamic::DimSpec;
-use crate::package::{fmt_signature, PackageDraft, PackageError};
+use crate::package::{fmt_signature, PackageDraft, PackageError, SampleOptions};
 use crate::trace::{BreakSource, Example, FunctionDef};
 
 /// Everything that can go wrong compiling, calling or saving.
@@ -458,6 +463,24 @@ impl Compiler {
         self.package = package;
         self.compiles += 1;
         Ok(index)
+    }
+
+    /// Bundles `inputs` as the samples of entry `entry` of `function`, with
+    /// the outputs the entry gives for them on reference kernels (see
+    /// [`PackageDraft::set_samples`]), and reopens the package.
+    pub fn bundle_samples(
+        &mut self,
+        function: &str,
+        entry: usize,
+        inputs: &[Tensor],
+        options: &SampleOptions,
+    ) -> Result<(), Error> {
+        let mut draft = self.draft.clone();
+        draft.set_samples(&self.host, &self.bindings, function, entry, inputs, options)?;
+        let package = draft.open(&self.host, &self.bindings)?;
+        self.draft = draft;
+        self.package = package;
+        Ok(())
     }
 
     fn known(&self) -> Vec<String> {

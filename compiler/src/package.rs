@@ -4,7 +4,7 @@
 //!
 //! Layout and naming follow `ampoule_host::manifest`: `manifest.json` and its
 //! digest `manifest.sha256`, wrappers `wrappers/<sha256>.wasm`, weights
-//! `weights/<sha256>.safetensors`.
+//! `weights/<sha256>.safetensors`, samples `samples/<sha256>.safetensors`.
 //!
 //! Invariants:
 //! - **Globals are shared by name and content.** Adding an entry resolves each
@@ -26,6 +26,14 @@
 //!   path: the same sequence of entries gives the same bytes.
 //! - **A draft is always a valid package.** `add_entry` checks everything
 //!   that can conflict before it changes anything.
+//! - **Samples are recorded on reference kernels.**
+//!   [`PackageDraft::set_samples`] runs the entry itself in the sandbox on a
+//!   host with the caller's registry and limits but `Impl::Reference`
+//!   kernels, and stores the given inputs and the outputs it got in one
+//!   safetensors file (`input.<name>`, `output.<name>`), with a tolerance
+//!   per output ([`SampleOptions`]). Replacing an entry (a graph break that
+//!   grew a continuation) keeps its samples; a samples file no entry uses
+//!   any more is dropped.
 //!
 //! # Saving
 //!
@@ -55,10 +63,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ampoule_host::manifest::{
-    sha256_hex, weights_file, wrapper_file, Abi, EntryDecl, FunctionDecl, GlobalDecl, GlobalSource,
-    Manifest, FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE,
+    sample_input_tensor, sample_output_tensor, samples_file, sha256_hex, weights_file,
+    wrapper_file, Abi, EntryDecl, FunctionDecl, GlobalDecl, GlobalSource, Manifest, SamplesDecl,
+    Tolerance, FORMAT_VERSION, MANIFEST_DIGEST_FILE, MANIFEST_FILE,
 };
-use ampoule_host::{Bindings, Host, Package, PackageFiles};
+use ampoule_host::{Bindings, Host, HostConfig, Impl, Package, PackageFiles, TrustPolicy};
 use ampoule_kernels::{DType, Tensor, TensorMeta};
 use cap_std::fs::Dir;
 
@@ -105,6 +114,13 @@ pub enum PackageError {
     },
     #[error("cannot write a weights file: {0}")]
     Weights(String),
+    /// Samples that cannot be bundled (wrong inputs, a failed reference run).
+    #[error("cannot bundle samples for function `{function}` entry {entry}: {message}")]
+    Samples {
+        function: String,
+        entry: usize,
+        message: String,
+    },
     #[error("the package's manifest is not valid JSON of the expected form: {0}")]
     Manifest(String),
     #[error(transparent)]
@@ -187,6 +203,67 @@ impl safetensors::View for StView<'_> {
     fn data_len(&self) -> usize {
         self.0.bytes().len()
     }
+}
+
+/// How [`PackageDraft::set_samples`] chooses each output's tolerance.
+///
+/// An output named in `tolerances` gets that one. Otherwise an integer or
+/// bool output must match exactly, and a float output gets `rtol` and an
+/// `atol` of `atol_scale` times its largest finite magnitude (times 1 if
+/// that is zero), so a tolerance means the same at any scale; both are
+/// rounded to two significant digits, so the manifest reads well.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleOptions {
+    pub rtol: f64,
+    pub atol_scale: f64,
+    /// Per-output overrides, by output name.
+    pub tolerances: BTreeMap<String, Tolerance>,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        SampleOptions {
+            rtol: 1e-4,
+            atol_scale: 1e-5,
+            tolerances: BTreeMap::new(),
+        }
+    }
+}
+
+impl SampleOptions {
+    /// The tolerance for a float output recorded as `t` (exact for others).
+    pub fn derive(&self, t: &Tensor) -> Tolerance {
+        let scale = match t.dtype() {
+            DType::F32 => t
+                .bytes()
+                .chunks_exact(4)
+                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).abs())
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max),
+            DType::F64 => t
+                .bytes()
+                .chunks_exact(8)
+                .map(|c| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    f64::from_le_bytes(a).abs()
+                })
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max),
+            _ => return Tolerance::EXACT,
+        };
+        let scale = if scale > 0.0 { scale } else { 1.0 };
+        Tolerance {
+            rtol: two_digits(self.rtol),
+            atol: two_digits(self.atol_scale * scale),
+        }
+    }
+}
+
+/// `x` rounded to two significant digits (short in JSON, and read back
+/// exactly).
+fn two_digits(x: f64) -> f64 {
+    format!("{x:.1e}").parse().unwrap_or(x)
 }
 
 /// How `add_entry` resolves one global.
@@ -399,6 +476,7 @@ impl PackageDraft {
             buffers: entry.buffers.clone(),
             paths: entry.paths.clone(),
             symbols: entry.symbols.clone(),
+            samples: None,
         };
         let kernels: BTreeSet<String> = self
             .manifest
@@ -460,7 +538,10 @@ impl PackageDraft {
                 count,
             });
         };
-        let decl = f.entries.remove(added);
+        let mut decl = f.entries.remove(added);
+        // The same inputs take the same path through the grown entry: its
+        // samples still hold.
+        decl.samples = f.entries[index].samples.clone();
         let old = std::mem::replace(&mut f.entries[index], decl);
         let used = draft
             .manifest
@@ -475,6 +556,122 @@ impl PackageDraft {
         }
         *self = draft;
         Ok(())
+    }
+
+    /// Bundles `inputs` as the samples of entry `entry` of `function`, with
+    /// the outputs the entry gives for them on reference kernels (see the
+    /// module doc), replacing any samples it had. `host` lends its registry
+    /// and limits; `bindings` binds host-bound globals. On an error the
+    /// draft is unchanged.
+    pub fn set_samples(
+        &mut self,
+        host: &Host,
+        bindings: &BTreeMap<String, Tensor>,
+        function: &str,
+        entry: usize,
+        inputs: &[Tensor],
+        options: &SampleOptions,
+    ) -> Result<(), PackageError> {
+        let fail = |message: String| PackageError::Samples {
+            function: function.to_string(),
+            entry,
+            message,
+        };
+        let Some(fi) = self
+            .manifest
+            .functions
+            .iter()
+            .position(|f| f.name == function)
+        else {
+            return Err(fail("the package has no such function".into()));
+        };
+        let f = &self.manifest.functions[fi];
+        if entry >= f.entries.len() {
+            return Err(PackageError::NoEntry {
+                function: function.to_string(),
+                index: entry,
+                count: f.entries.len(),
+            });
+        }
+        if inputs.len() != f.signature.inputs.len() {
+            return Err(fail(format!(
+                "the function takes {} inputs, {} were given",
+                f.signature.inputs.len(),
+                inputs.len()
+            )));
+        }
+        for (a, t) in f.signature.inputs.iter().zip(inputs) {
+            if t.dtype() != a.kind.dtype() || t.shape().len() != a.kind.rank() as usize {
+                return Err(fail(format!(
+                    "input `{}` is {}, but the function takes {}",
+                    a.name,
+                    t.meta(),
+                    a.kind
+                )));
+            }
+        }
+        let reference = Host::new(HostConfig {
+            kernels: Impl::Reference,
+            trust: TrustPolicy::default(),
+            ..host.config().clone()
+        })?;
+        let package = self.open(&reference, bindings)?;
+        let (outputs, _updates) = package
+            .call_entry(function, entry, inputs)
+            .map_err(|e| fail(format!("the reference run failed: {e}")))?;
+
+        let sig = &f.signature;
+        let mut tolerances = BTreeMap::new();
+        for (o, t) in sig.outputs.iter().zip(&outputs) {
+            let tol = options
+                .tolerances
+                .get(&o.name)
+                .copied()
+                .unwrap_or_else(|| options.derive(t));
+            tolerances.insert(o.name.clone(), tol);
+        }
+        let named: Vec<(String, StView<'_>)> = sig
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(a, t)| (sample_input_tensor(&a.name), StView(t)))
+            .chain(
+                sig.outputs
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(a, t)| (sample_output_tensor(&a.name), StView(t))),
+            )
+            .collect();
+        let bytes = safetensors::serialize(named, None).map_err(|e| fail(e.to_string()))?;
+        let digest = sha256_hex(&bytes);
+        let name = samples_file(&digest);
+
+        let old = self.manifest.functions[fi].entries[entry]
+            .samples
+            .replace(SamplesDecl {
+                file: name.clone(),
+                tolerances,
+            });
+        self.manifest.files.insert(name.clone(), digest);
+        self.files.insert(name, Arc::new(bytes));
+        if let Some(old) = old {
+            self.drop_unused_samples(&old.file);
+        }
+        Ok(())
+    }
+
+    /// Removes samples file `name` unless an entry still uses it.
+    fn drop_unused_samples(&mut self, name: &str) {
+        let used = self
+            .manifest
+            .functions
+            .iter()
+            .flat_map(|f| &f.entries)
+            .any(|e| e.samples.as_ref().is_some_and(|s| s.file == name));
+        if !used {
+            self.manifest.files.remove(name);
+            self.files.remove(name);
+        }
     }
 
     /// The manifest bytes and files, for [`Host::open_files`].

@@ -10,6 +10,8 @@
 //!   selecting entries, serving calls;
 //! - [`sandbox`]: the wasmtime engine, the wrapper contract from `wit/`, slot
 //!   handles, launch checks and limits;
+//! - [`samples`]: replaying an entry's bundled samples on this host's
+//!   kernels against their tolerances (`ampoule test`);
 //! - [`cache`]: the local compiled-artifact cache;
 //! - [`trust`]: package signatures (ed25519 over the manifest digest) and
 //!   the trust policy `open` and `verify` apply.
@@ -40,6 +42,7 @@ pub mod error;
 pub mod guard;
 pub mod manifest;
 pub mod package;
+pub mod samples;
 pub mod sandbox;
 pub mod trust;
 pub mod verify;

@@ -12,12 +12,23 @@
 //! manifest.sha256                 the manifest's own digest
 //! wrappers/<sha256>.wasm          one per distinct wrapper
 //! weights/<sha256>.safetensors    embedded globals
+//! samples/<sha256>.safetensors    optional: entries' bundled samples
 //! signature.json                  optional, not covered by `files`
 //! ```
 //!
 //! Files are named by their SHA-256, and `files` lists every file with its
 //! digest; the loader never follows a path from the manifest, it only looks
-//! names up in `files` after checking they have one of the two forms above.
+//! names up in `files` after checking they have one of the three forms above.
+//!
+//! **Samples.** An entry may bundle samples ([`EntryDecl::samples`]): one
+//! safetensors file holding, for each input, a tensor `input.<name>` and,
+//! for each declared output, `output.<name>`, the output the compiler's
+//! reference kernels gave for those inputs, plus a [`Tolerance`] per
+//! output. `ampoule test` replays them on a host's own kernels (the
+//! portability check). Verification checks the file like any other: its
+//! digest, that it parses, that its tensors are exactly the signature's, of
+//! its dtypes and ranks, that the inputs pass the entry's guards, and that
+//! every tolerance is finite and non-negative.
 //!
 //! A package holds any number of functions (`encode` and `decode`, `prefill`
 //! and `step`), each with its own signature and entries; `globals` is
@@ -224,6 +235,40 @@ pub struct EntryDecl {
     /// it never interprets this list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub symbols: Vec<SymbolNote>,
+    /// Sample inputs and reference outputs for this entry, if bundled
+    /// (`ampoule compile --bundle-samples`). Absent in manifests without
+    /// samples (and in manifests older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<SamplesDecl>,
+}
+
+/// An entry's bundled samples (see the module doc).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesDecl {
+    /// The samples file, `samples/<sha256>.safetensors`, listed in `files`.
+    pub file: String,
+    /// Per declared output, by name: how far a replay may stray from the
+    /// recorded output.
+    pub tolerances: BTreeMap<String, Tolerance>,
+}
+
+/// How close a replayed output must be to its recorded value, elementwise:
+/// `|got - want| <= atol + rtol * |want|` (NumPy's `allclose`). NaN matches
+/// only NaN, and an infinity only the same infinity. Zero and zero is exact.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+impl Tolerance {
+    /// Exact equality (integer and bool outputs).
+    pub const EXACT: Tolerance = Tolerance {
+        rtol: 0.0,
+        atol: 0.0,
+    };
 }
 
 /// One symbolic dim of an entry (see [`EntryDecl::symbols`]).
@@ -282,6 +327,21 @@ pub fn wrapper_file(digest: &str) -> String {
 /// The file name of a weights blob.
 pub fn weights_file(digest: &str) -> String {
     format!("weights/{digest}.safetensors")
+}
+
+/// The file name of a samples blob.
+pub fn samples_file(digest: &str) -> String {
+    format!("samples/{digest}.safetensors")
+}
+
+/// The tensor name of input `name` in a samples file.
+pub fn sample_input_tensor(name: &str) -> String {
+    format!("input.{name}")
+}
+
+/// The tensor name of output `name` in a samples file.
+pub fn sample_output_tensor(name: &str) -> String {
+    format!("output.{name}")
 }
 
 /// Lowercase hex SHA-256 of `bytes`.

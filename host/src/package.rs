@@ -47,7 +47,7 @@ use crate::manifest::{
 };
 use crate::sandbox::{classify, Host, Instance, InstanceState, WrapperPre};
 use crate::trust::{manifest_digest, read_signature_file, SIGNATURE_FILE};
-use crate::verify::{blob_digest, verify_package, FileBytes};
+use crate::verify::{any_blob_digest, blob_digest, verify_package, FileBytes, FILE_NAME_RULE};
 
 /// Largest manifest accepted.
 const MAX_MANIFEST_BYTES: u64 = 64 << 20;
@@ -370,15 +370,10 @@ fn check_digests(m: &Manifest, files: &BTreeMap<String, FileBytes>) -> Result<()
                     });
                 }
             }
-            None if blob_digest(name, "wrappers", "wasm")
-                .or_else(|| blob_digest(name, "weights", "safetensors"))
-                .is_none() =>
-            {
-                problems.push(Problem {
-                    at: name.clone(),
-                    message: "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`".into(),
-                })
-            }
+            None if any_blob_digest(name).is_none() => problems.push(Problem {
+                at: name.clone(),
+                message: FILE_NAME_RULE.into(),
+            }),
             None => problems.push(Problem {
                 at: name.clone(),
                 message: "file listed in the manifest is missing".into(),
@@ -471,7 +466,7 @@ impl AsRef<[u8]> for Mapped {
 }
 
 /// The files of a package directory: the manifest's bytes, every file
-/// under `wrappers/` and `weights/`, and `signature.json`'s bytes if present.
+/// under `wrappers/`, `weights/` and `samples/`, and `signature.json`'s bytes if present.
 pub(crate) type DirContents = (Vec<u8>, BTreeMap<String, FileBytes>, Option<Vec<u8>>);
 
 fn io(file: &str, e: std::io::Error) -> Error {
@@ -496,8 +491,8 @@ pub(crate) fn read_manifest_and_signature(
 }
 
 /// Reads a package directory through cap-std: the manifest, every file under
-/// `wrappers/` and `weights/` (weights mmapped), `signature.json`, refusing
-/// anything else.
+/// `wrappers/`, `weights/` (weights mmapped) and `samples/`,
+/// `signature.json`, refusing anything else.
 pub(crate) fn read_dir(path: &Path, max_bytes: u64) -> Result<DirContents, Error> {
     let dir = open_package_dir(path)?;
     let manifest = read_manifest(&dir)?;
@@ -510,7 +505,7 @@ pub(crate) fn read_dir(path: &Path, max_bytes: u64) -> Result<DirContents, Error
         let ft = entry.file_type().map_err(|e| io(&name, e))?;
         match name.as_str() {
             MANIFEST_FILE | MANIFEST_DIGEST_FILE | SIGNATURE_FILE if ft.is_file() => {}
-            "wrappers" | "weights" if ft.is_dir() => {
+            "wrappers" | "weights" | "samples" if ft.is_dir() => {
                 let sub = dir.open_dir(&name).map_err(|e| io(&name, e))?;
                 for e in sub.entries().map_err(|e| io(&name, e))? {
                     let e = e.map_err(|e| io(&name, e))?;
@@ -797,6 +792,66 @@ impl Package {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+
+    /// Runs entry `entry` of `function` itself, not the first entry whose
+    /// guards hold: its guards are checked (a miss names only this entry),
+    /// then its wrapper runs. Returns the declared outputs and, for a
+    /// function that updates inputs in place, the new values of those
+    /// inputs (in `signature.mutates` order) without writing them anywhere.
+    /// This is how bundled samples are replayed ([`crate::samples`]).
+    pub fn call_entry(
+        &self,
+        function: &str,
+        entry: usize,
+        inputs: &[Tensor],
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
+        let fi = self.function_index(function)?;
+        let f = &self.manifest.functions[fi];
+        let (Some(e), Some(st)) = (f.entries.get(entry), self.entries[fi].get(entry)) else {
+            return Err(Error::BadInputs {
+                function: f.name.clone(),
+                expected: format!("an entry index below {}", f.entries.len()),
+                actual: format!("entry {entry}"),
+            });
+        };
+        if let Some(m) = f
+            .signature
+            .mutates
+            .iter()
+            .find(|m| m.input as usize >= inputs.len())
+        {
+            return Err(Error::BadInputs {
+                function: f.name.clone(),
+                expected: format!(
+                    "{} inputs (it updates input {} in place)",
+                    f.signature.inputs.len(),
+                    m.input
+                ),
+                actual: format!("{} inputs", inputs.len()),
+            });
+        }
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let call = CallView {
+            names: None,
+            inputs: &refs,
+        };
+        let miss = st.global_miss.clone().or_else(|| {
+            e.guards.iter().find_map(|g| {
+                g.check(&call).err().map(|actual| EntryMiss {
+                    entry,
+                    expected: g.describe(&f.signature, &self.manifest.globals),
+                    actual,
+                })
+            })
+        });
+        if let Some(miss) = miss {
+            return Err(Error::GuardMiss {
+                function: f.name.clone(),
+                explanations: vec![miss],
+            });
+        }
+        self.run_entry(fi, entry, inputs)
     }
 
     /// Which entry of `function` these inputs select, or the miss.

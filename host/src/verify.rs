@@ -2,9 +2,10 @@
 //!
 //! [`verify_package`] checks, and reports *every* problem it finds:
 //! - the format version and the contract version;
-//! - file names: only `wrappers/<sha256>.wasm` and
-//!   `weights/<sha256>.safetensors`, each name's digest equal to the listed
-//!   digest; every file referenced, every reference present;
+//! - file names: only `wrappers/<sha256>.wasm`,
+//!   `weights/<sha256>.safetensors` and `samples/<sha256>.safetensors`, each
+//!   name's digest equal to the listed digest; every file referenced, every
+//!   reference present;
 //! - every global: name unique, rank and byte size in range (checked
 //!   arithmetic), its safetensors tensor present with the same dtype and
 //!   shape;
@@ -13,6 +14,12 @@
 //!   its new value declared with the input's dtype and rank; every entry: guard indices in range, every kernel resolved in the
 //!   host's registry with its attributes validated, globals-table indices in
 //!   range, buffer sizes in range and within the host tensor budget;
+//! - every entry's samples, if bundled: the file a listed
+//!   `samples/<sha256>.safetensors` that parses; exactly one tensor
+//!   `input.<name>` per input and `output.<name>` per output, each of the
+//!   signature's dtype and rank, together within the host tensor budget; the
+//!   inputs passing the entry's input guards; one finite, non-negative
+//!   tolerance per output and none for anything else;
 //! - every wrapper: a valid component whose only import is the contract's
 //!   host interface, that exports functions `init` and `run`, with no memory
 //!   or table declared beyond the limits.
@@ -26,7 +33,11 @@ use std::sync::Arc;
 use ampoule_kernels::{Bound, DType, Registry, TensorMeta, MAX_RANK};
 
 use crate::error::Problem;
-use crate::manifest::{wrapper_file, GlobalSource, Manifest, FORMAT_VERSION};
+use crate::guard::CallView;
+use crate::manifest::{
+    sample_input_tensor, sample_output_tensor, wrapper_file, EntryDecl, FunctionDecl, GlobalSource,
+    Manifest, FORMAT_VERSION,
+};
 use crate::sandbox::{Limits, HOST_INTERFACE, WIT_PACKAGE};
 
 /// A file's bytes, read or mapped.
@@ -66,7 +77,20 @@ pub fn blob_digest<'a>(name: &'a str, dir: &str, ext: &str) -> Option<&'a str> {
     .then_some(digest)
 }
 
-fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
+/// The digest in `name` if it has one of the three blob forms
+/// (`wrappers/<sha256>.wasm`, `weights/<sha256>.safetensors`,
+/// `samples/<sha256>.safetensors`).
+pub fn any_blob_digest(name: &str) -> Option<&str> {
+    blob_digest(name, "wrappers", "wasm")
+        .or_else(|| blob_digest(name, "weights", "safetensors"))
+        .or_else(|| blob_digest(name, "samples", "safetensors"))
+}
+
+/// What a bad file name is told.
+pub(crate) const FILE_NAME_RULE: &str = "file names must be `wrappers/<sha256>.wasm`, `weights/<sha256>.safetensors` or `samples/<sha256>.safetensors`";
+
+/// The ampoule dtype of a safetensors dtype, if it has one.
+pub fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
     use safetensors::Dtype as S;
     Some(match d {
         S::F32 => DType::F32,
@@ -116,13 +140,8 @@ pub(crate) fn verify_package(
     // Files: names, references.
     let mut referenced: HashSet<String> = HashSet::new();
     for (name, digest) in &m.files {
-        let d = blob_digest(name, "wrappers", "wasm")
-            .or_else(|| blob_digest(name, "weights", "safetensors"));
-        match d {
-            None => p.add(
-                format!("files[{name:?}]"),
-                "file names must be `wrappers/<sha256>.wasm` or `weights/<sha256>.safetensors`",
-            ),
+        match any_blob_digest(name) {
+            None => p.add(format!("files[{name:?}]"), FILE_NAME_RULE),
             Some(d) if d != digest => p.add(
                 format!("files[{name:?}]"),
                 format!("name says sha256 {d} but the manifest lists {digest}"),
@@ -363,6 +382,9 @@ pub(crate) fn verify_package(
                     ),
                 );
             }
+            if e.samples.is_some() {
+                verify_samples(&mut p, &at, f, e, files, limits, &mut referenced);
+            }
             fkernels.push(table.into());
         }
         kernels.push(fkernels);
@@ -388,6 +410,168 @@ pub(crate) fn verify_package(
         Ok(Verified { kernels, weights })
     } else {
         Err(p.0)
+    }
+}
+
+/// Checks an entry's bundled samples (see the module doc); `at` names the
+/// entry.
+fn verify_samples(
+    p: &mut Problems,
+    at: &str,
+    f: &FunctionDecl,
+    e: &EntryDecl,
+    files: &BTreeMap<String, FileBytes>,
+    limits: &Limits,
+    referenced: &mut HashSet<String>,
+) {
+    let Some(decl) = &e.samples else { return };
+    let at = format!("{at}.samples");
+    let file = &decl.file;
+    referenced.insert(file.clone());
+    for (name, t) in &decl.tolerances {
+        if !f.signature.outputs.iter().any(|o| &o.name == name) {
+            p.add(
+                format!("{at}.tolerances[{name:?}]"),
+                format!(
+                    "the function has no output `{name}`; tolerances are per output ({})",
+                    f.signature
+                        .outputs
+                        .iter()
+                        .map(|o| format!("`{}`", o.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        if !(t.rtol.is_finite() && t.rtol >= 0.0 && t.atol.is_finite() && t.atol >= 0.0) {
+            p.add(
+                format!("{at}.tolerances[{name:?}]"),
+                format!(
+                    "rtol {} and atol {} must be finite and non-negative",
+                    t.rtol, t.atol
+                ),
+            );
+        }
+    }
+    for o in &f.signature.outputs {
+        if !decl.tolerances.contains_key(&o.name) {
+            p.add(
+                format!("{at}.tolerances"),
+                format!("output `{}` has no tolerance", o.name),
+            );
+        }
+    }
+    let Some(bytes) = files
+        .get(file)
+        .filter(|_| blob_digest(file, "samples", "safetensors").is_some())
+    else {
+        p.add(
+            &at,
+            format!(
+                "samples file `{file}` is not a `samples/<sha256>.safetensors` file listed in `files`"
+            ),
+        );
+        return;
+    };
+    let st = match safetensors::SafeTensors::deserialize((**bytes).as_ref()) {
+        Ok(st) => st,
+        Err(e) => {
+            p.add(
+                &at,
+                format!("samples file `{file}` is not a valid safetensors file: {e}"),
+            );
+            return;
+        }
+    };
+    let base = (**bytes).as_ref().as_ptr() as usize;
+    let mut expected: BTreeMap<String, (&str, &crate::manifest::ArgKind)> = BTreeMap::new();
+    for a in &f.signature.inputs {
+        expected.insert(sample_input_tensor(&a.name), ("input", &a.kind));
+    }
+    for a in &f.signature.outputs {
+        expected.insert(sample_output_tensor(&a.name), ("output", &a.kind));
+    }
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    for n in &names {
+        if !expected.contains_key(n) {
+            p.add(
+                &at,
+                format!(
+                    "`{file}` holds tensor `{n}`, which is not `input.<name>` of an input or `output.<name>` of an output"
+                ),
+            );
+        }
+    }
+    let mut total: u64 = 0;
+    let mut inputs: BTreeMap<&str, ampoule_kernels::Tensor> = BTreeMap::new();
+    for (tensor, (what, kind)) in &expected {
+        let Ok(view) = st.tensor(tensor) else {
+            p.add(&at, format!("`{file}` has no tensor `{tensor}`"));
+            continue;
+        };
+        let dtype = safetensors_dtype(view.dtype());
+        let shape = view.shape();
+        if dtype != Some(kind.dtype()) || shape.len() != kind.rank() as usize {
+            p.add(
+                &at,
+                format!(
+                    "tensor `{tensor}` is {:?}{shape:?}, but the {what} is {kind}",
+                    view.dtype()
+                ),
+            );
+            continue;
+        }
+        let Some(len) = TensorMeta::new(kind.dtype(), shape.to_vec()).byte_len() else {
+            p.add(&at, format!("tensor `{tensor}` {shape:?} is too large"));
+            continue;
+        };
+        total = total.saturating_add(len as u64);
+        if *what == "input" {
+            let offset = (view.data().as_ptr() as usize).saturating_sub(base);
+            match ampoule_kernels::Tensor::from_external(kind.dtype(), shape, bytes.clone(), offset)
+            {
+                Ok(t) => {
+                    inputs.insert(tensor.as_str(), t);
+                }
+                Err(e) => p.add(&at, format!("tensor `{tensor}`: {e}")),
+            }
+        }
+    }
+    if total > limits.host_tensor_bytes as u64 {
+        p.add(
+            &at,
+            format!(
+                "samples hold {total} bytes of tensors, above the host tensor budget of {}",
+                limits.host_tensor_bytes
+            ),
+        );
+    }
+    let ordered: Vec<&ampoule_kernels::Tensor> = f
+        .signature
+        .inputs
+        .iter()
+        .filter_map(|a| inputs.get(sample_input_tensor(&a.name).as_str()))
+        .collect();
+    if ordered.len() == f.signature.inputs.len() {
+        let call = CallView {
+            names: None,
+            inputs: &ordered,
+        };
+        if let Some((gi, g, actual)) = e
+            .guards
+            .iter()
+            .enumerate()
+            .find_map(|(gi, g)| g.check(&call).err().map(|a| (gi, g, a)))
+        {
+            p.add(
+                &at,
+                format!(
+                    "the sample inputs fail the entry's guard {gi}, {}: got {actual}; samples must be inputs the entry serves",
+                    g.describe(&f.signature, &[])
+                ),
+            );
+        }
     }
 }
 

@@ -165,6 +165,7 @@ pub fn hand_manifest(functions: &[HandFunction]) -> (Manifest, Vec<(String, Vec<
             entries: vec![EntryDecl {
                 paths: vec![],
                 symbols: vec![],
+                samples: None,
                 guards: f.guards.clone(),
                 wrapper: digest,
                 kernels: f.kernels.clone(),
