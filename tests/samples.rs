@@ -117,7 +117,12 @@ fn a_library_mlp_bundles_samples_that_replay_within_tolerance() -> Result<()> {
         .function(mlp(&w, &v))
         .create()?;
     let entry = c.compile("forward", &[Example::of(&x)])?;
-    c.bundle_samples("forward", entry, &[x.clone()], &SampleOptions::default())?;
+    c.bundle_samples(
+        "forward",
+        entry,
+        std::slice::from_ref(&x),
+        &SampleOptions::default(),
+    )?;
 
     // The recorded outputs are the program's, computed directly here.
     let samples = c.package().samples("forward", entry)?.expect("samples");
@@ -191,7 +196,7 @@ fn samples_survive_save_reopen_and_another_entry_and_writes_are_deterministic() 
             .into(),
             ..SampleOptions::default()
         };
-        c.bundle_samples("forward", e, &[x.clone()], &tight)?;
+        c.bundle_samples("forward", e, std::slice::from_ref(&x), &tight)?;
         Ok(c.save(path)?)
     };
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
@@ -226,7 +231,7 @@ fn samples_survive_save_reopen_and_another_entry_and_writes_are_deterministic() 
         ampoule::compiler::Options::default().static_shapes(),
     )?;
     let x5 = f32s(&[5, 8], 7);
-    let y5 = f.call(&[x5.clone()])?;
+    let y5 = f.call(std::slice::from_ref(&x5))?;
     assert_eq!(f.compile_count(), 1);
     assert_close(&y5[1], &mlp_direct(&x5, &w, &v).1, "y for batch 5");
     f.save(&a)?;
@@ -330,7 +335,7 @@ fn a_package_without_samples_opens_and_test_says_how_to_bundle_them() -> Result<
     let (w, v) = (f32s(&[8, 16], 11), f32s(&[16, 3], 12));
     let x = f32s(&[2, 8], 13);
     let mut f = CompiledFunction::new(host(Impl::Optimized), mlp(&w, &v))?;
-    f.call(&[x.clone()])?;
+    f.call(std::slice::from_ref(&x))?;
     let dir = tempfile::tempdir()?;
     let pkg = dir.path().join("old");
     f.save(&pkg)?;
@@ -339,7 +344,7 @@ fn a_package_without_samples_opens_and_test_says_how_to_bundle_them() -> Result<
     let manifest = std::fs::read_to_string(pkg.join(MANIFEST_FILE))?;
     assert!(!manifest.contains("samples"), "{manifest}");
     let opened = Host::new(HostConfig::default())?.open(&pkg, Bindings::new())?;
-    let y = opened.call("forward", &[x.clone()])?;
+    let y = opened.call("forward", std::slice::from_ref(&x))?;
     assert_close(&y[1], &mlp_direct(&x, &w, &v).1, "y");
 
     let out = cli(&["test", pkg.to_str().unwrap()]);

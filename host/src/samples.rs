@@ -171,7 +171,12 @@ pub fn compare(got: &Tensor, want: &Tensor, tol: Tolerance) -> Comparison {
         // NaN); an infinite error (NaN against a number, differing
         // infinities) always fails, though `rtol * inf` would admit it; and
         // a NaN bound fails rather than passes.
-        if err > 0.0 && (err.is_infinite() || !(err <= tol.atol + tol.rtol * mag)) {
+        let bound = tol.atol + tol.rtol * mag;
+        let within = matches!(
+            err.partial_cmp(&bound),
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        );
+        if err > 0.0 && (err.is_infinite() || !within) {
             c.failures += 1;
         }
     }
@@ -268,11 +273,11 @@ impl Package {
             return Ok(None);
         };
         let (outputs, _updates) = self.call_entry(function, entry, &s.inputs)?;
-        let names = self
+        let names: Vec<String> = self
             .manifest()
             .function(function)
             .map(|f| f.signature.outputs.iter().map(|o| o.name.clone()).collect())
-            .unwrap_or_else(Vec::new);
+            .unwrap_or_default();
         Ok(Some(
             names
                 .into_iter()
