@@ -36,8 +36,11 @@
 //! Symbolic dims ([`lower_dynamic`], with the entry's
 //! [`ShapeEnv`]): a dim is `Dim::Of` or `Dim::Affine` over the inputs' dims,
 //! computed by the wrapper. Values of dynamic shape get no planned buffer:
-//! they are `Alloc`ed in `run` right before the launch that writes them and
-//! `Release`d after the last use of their storage (outputs are kept).
+//! they are `Alloc`ed in `run` right before the launch that writes them, and
+//! after the last use of its storage (views included) an allocation serves
+//! the next value of the same dtype and shape expressions, so a chain of
+//! same-shaped ops ping-pongs between two allocations as a static entry's
+//! planned buffers do. Outputs are never reused.
 //!
 //! `run` is the kernel launches in node order, with the input views placed
 //! right before their first use. So a static entry's `run` makes no `alloc`
@@ -122,7 +125,7 @@ pub fn lower(graph: &Graph, plan: &MemoryPlan) -> Result<Lowered, LowerError> {
 
 /// [`lower`] for an entry with symbolic dims: `env` gives the shapes the
 /// wrapper derives from the inputs' dims, and values of dynamic shape
-/// (which `plan` must leave out) are allocated per run and released after
+/// (which `plan` must leave out) are allocated per run and reused after
 /// their last use.
 pub fn lower_dynamic(
     graph: &Graph,
@@ -289,10 +292,13 @@ impl Lowerer {
     ) -> Result<Vec<Reg>, LowerError> {
         let mut place: Vec<Option<(Reg, Phase)>> = vec![None; graph.values.len()];
         let dynamic = |v: ValueId| env.is_some_and(|e| e.is_dynamic(v));
-        // Per-run allocations of dynamic values, released after the last
-        // use of their storage (views included); outputs are never released.
+        // Per-run allocations of dynamic values. After the last use of its
+        // storage (views included) an allocation is free for a later value
+        // of the same dtype and the same shape expressions (outputs are
+        // never freed); all are released when the run returns.
         let live = env.map(|_| Liveness::of(graph));
-        let mut allocated: Vec<(ValueId, Reg)> = Vec::new();
+        let mut allocated: Vec<(ValueId, Reg, u32, Vec<Dim>)> = Vec::new();
+        let mut free: Vec<(Reg, u32, Vec<Dim>)> = Vec::new();
         for (n, node) in graph.nodes.iter().enumerate() {
             let unplaced = || LowerError::Unplaced { node: n };
             let ins = node
@@ -342,14 +348,23 @@ impl Lowerer {
                     let mut args: Vec<Reg> = ins.iter().map(|&(r, _)| r).collect();
                     for &o in &node.outputs {
                         if dynamic(o) {
-                            let dst = self.temp()?;
-                            run.push(Step::Alloc {
-                                dst,
-                                dtype: graph.meta(o).dtype.code(),
-                                dims: self.dims_of(graph, env, o)?,
-                            });
+                            let dtype = graph.meta(o).dtype.code();
+                            let dims = self.dims_of(graph, env, o)?;
+                            let reuse = free.iter().position(|(_, t, d)| *t == dtype && *d == dims);
+                            let dst = match reuse {
+                                Some(i) => free.remove(i).0,
+                                None => {
+                                    let dst = self.temp()?;
+                                    run.push(Step::Alloc {
+                                        dst,
+                                        dtype,
+                                        dims: dims.clone(),
+                                    });
+                                    dst
+                                }
+                            };
                             place[o.index()] = Some((dst, Phase::Run));
-                            allocated.push((o, dst));
+                            allocated.push((o, dst, dtype, dims));
                             args.push(dst);
                             continue;
                         }
@@ -466,13 +481,11 @@ impl Lowerer {
                 }
             }
             if let Some(live) = &live {
-                allocated.retain(|&(v, reg)| {
-                    let done = live.last_use.get(v.index()) == Some(&n);
-                    if done {
-                        run.push(Step::Release { reg });
-                    }
-                    !done
-                });
+                let (done, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut allocated)
+                    .into_iter()
+                    .partition(|(v, ..)| live.last_use.get(v.index()) == Some(&n));
+                allocated = kept;
+                free.extend(done.into_iter().map(|(_, reg, t, d)| (reg, t, d)));
             }
         }
         graph
