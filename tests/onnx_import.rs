@@ -1076,3 +1076,382 @@ fn conv_transpose_resize_and_index_ops() -> Result<()> {
     assert_close(&outs[0][2], &gathered, &[1, 3, 3, 2], 1e-5);
     Ok(())
 }
+
+// ---- control flow: If and Loop as wrapper control flow, or folded ----
+
+fn scalar_f32(name: &str, v: f32) -> TensorProto {
+    to_proto(name, &Tensor::scalar(v))
+}
+
+/// A subgraph with no inputs (an `If` branch) or with `inputs` (a `Loop`
+/// body), giving `outputs`.
+fn subgraph(
+    name: &str,
+    nodes: Vec<NodeProto>,
+    inputs: &[&str],
+    outputs: &[&str],
+    inits: Vec<TensorProto>,
+) -> GraphProto {
+    GraphProto {
+        name: name.into(),
+        node: nodes,
+        input: inputs.iter().map(|i| out(i)).collect(),
+        output: outputs.iter().map(|o| out(o)).collect(),
+        initializer: inits,
+        ..Default::default()
+    }
+}
+
+/// Compiles `bytes` into one entry for `example`, reopens the package with
+/// a fresh host and runs every set through that entry.
+fn one_entry(bytes: &[u8], example: &[Tensor], sets: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>> {
+    let dir = tempfile::tempdir()?;
+    let model = onnx::load(bytes)?;
+    let mut c = Compiler::builder(Host::new(HostConfig::default())?)
+        .function(model.function("forward"))
+        .create()?;
+    let ex: Vec<Example> = example.iter().map(Example::of).collect();
+    c.compile("forward", &ex)?;
+    c.save(dir.path())?;
+    let pkg = Host::new(HostConfig::default())?.open(dir.path(), Bindings::new())?;
+    assert_eq!(pkg.manifest().function("forward").unwrap().entries.len(), 1);
+    sets.iter().map(|s| Ok(pkg.call("forward", s)?)).collect()
+}
+
+/// Whether the traced graph of `bytes` for `example` has a wrapper `If`
+/// or `While` at its top level.
+fn has_control_flow(bytes: &[u8], example: &[Tensor]) -> Result<(bool, bool)> {
+    use ampoule::compiler::ir::Op;
+    let model = onnx::load(bytes)?;
+    let ex: Vec<Example> = example.iter().map(Example::of).collect();
+    let t = model.function("forward").trace(
+        &ex,
+        &ampoule::kernels::Registry::standard(),
+        &Default::default(),
+    )?;
+    let ifs = t.graph.nodes.iter().any(|n| matches!(n.op, Op::If { .. }));
+    let loops = t
+        .graph
+        .nodes
+        .iter()
+        .any(|n| matches!(n.op, Op::While { .. }));
+    Ok((ifs, loops))
+}
+
+/// `y = sum(x) > 0 ? 2x + w : (x[0] > 0 ? x - w : x * w)`: the outer
+/// condition and the nested one come from data; `w` is an outer-scope
+/// initializer read inside both levels, `two` an initializer of a branch.
+fn nested_if_model() -> (Vec<u8>, Vec<f32>) {
+    let w = vec![0.5f32, -1.0, 2.0, 0.25];
+    let then_g = subgraph(
+        "then",
+        vec![
+            NodeProto::new("dbl", "Mul", &["x", "two"], &["t2"]),
+            NodeProto::new("addw", "Add", &["t2", "w"], &["y_then"]),
+        ],
+        &[],
+        &["y_then"],
+        vec![scalar_f32("two", 2.0)],
+    );
+    let inner_then = subgraph(
+        "inner_then",
+        vec![NodeProto::new("subw", "Sub", &["x", "w"], &["a"])],
+        &[],
+        &["a"],
+        vec![],
+    );
+    let inner_else = subgraph(
+        "inner_else",
+        vec![NodeProto::new("mulw", "Mul", &["x", "w"], &["b"])],
+        &[],
+        &["b"],
+        vec![],
+    );
+    let else_g = subgraph(
+        "else",
+        vec![
+            NodeProto::new("first", "Gather", &["x", "zero_i"], &["x0"]),
+            NodeProto::new("pos0", "Greater", &["x0", "zero"], &["c2"]),
+            NodeProto::new("inner_if", "If", &["c2"], &["y_else"])
+                .attr(AttributeProto::graph("then_branch", inner_then))
+                .attr(AttributeProto::graph("else_branch", inner_else)),
+        ],
+        &[],
+        &["y_else"],
+        vec![],
+    );
+    let graph = GraphProto {
+        name: "nested_if".into(),
+        node: vec![
+            NodeProto::new("sum", "ReduceSum", &["x"], &["s"])
+                .attr(AttributeProto::int("keepdims", 0)),
+            NodeProto::new("pos", "Greater", &["s", "zero"], &["c"]),
+            NodeProto::new("outer_if", "If", &["c"], &["y"])
+                .attr(AttributeProto::graph("then_branch", then_g))
+                .attr(AttributeProto::graph("else_branch", else_g)),
+        ],
+        initializer: vec![
+            to_proto("w", &Tensor::from_vec(&[4], w.clone()).unwrap()),
+            scalar_f32("zero", 0.0),
+            to_proto("zero_i", &Tensor::scalar(0i64)),
+        ],
+        input: vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[4])],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    (model_bytes(graph, 13), w)
+}
+
+#[test]
+fn if_on_data_runs_every_branch_of_nested_ifs_from_one_entry() -> Result<()> {
+    let (bytes, w) = nested_if_model();
+    let xs = [
+        vec![1.0f32, 2.0, -0.5, 3.0],
+        vec![0.5f32, -2.0, -0.5, -3.0],
+        vec![-1.0f32, -2.0, 0.5, -3.0],
+    ];
+    let sets: Vec<Vec<Tensor>> = xs
+        .iter()
+        .map(|x| vec![Tensor::from_vec(&[4], x.clone()).unwrap()])
+        .collect();
+    let (ifs, _) = has_control_flow(&bytes, &sets[0])?;
+    assert!(ifs, "a condition computed from data stays a wrapper If");
+    let outs = one_entry(&bytes, &sets[0], &sets)?;
+    for (x, o) in xs.iter().zip(&outs) {
+        let sum: f32 = x.iter().sum();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&w)
+            .map(|(&a, &b)| {
+                f64::from(if sum > 0.0 {
+                    a * 2.0 + b
+                } else if x[0] > 0.0 {
+                    a - b
+                } else {
+                    a * b
+                })
+            })
+            .collect();
+        assert_close(&o[0], &want, &[4], 0.0);
+    }
+    Ok(())
+}
+
+/// `If(Shape(x)[0] == 2)`: then `Relu(x)`, else `Neg(x)` as one row. The
+/// branches differ in shape, which is fine once the condition folds.
+fn shape_if_model() -> Vec<u8> {
+    let then_g = subgraph(
+        "then",
+        vec![NodeProto::new("relu", "Relu", &["x"], &["r"])],
+        &[],
+        &["r"],
+        vec![],
+    );
+    let else_g = subgraph(
+        "else",
+        vec![
+            NodeProto::new("neg", "Neg", &["x"], &["n"]),
+            NodeProto::new("flat", "Reshape", &["n", "minus1"], &["nf"]),
+        ],
+        &[],
+        &["nf"],
+        vec![],
+    );
+    let graph = GraphProto {
+        name: "shape_if".into(),
+        node: vec![
+            NodeProto::new("shape", "Shape", &["x"], &["s"]),
+            NodeProto::new("rows", "Gather", &["s", "zero_i"], &["d"]),
+            NodeProto::new("is2", "Equal", &["d", "two_i"], &["c"]),
+            NodeProto::new("fold_me", "If", &["c"], &["y"])
+                .attr(AttributeProto::graph("then_branch", then_g))
+                .attr(AttributeProto::graph("else_branch", else_g)),
+        ],
+        initializer: vec![
+            to_proto("zero_i", &Tensor::scalar(0i64)),
+            to_proto("two_i", &Tensor::scalar(2i64)),
+            to_proto("minus1", &i64s(&[1, -1])),
+        ],
+        input: vec![ValueInfoProto::tensor(
+            "x",
+            data_type::FLOAT,
+            &[Err("n"), Ok(3)],
+        )],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    model_bytes(graph, 13)
+}
+
+#[test]
+fn if_with_a_condition_known_at_compile_time_folds() -> Result<()> {
+    let bytes = shape_if_model();
+    let (a, b) = (f32s(&[2, 3], 7), f32s(&[3, 3], 8));
+    for x in [&a, &b] {
+        let (ifs, _) = has_control_flow(&bytes, std::slice::from_ref(x))?;
+        assert!(!ifs, "a known condition leaves no wrapper If");
+    }
+    let dir = tempfile::tempdir()?;
+    let outs = compile_and_run(&bytes, &[vec![a.clone()], vec![b.clone()]], dir.path())?;
+    let relu: Vec<f64> = vals(&a).iter().map(|v| v.max(0.0)).collect();
+    assert_close(&outs[0][0], &relu, &[2, 3], 0.0);
+    let neg: Vec<f64> = vals(&b).iter().map(|v| -v).collect();
+    assert_close(&outs[1][0], &neg, &[1, 9], 0.0);
+
+    // The same branches under a condition from data cannot agree on a
+    // shape: the error names the node and both shapes.
+    let mut g = ModelProto::decode(bytes.as_slice())?.graph.unwrap();
+    g.node[2] = NodeProto::new("is2", "Greater", &["x00", "zero_f"], &["c"]);
+    g.node.insert(
+        2,
+        NodeProto::new("sum", "ReduceSum", &["x"], &["x00"])
+            .attr(AttributeProto::int("keepdims", 0)),
+    );
+    g.initializer.push(scalar_f32("zero_f", 0.0));
+    let data_bytes = model_bytes(g, 13);
+    let err = has_control_flow(&data_bytes, std::slice::from_ref(&a)).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("fold_me") && text.contains("different outputs"),
+        "{text}"
+    );
+    assert!(
+        text.contains("f32[2, 3]") && text.contains("f32[1, 6]"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// `v = x; for i in 0..n { v = v * 0.5 + i }`, with `n` an input (a trip
+/// count known only at run time), and a second loop with no trip count:
+/// `while sum(u) < 100 { u = u * 2 }`.
+fn data_loop_model() -> Vec<u8> {
+    let body = subgraph(
+        "body",
+        vec![
+            NodeProto::new("half", "Mul", &["v_in", "half_c"], &["vh"]),
+            NodeProto::new("fi", "Cast", &["i"], &["i_f"])
+                .attr(AttributeProto::int("to", data_type::FLOAT as i64)),
+            NodeProto::new("addi", "Add", &["vh", "i_f"], &["v_out"]),
+            NodeProto::new("keep", "Identity", &["c_in"], &["c_out"]),
+        ],
+        &["i", "c_in", "v_in"],
+        &["c_out", "v_out"],
+        vec![scalar_f32("half_c", 0.5)],
+    );
+    let body2 = subgraph(
+        "body2",
+        vec![
+            NodeProto::new("dbl", "Mul", &["u_in", "two"], &["u_out"]),
+            NodeProto::new("s2", "ReduceSum", &["u_out"], &["su"])
+                .attr(AttributeProto::int("keepdims", 0)),
+            NodeProto::new("lt2", "Less", &["su", "limit"], &["c2_out"]),
+        ],
+        &["j", "c2_in", "u_in"],
+        &["c2_out", "u_out"],
+        vec![],
+    );
+    let graph = GraphProto {
+        name: "loops".into(),
+        node: vec![
+            NodeProto::new("count_loop", "Loop", &["n", "", "x"], &["v"])
+                .attr(AttributeProto::graph("body", body)),
+            NodeProto::new("s0", "ReduceSum", &["x"], &["sx"])
+                .attr(AttributeProto::int("keepdims", 0)),
+            NodeProto::new("lt0", "Less", &["sx", "limit"], &["c0"]),
+            NodeProto::new("while_loop", "Loop", &["", "c0", "x"], &["u"])
+                .attr(AttributeProto::graph("body", body2)),
+        ],
+        initializer: vec![scalar_f32("two", 2.0), scalar_f32("limit", 100.0)],
+        input: vec![
+            ValueInfoProto::fixed("n", data_type::INT64, &[]),
+            ValueInfoProto::fixed("x", data_type::FLOAT, &[3]),
+        ],
+        output: vec![out("v"), out("u")],
+        ..Default::default()
+    };
+    model_bytes(graph, 13)
+}
+
+#[test]
+fn loop_with_a_data_dependent_trip_count_runs_in_the_wrapper() -> Result<()> {
+    let bytes = data_loop_model();
+    let x = Tensor::from_vec(&[3], vec![1.0f32, -2.0, 4.0])?;
+    let sets: Vec<Vec<Tensor>> = [0i64, 1, 5, 12]
+        .iter()
+        .map(|&n| vec![Tensor::scalar(n), x.clone()])
+        .collect();
+    let (_, loops) = has_control_flow(&bytes, &sets[0])?;
+    assert!(loops, "a trip count from data is a wrapper loop");
+    let outs = one_entry(&bytes, &sets[0], &sets)?;
+    let xv = vals(&x);
+    for (set, o) in sets.iter().zip(&outs) {
+        let n = set[0].to_vec::<i64>()?[0];
+        let mut v = xv.clone();
+        for i in 0..n {
+            for e in v.iter_mut() {
+                *e = *e * 0.5 + i as f64;
+            }
+        }
+        assert_close(&o[0], &v, &[3], 1e-6);
+        let mut u = xv.clone();
+        while u.iter().sum::<f64>() < 100.0 {
+            for e in u.iter_mut() {
+                *e *= 2.0;
+            }
+        }
+        assert_close(&o[1], &u, &[3], 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn loop_with_a_known_trip_count_unrolls_and_stacks_scan_outputs() -> Result<()> {
+    // for i in 0..4 { acc = acc + x * i; scan_i = acc }
+    let body = subgraph(
+        "body",
+        vec![
+            NodeProto::new("fi", "Cast", &["i"], &["i_f"])
+                .attr(AttributeProto::int("to", data_type::FLOAT as i64)),
+            NodeProto::new("xi", "Mul", &["x", "i_f"], &["t"]),
+            NodeProto::new("acc", "Add", &["a_in", "t"], &["a_out"]),
+            NodeProto::new("scan", "Identity", &["a_out"], &["s_out"]),
+            NodeProto::new("keep", "Identity", &["c_in"], &["c_out"]),
+        ],
+        &["i", "c_in", "a_in"],
+        &["c_out", "a_out", "s_out"],
+        vec![],
+    );
+    let graph = GraphProto {
+        name: "scan_loop".into(),
+        node: vec![
+            NodeProto::new("unrolled", "Loop", &["m", "yes", "a0"], &["a", "stack"])
+                .attr(AttributeProto::graph("body", body)),
+        ],
+        initializer: vec![
+            to_proto("m", &Tensor::scalar(4i64)),
+            to_proto("yes", &Tensor::scalar(ampoule::kernels::Bool8(1))),
+            to_proto("a0", &Tensor::from_vec(&[2], vec![0.0f32, 1.0])?),
+        ],
+        input: vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[2])],
+        output: vec![out("a"), out("stack")],
+        ..Default::default()
+    };
+    let bytes = model_bytes(graph, 16);
+    let x = f32s(&[2], 3);
+    let (ifs, loops) = has_control_flow(&bytes, std::slice::from_ref(&x))?;
+    assert!(!ifs && !loops, "a known trip count unrolls");
+    let outs = one_entry(&bytes, std::slice::from_ref(&x), &[vec![x.clone()]])?;
+    let xv = vals(&x);
+    let mut acc = vec![0.0, 1.0];
+    let mut stack = Vec::new();
+    for i in 0..4 {
+        for (a, b) in acc.iter_mut().zip(&xv) {
+            *a += b * f64::from(i);
+        }
+        stack.extend_from_slice(&acc);
+    }
+    assert_close(&outs[0][0], &acc, &[2], 1e-6);
+    assert_close(&outs[0][1], &stack, &[4, 2], 1e-6);
+    Ok(())
+}

@@ -211,7 +211,14 @@ pub(crate) struct Node {
     /// Input names; an empty name is an omitted optional input.
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
+    /// Attributes; a `GRAPH` attribute's graph is moved to `subgraphs`.
     pub attrs: BTreeMap<String, AttributeProto>,
+    /// The checked subgraphs of `GRAPH` attributes (`If`'s branches,
+    /// `Loop`'s body), by attribute name.
+    pub subgraphs: BTreeMap<String, Arc<Subgraph>>,
+    /// The values of enclosing scopes the subgraphs read: dependencies of
+    /// this node besides `inputs`.
+    pub implicit: Vec<String>,
 }
 
 impl Node {
@@ -229,6 +236,22 @@ pub(crate) struct Model {
     pub inputs: Vec<InputInfo>,
     pub outputs: Vec<String>,
 }
+
+/// A checked subgraph (a `GRAPH` attribute): its nodes in a topological
+/// order, its own initializers, its formal inputs and its outputs. Names it
+/// does not define come from the enclosing scopes (checked at load).
+#[derive(Debug)]
+pub(crate) struct Subgraph {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    pub initializers: HashMap<String, Tensor>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// How deeply subgraphs may nest (an `If` inside a `Loop` body inside an
+/// `If` branch is depth 3).
+pub const MAX_SUBGRAPH_DEPTH: usize = 16;
 
 /// A decoded and checked ONNX model. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -352,76 +375,16 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
             dims,
         });
     }
-    // Nodes: opsets, support, definitions.
-    let mut nodes = Vec::with_capacity(graph.node.len());
+    // Nodes: opsets, support, definitions, subgraphs.
     let mut unsupported = Vec::new();
-    let mut producer: HashMap<String, usize> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        let label = if n.name.is_empty() {
-            format!("#{i}")
-        } else {
-            n.name.clone()
-        };
-        let domain = canonical_domain(&n.domain).to_string();
-        let opset = opsets.get(&domain).copied();
-        let mut attrs = BTreeMap::new();
-        for a in &n.attribute {
-            if attrs.insert(a.name.clone(), a.clone()).is_some() {
-                return Err(invalid(
-                    format!("node `{label}` ({})", n.op_type),
-                    format!("attribute `{}` is given twice", a.name),
-                ));
-            }
-        }
-        let reason = match opset {
-            None => Some(format!(
-                "the model does not import domain `{}`",
-                if domain.is_empty() {
-                    "ai.onnx"
-                } else {
-                    &domain
-                }
-            )),
-            Some(v) => ops::check_support(&n.op_type, &domain, v).err(),
-        };
-        if let Some(reason) = reason {
-            unsupported.push(UnsupportedNode {
-                node: label.clone(),
-                op_type: n.op_type.clone(),
-                domain: domain.clone(),
-                opset,
-                reason,
-            });
-        }
-        for o in &n.output {
-            if o.is_empty() {
-                continue;
-            }
-            if defined.contains(o) || producer.insert(o.clone(), i).is_some() {
-                return Err(invalid(
-                    format!("node `{label}` ({})", n.op_type),
-                    format!("output `{o}` is already defined; every value must be defined once"),
-                ));
-            }
-        }
-        nodes.push(Node {
-            label,
-            op_type: n.op_type.clone(),
-            opset: opset.unwrap_or(0),
-            inputs: n.input.clone(),
-            outputs: n.output.clone(),
-            attrs,
-        });
-    }
+    let (nodes, _) = check_nodes(&graph.node, &opsets, &defined, &[], 0, "", &mut unsupported)?;
     if !unsupported.is_empty() {
         return Err(OnnxError::Unsupported { nodes: unsupported });
     }
-    let order = topological_order(&nodes, &producer, &defined)?;
-    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-    let nodes: Vec<Node> = order.into_iter().filter_map(|i| nodes[i].take()).collect();
+    let produced: BTreeSet<&String> = nodes.iter().flat_map(|n| &n.outputs).collect();
     let mut outputs = Vec::new();
     for vi in &graph.output {
-        if !defined.contains(&vi.name) && !producer.contains_key(&vi.name) {
+        if !defined.contains(&vi.name) && !produced.contains(&vi.name) {
             return Err(invalid(
                 format!("graph output `{}`", vi.name),
                 "is not defined by any node, initializer or graph input",
@@ -444,23 +407,225 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
     })
 }
 
-/// Kahn's algorithm, preferring the lowest node index, so a model already in
-/// order keeps it.
+/// Checks the nodes of one graph: opsets and support (unsupported nodes
+/// are collected, not returned as errors), attributes, single definitions,
+/// and subgraphs (recursively, at most [`MAX_SUBGRAPH_DEPTH`] deep).
+/// `defined` holds the graph's inputs and initializers, `outer` the names
+/// of the enclosing scopes, innermost last. Returns the nodes in a
+/// topological order and the names read from `outer`.
+fn check_nodes(
+    protos: &[proto::NodeProto],
+    opsets: &BTreeMap<String, i64>,
+    defined: &BTreeSet<String>,
+    outer: &[&BTreeSet<String>],
+    depth: usize,
+    prefix: &str,
+    unsupported: &mut Vec<UnsupportedNode>,
+) -> Result<(Vec<Node>, BTreeSet<String>), OnnxError> {
+    // Pass 1: every output, so that subgraphs can see this graph's names.
+    let mut producer: HashMap<String, usize> = HashMap::new();
+    let label_of = |i: usize, n: &proto::NodeProto| {
+        if n.name.is_empty() {
+            format!("{prefix}#{i}")
+        } else {
+            n.name.clone()
+        }
+    };
+    for (i, n) in protos.iter().enumerate() {
+        for o in n.output.iter().filter(|o| !o.is_empty()) {
+            if defined.contains(o) || producer.insert(o.clone(), i).is_some() {
+                return Err(invalid(
+                    format!("node `{}` ({})", label_of(i, n), n.op_type),
+                    format!("output `{o}` is already defined; every value must be defined once"),
+                ));
+            }
+        }
+    }
+    let mut local: BTreeSet<String> = defined.clone();
+    local.extend(producer.keys().cloned());
+    let mut inner_scopes: Vec<&BTreeSet<String>> = outer.to_vec();
+    inner_scopes.push(&local);
+    let mut nodes = Vec::with_capacity(protos.len());
+    for (i, n) in protos.iter().enumerate() {
+        let label = label_of(i, n);
+        let what = format!("node `{label}` ({})", n.op_type);
+        let domain = canonical_domain(&n.domain).to_string();
+        let opset = opsets.get(&domain).copied();
+        let reason = match opset {
+            None => Some(format!(
+                "the model does not import domain `{}`",
+                if domain.is_empty() {
+                    "ai.onnx"
+                } else {
+                    &domain
+                }
+            )),
+            Some(v) => ops::check_support(&n.op_type, &domain, v).err(),
+        };
+        let supported = reason.is_none();
+        if let Some(reason) = reason {
+            unsupported.push(UnsupportedNode {
+                node: label.clone(),
+                op_type: n.op_type.clone(),
+                domain: domain.clone(),
+                opset,
+                reason,
+            });
+        }
+        let mut attrs = BTreeMap::new();
+        let mut subgraphs = BTreeMap::new();
+        let mut implicit = BTreeSet::new();
+        for a in &n.attribute {
+            let mut a = a.clone();
+            if let Some(g) = a.g.take().filter(|_| supported) {
+                if depth >= MAX_SUBGRAPH_DEPTH {
+                    return Err(invalid(
+                        &what,
+                        format!("subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH}"),
+                    ));
+                }
+                let (sub, free) = check_subgraph(
+                    &g,
+                    opsets,
+                    &inner_scopes,
+                    depth + 1,
+                    &format!("{label}/{}/", a.name),
+                    unsupported,
+                )
+                .map_err(|e| match e {
+                    OnnxError::Invalid { what: w, message } => {
+                        invalid(format!("{w} in attribute `{}` of {what}", a.name), message)
+                    }
+                    other => other,
+                })?;
+                implicit.extend(free);
+                subgraphs.insert(a.name.clone(), Arc::new(sub));
+            }
+            a.graphs.clear();
+            let name = a.name.clone();
+            if attrs.insert(name.clone(), a).is_some() {
+                return Err(invalid(&what, format!("attribute `{name}` is given twice")));
+            }
+        }
+        nodes.push(Node {
+            label,
+            op_type: n.op_type.clone(),
+            opset: opset.unwrap_or(0),
+            inputs: n.input.clone(),
+            outputs: n.output.clone(),
+            attrs,
+            subgraphs,
+            implicit: implicit.into_iter().collect(),
+        });
+    }
+    let (order, free) = topological_order(&nodes, &producer, defined, outer)?;
+    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
+    let nodes: Vec<Node> = order.into_iter().filter_map(|i| nodes[i].take()).collect();
+    Ok((nodes, free))
+}
+
+/// Checks a subgraph (see [`check_nodes`]); returns it and the names it
+/// reads from the enclosing scopes.
+fn check_subgraph(
+    g: &proto::GraphProto,
+    opsets: &BTreeMap<String, i64>,
+    outer: &[&BTreeSet<String>],
+    depth: usize,
+    prefix: &str,
+    unsupported: &mut Vec<UnsupportedNode>,
+) -> Result<(Subgraph, BTreeSet<String>), OnnxError> {
+    let name = if g.name.is_empty() {
+        "subgraph"
+    } else {
+        &g.name
+    };
+    let mut initializers = HashMap::new();
+    for (i, t) in g.initializer.iter().enumerate() {
+        let what = format!("initializer `{}` (#{i}) of subgraph `{name}`", t.name);
+        if t.name.is_empty() {
+            return Err(invalid(what, "has no name"));
+        }
+        let tensor = tensor::from_proto(t).map_err(|m| invalid(&what, m))?;
+        if initializers.insert(t.name.clone(), tensor).is_some() {
+            return Err(invalid(what, "is defined twice"));
+        }
+    }
+    let mut defined: BTreeSet<String> = initializers.keys().cloned().collect();
+    let mut inputs = Vec::new();
+    for vi in &g.input {
+        if initializers.contains_key(&vi.name) {
+            continue;
+        }
+        if vi.name.is_empty() || !defined.insert(vi.name.clone()) {
+            return Err(invalid(
+                format!("input `{}` of subgraph `{name}`", vi.name),
+                "is unnamed or defined twice",
+            ));
+        }
+        inputs.push(vi.name.clone());
+    }
+    let (nodes, mut free) =
+        check_nodes(&g.node, opsets, &defined, outer, depth, prefix, unsupported)?;
+    let produced: BTreeSet<&String> = nodes.iter().flat_map(|n| &n.outputs).collect();
+    let mut outputs = Vec::new();
+    for vi in &g.output {
+        if !defined.contains(&vi.name) && !produced.contains(&vi.name) {
+            if outer.iter().any(|s| s.contains(&vi.name)) {
+                free.insert(vi.name.clone());
+            } else {
+                return Err(invalid(
+                    format!("output `{}` of subgraph `{name}`", vi.name),
+                    "is not defined in the subgraph or an enclosing scope",
+                ));
+            }
+        }
+        outputs.push(vi.name.clone());
+    }
+    Ok((
+        Subgraph {
+            name: name.to_string(),
+            nodes,
+            initializers,
+            inputs,
+            outputs,
+        },
+        free,
+    ))
+}
+
+/// Kahn's algorithm, preferring the lowest node index, so a graph already
+/// in order keeps it. A node depends on its inputs and on the values its
+/// subgraphs read; names neither produced here nor `defined` must come from
+/// `outer` and are returned.
 fn topological_order(
     nodes: &[Node],
     producer: &HashMap<String, usize>,
     defined: &BTreeSet<String>,
-) -> Result<Vec<usize>, OnnxError> {
+    outer: &[&BTreeSet<String>],
+) -> Result<(Vec<usize>, BTreeSet<String>), OnnxError> {
     let mut pending = vec![0usize; nodes.len()];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut free = BTreeSet::new();
     for (i, n) in nodes.iter().enumerate() {
-        for input in n.inputs.iter().filter(|s| !s.is_empty()) {
+        let deps: BTreeSet<&String> = n
+            .inputs
+            .iter()
+            .chain(&n.implicit)
+            .filter(|s| !s.is_empty())
+            .collect();
+        for input in deps {
             match producer.get(input) {
+                Some(&p) if p == i => {
+                    return Err(invalid(n.what(), format!("reads its own output `{input}`")))
+                }
                 Some(&p) => {
                     pending[i] += 1;
                     users[p].push(i);
                 }
                 None if defined.contains(input) => {}
+                None if outer.iter().any(|s| s.contains(input)) => {
+                    free.insert(input.clone());
+                }
                 None => {
                     return Err(invalid(
                         n.what(),
@@ -497,7 +662,7 @@ fn topological_order(
             format!("has a cycle through nodes {}", stuck.join(", ")),
         ));
     }
-    Ok(order)
+    Ok((order, free))
 }
 
 impl OnnxModel {

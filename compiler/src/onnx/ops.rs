@@ -26,6 +26,9 @@
 //!
 //! Errors are `TraceError::Invalid` whose `op` names the ONNX node.
 
+mod control;
+mod recurrent;
+
 use std::collections::HashMap;
 
 use ampoule_kernels::{
@@ -33,7 +36,7 @@ use ampoule_kernels::{
 };
 
 use super::proto::{attribute_type, AttributeProto};
-use super::{attribute_kind, tensor, Model, Node, MAX_OPSET};
+use super::{attribute_kind, tensor, Model, Node, Subgraph, MAX_OPSET};
 use crate::ir::attrs;
 use crate::trace::{TraceError, Traced, Tracer};
 
@@ -66,6 +69,8 @@ fn since(op: &str) -> Option<i64> {
         "Erf" | "Where" | "ConstantOfShape" | "IsNaN" => 9,
         "Split" | "Pad" | "Softplus" => 2,
         "Range" | "CumSum" | "GatherElements" | "GatherND" | "Resize" => 11,
+        "If" | "Loop" => 1,
+        "LSTM" | "GRU" | "RNN" => 7,
         "ArgMax" | "ArgMin" => 1,
         "LessOrEqual" | "GreaterOrEqual" => 12,
         "HardSwish" | "Trilu" => 14,
@@ -111,10 +116,12 @@ pub fn supported_ops() -> Vec<&'static str> {
         "GlobalAveragePool",
         "GlobalMaxPool",
         "Greater",
+        "GRU",
         "GreaterOrEqual",
         "HardSigmoid",
         "HardSwish",
         "Identity",
+        "If",
         "IsNaN",
         "LayerNormalization",
         "LeakyRelu",
@@ -122,6 +129,8 @@ pub fn supported_ops() -> Vec<&'static str> {
         "LessOrEqual",
         "Log",
         "LogSoftmax",
+        "Loop",
+        "LSTM",
         "MatMul",
         "Max",
         "MaxPool",
@@ -141,6 +150,7 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Relu",
         "Reshape",
         "Resize",
+        "RNN",
         "Shape",
         "Sigmoid",
         "Sin",
@@ -205,6 +215,34 @@ fn known(t: Tensor) -> Val {
 
 type R<T> = Result<T, String>;
 
+/// The values visible while one graph is traced: its own, then its
+/// initializers, then those of the enclosing scopes (subgraphs read outer
+/// values by name).
+pub(crate) struct Scope<'p> {
+    vals: HashMap<String, Val>,
+    inits: &'p HashMap<String, Tensor>,
+    parent: Option<&'p Scope<'p>>,
+}
+
+impl Scope<'_> {
+    fn get(&self, name: &str) -> Option<Val> {
+        let mut at = Some(self);
+        while let Some(s) = at {
+            if let Some(v) = s.vals.get(name) {
+                return Some(v.clone());
+            }
+            if let Some(t) = s.inits.get(name) {
+                return Some(Val::Known {
+                    t: t.clone(),
+                    weight: Some(name.to_string()),
+                });
+            }
+            at = s.parent;
+        }
+        None
+    }
+}
+
 /// Traces `model` with inputs `xs` (the body of the function
 /// `OnnxModel::function` gives).
 pub(crate) fn trace_model(
@@ -213,32 +251,19 @@ pub(crate) fn trace_model(
     cx: &mut Tracer<'_>,
     xs: &[Traced],
 ) -> Result<Vec<Traced>, TraceError> {
-    let mut env: HashMap<String, Val> = HashMap::new();
+    let mut scope = Scope {
+        vals: HashMap::new(),
+        inits: &model.initializers,
+        parent: None,
+    };
     for (info, &x) in model.inputs.iter().zip(xs) {
-        env.insert(info.name.clone(), Val::Traced(x));
+        scope.vals.insert(info.name.clone(), Val::Traced(x));
     }
-    for node in &model.nodes {
-        let mut b = Builder {
-            cx: &mut *cx,
-            registry,
-            model,
-            env: &env,
-            node,
-        };
-        let outs = b.lower().map_err(|message| TraceError::Invalid {
-            op: node.what(),
-            message,
-        })?;
-        for (name, v) in node.outputs.iter().zip(outs) {
-            if !name.is_empty() {
-                env.insert(name.clone(), v);
-            }
-        }
-    }
+    trace_nodes(cx, registry, &model.nodes, &mut scope)?;
     let mut outs = Vec::with_capacity(model.outputs.len());
     for name in &model.outputs {
         let what = || format!("graph output `{name}`");
-        let v = lookup(model, &env, name).ok_or_else(|| TraceError::Invalid {
+        let v = scope.get(name).ok_or_else(|| TraceError::Invalid {
             op: what(),
             message: "is not computed".into(),
         })?;
@@ -251,13 +276,62 @@ pub(crate) fn trace_model(
     Ok(outs)
 }
 
-fn lookup(model: &Model, env: &HashMap<String, Val>, name: &str) -> Option<Val> {
-    env.get(name).cloned().or_else(|| {
-        model.initializers.get(name).map(|t| Val::Known {
-            t: t.clone(),
-            weight: Some(name.to_string()),
+/// Traces `nodes` in order, adding their outputs to `scope`.
+fn trace_nodes(
+    cx: &mut Tracer<'_>,
+    registry: &Registry,
+    nodes: &[Node],
+    scope: &mut Scope<'_>,
+) -> Result<(), TraceError> {
+    for node in nodes {
+        let mut b = Builder {
+            cx: &mut *cx,
+            registry,
+            scope: &*scope,
+            node,
+        };
+        let outs = b.lower().map_err(|message| TraceError::Invalid {
+            op: node.what(),
+            message,
+        })?;
+        for (name, v) in node.outputs.iter().zip(outs) {
+            if !name.is_empty() {
+                scope.vals.insert(name.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Traces subgraph `g` in the region being recorded, its formal inputs
+/// bound to `args`, reading other names from `parent`; returns its outputs
+/// (known ones stay known, so a folded `If` or unrolled `Loop` keeps
+/// folding).
+fn trace_subgraph(
+    cx: &mut Tracer<'_>,
+    registry: &Registry,
+    g: &Subgraph,
+    parent: &Scope<'_>,
+    args: Vec<Val>,
+) -> Result<Vec<Val>, TraceError> {
+    let mut scope = Scope {
+        vals: HashMap::new(),
+        inits: &g.initializers,
+        parent: Some(parent),
+    };
+    for (name, v) in g.inputs.iter().zip(args) {
+        scope.vals.insert(name.clone(), v);
+    }
+    trace_nodes(cx, registry, &g.nodes, &mut scope)?;
+    g.outputs
+        .iter()
+        .map(|name| {
+            scope.get(name).ok_or_else(|| TraceError::Invalid {
+                op: format!("output `{name}` of subgraph `{}`", g.name),
+                message: "is not computed".into(),
+            })
         })
-    })
+        .collect()
 }
 
 fn materialize(cx: &mut Tracer<'_>, v: &Val) -> R<Traced> {
@@ -274,8 +348,7 @@ fn materialize(cx: &mut Tracer<'_>, v: &Val) -> R<Traced> {
 struct Builder<'a, 't> {
     cx: &'a mut Tracer<'t>,
     registry: &'a Registry,
-    model: &'a Model,
-    env: &'a HashMap<String, Val>,
+    scope: &'a Scope<'a>,
     node: &'a Node,
 }
 
@@ -408,7 +481,9 @@ impl Builder<'_, '_> {
         match self.node.inputs.get(i) {
             None => Ok(None),
             Some(name) if name.is_empty() => Ok(None),
-            Some(name) => lookup(self.model, self.env, name)
+            Some(name) => self
+                .scope
+                .get(name)
                 .map(Some)
                 .ok_or_else(|| format!("input `{name}` is not computed")),
         }
@@ -1071,6 +1146,9 @@ impl Builder<'_, '_> {
                 one(self.kernel("gather_nd@1", a, &[data, idx])?)
             }
             "Resize" => self.resize().map(|v| vec![v]),
+            "If" => self.if_(),
+            "Loop" => self.loop_(),
+            "LSTM" | "GRU" | "RNN" => self.recurrent(),
             "PRelu" => {
                 let (x, slope) = (self.input(0)?, self.input(1)?);
                 let zero = self.scalar_like(0.0, &x);
@@ -1232,8 +1310,16 @@ impl Builder<'_, '_> {
         let shape = self.shape(&x);
         let rank = shape.len();
         let mode = self.string("mode", "constant")?;
-        if mode != "constant" {
-            return Err(format!("mode `{mode}` is not supported (only `constant`)"));
+        let wrap_ok = n.opset >= 19;
+        if !(mode == "constant"
+            || mode == "reflect"
+            || mode == "edge"
+            || (mode == "wrap" && wrap_ok))
+        {
+            return Err(format!(
+                "mode `{mode}` is not supported (constant, reflect, edge{})",
+                if wrap_ok { " or wrap" } else { "" }
+            ));
         }
         let (pads, value) = if n.opset < 11 {
             let pads = self.ints("pads")?.ok_or("attribute `pads` is required")?;
@@ -1269,9 +1355,14 @@ impl Builder<'_, '_> {
                 let amount = usize::try_from(amount)
                     .map_err(|_| format!("negative pads {pads:?} are not supported"))?;
                 if amount > 0 {
-                    let mut dims = self.shape(&y);
-                    dims[axis] = amount;
-                    parts.push((at_end, known(filled(&fill, &dims)?)));
+                    let part = if mode == "constant" {
+                        let mut dims = self.shape(&y);
+                        dims[axis] = amount;
+                        known(filled(&fill, &dims)?)
+                    } else {
+                        self.pad_part(&y, axis, amount, at_end, &mode)?
+                    };
+                    parts.push((at_end, part));
                 }
             }
             if parts.is_empty() {
@@ -1287,6 +1378,51 @@ impl Builder<'_, '_> {
             y = self.concat(&xs, axis)?;
         }
         Ok(y)
+    }
+
+    /// The `amount` elements `reflect`, `edge` or `wrap` padding puts
+    /// before (or, `at_end`, after) `x` along `axis`.
+    fn pad_part(
+        &mut self,
+        x: &Val,
+        axis: usize,
+        amount: usize,
+        at_end: bool,
+        mode: &str,
+    ) -> R<Val> {
+        let d = self.shape(x)[axis];
+        let (d, a) = (d as i64, amount as i64);
+        let (start, end, step) = match (mode, at_end) {
+            ("reflect", false) if a < d => (a, 0, -1),
+            ("reflect", true) if a < d => (d - 2, d - 2 - a, -1),
+            ("wrap", false) if a <= d => (d - a, d, 1),
+            ("wrap", true) if a <= d => (0, a, 1),
+            ("edge", _) if d > 0 => {
+                let at = if at_end { d - 1 } else { 0 };
+                let one = self.narrow(x, axis, at as usize, 1)?;
+                let copies = vec![one; amount];
+                return self.concat(&copies, axis);
+            }
+            _ => {
+                return Err(format!(
+                    "{mode} padding of {amount} on axis {axis} needs a larger dim than {d}"
+                ))
+            }
+        };
+        let rank = self.shape(x).len();
+        let mut st = vec![0i64; rank];
+        let mut en = vec![i64::MAX; rank];
+        let mut sp = vec![1i64; rank];
+        st[axis] = start;
+        // A negative step ending before index 0 needs an end below -dim.
+        en[axis] = if step < 0 && end < 0 { i64::MIN } else { end };
+        sp[axis] = step;
+        let at = attrs([
+            ("starts", AttrValue::Ints(st)),
+            ("ends", AttrValue::Ints(en)),
+            ("steps", AttrValue::Ints(sp)),
+        ]);
+        self.kernel("slice@1", at, std::slice::from_ref(x))
     }
 
     /// A per-spatial-axis list attribute (`strides`, `dilations`), `1` per

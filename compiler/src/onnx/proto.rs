@@ -424,6 +424,25 @@ impl AttributeProto {
         }
     }
 
+    pub fn strings(name: &str, strings: &[&str]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: attribute_type::STRINGS,
+            strings: strings.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A subgraph attribute (`If`'s branches, `Loop`'s body).
+    pub fn graph(name: &str, g: GraphProto) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            r#type: attribute_type::GRAPH,
+            g: Some(g),
+            ..Default::default()
+        }
+    }
+
     pub fn tensor(name: &str, t: TensorProto) -> AttributeProto {
         AttributeProto {
             name: name.into(),
