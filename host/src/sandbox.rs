@@ -380,6 +380,37 @@ pub struct InstanceState {
     in_run: bool,
     in_init: bool,
     pub(crate) fault: Option<Fault>,
+    /// Storage of freed `alloc` slots, kept for the next `alloc` of the same
+    /// dtype and size (a dynamic entry allocates per run). Never readable by
+    /// the guest: an allocated slot is unwritten until a launch writes it
+    /// whole, and reads of unwritten slots trap.
+    spare: Vec<Tensor>,
+}
+
+/// At most this many spare storages per instance, of at most this many bytes
+/// in all.
+const MAX_SPARE: usize = 16;
+const MAX_SPARE_BYTES: usize = 64 << 20;
+
+/// Keeps `t`'s storage for reuse if it is owned by the host alone (not
+/// handed to a caller as an output, not viewed) and fits the spare limits.
+fn keep_spare(spare: &mut Vec<Tensor>, mut t: Tensor) {
+    let held: usize = spare.iter().map(|s| s.bytes().len()).sum();
+    if spare.len() < MAX_SPARE
+        && held.saturating_add(t.bytes().len()) <= MAX_SPARE_BYTES
+        && t.bytes_mut().is_ok()
+    {
+        spare.push(t);
+    }
+}
+
+/// A spare storage of `bytes` bytes and `meta`'s dtype, reshaped to `meta`.
+fn take_spare(spare: &mut Vec<Tensor>, meta: &TensorMeta, bytes: usize) -> Option<Tensor> {
+    let i = spare
+        .iter()
+        .position(|s| s.dtype() == meta.dtype && s.bytes().len() == bytes)?;
+    let s = spare.swap_remove(i);
+    s.reshaped(&meta.shape)
 }
 
 impl InstanceState {
@@ -400,6 +431,7 @@ impl InstanceState {
             in_run: false,
             in_init: false,
             fault: None,
+            spare: Vec::new(),
         }
     }
 
@@ -518,12 +550,14 @@ impl InstanceState {
 
     fn free_slot(&mut self, index: u32) {
         let s = &mut self.slots[index as usize];
-        if let SlotData::Tensor(t) = &s.data {
+        if let SlotData::Tensor(t) = std::mem::replace(&mut s.data, SlotData::Free) {
             if s.origin == Origin::Alloc || s.origin == Origin::Buffer {
                 self.used = self.used.saturating_sub(t.bytes().len());
             }
+            if s.origin == Origin::Alloc {
+                keep_spare(&mut self.spare, t);
+            }
         }
-        s.data = SlotData::Free;
         s.generation = s.generation.wrapping_add(1) & GEN_MASK;
         s.readonly = false;
         s.written = false;
@@ -916,7 +950,8 @@ impl wit_host::Host for InstanceState {
                 format!("alloc of {meta} overflows"),
             ))?;
             self.charge(bytes)?;
-            let t = match Tensor::zeros(dtype, &meta.shape) {
+            let spare = take_spare(&mut self.spare, &meta, bytes);
+            let t = match spare.map_or_else(|| Tensor::zeros(dtype, &meta.shape), Ok) {
                 Ok(t) => t,
                 Err(e) => {
                     self.used -= bytes;
