@@ -1455,3 +1455,238 @@ fn loop_with_a_known_trip_count_unrolls_and_stacks_scan_outputs() -> Result<()> 
     assert_close(&outs[0][1], &stack, &[4, 2], 1e-6);
     Ok(())
 }
+
+// ---- LSTM and GRU, unrolled, against a direct computation ----
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// One direction of an ONNX LSTM (`gru == false`, gates iofc) or GRU
+/// (`gru == true`, gates zrh) over `x` [seq][batch][input], with `w`
+/// [G*H][I], `r` [G*H][H], `b` [2*G*H]; returns every step's h (in time
+/// order) and the final h and c.
+#[allow(clippy::too_many_arguments)]
+fn rnn_direction(
+    gru: bool,
+    lbr: bool,
+    x: &[Vec<Vec<f64>>],
+    w: &[f64],
+    r: &[f64],
+    b: &[f64],
+    h0: Vec<Vec<f64>>,
+    c0: Vec<Vec<f64>>,
+    reverse: bool,
+) -> (Vec<Vec<Vec<f64>>>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let (seq, batch, input) = (x.len(), x[0].len(), x[0][0].len());
+    let hid = h0[0].len();
+    let g = if gru { 3 } else { 4 };
+    let dot = |m: &[f64], row: usize, v: &[f64]| -> f64 {
+        (0..v.len()).map(|k| m[row * v.len() + k] * v[k]).sum()
+    };
+    let (mut h, mut c) = (h0, c0);
+    let mut ys = vec![Vec::new(); seq];
+    let order: Vec<usize> = if reverse {
+        (0..seq).rev().collect()
+    } else {
+        (0..seq).collect()
+    };
+    for t in order {
+        for bi in 0..batch {
+            let xt = &x[t][bi];
+            assert_eq!(xt.len(), input);
+            let xw = |j: usize| dot(w, j, xt) + b[j];
+            let hr = |j: usize, hv: &[f64]| dot(r, j, hv) + b[g * hid + j];
+            let (hp, cp) = (h[bi].clone(), c[bi].clone());
+            for k in 0..hid {
+                if gru {
+                    let z = sigmoid(xw(k) + hr(k, &hp));
+                    let rg = sigmoid(xw(hid + k) + hr(hid + k, &hp));
+                    let hh = if lbr {
+                        (xw(2 * hid + k) + rg * hr(2 * hid + k, &hp)).tanh()
+                    } else {
+                        // (r (.) h) R_h^T: each hidden unit m has its own
+                        // reset gate.
+                        let rh: Vec<f64> = (0..hid)
+                            .map(|m| hp[m] * sigmoid(xw(hid + m) + hr(hid + m, &hp)))
+                            .collect();
+                        (xw(2 * hid + k) + dot(r, 2 * hid + k, &rh) + b[g * hid + 2 * hid + k])
+                            .tanh()
+                    };
+                    h[bi][k] = (1.0 - z) * hh + z * hp[k];
+                } else {
+                    let i = sigmoid(xw(k) + hr(k, &hp));
+                    let o = sigmoid(xw(hid + k) + hr(hid + k, &hp));
+                    let f = sigmoid(xw(2 * hid + k) + hr(2 * hid + k, &hp));
+                    let cc = (xw(3 * hid + k) + hr(3 * hid + k, &hp)).tanh();
+                    c[bi][k] = f * cp[k] + i * cc;
+                    h[bi][k] = o * c[bi][k].tanh();
+                }
+            }
+        }
+        ys[t] = h.clone();
+    }
+    (ys, h, c)
+}
+
+fn nested(v: &[f64], dims: [usize; 3]) -> Vec<Vec<Vec<f64>>> {
+    (0..dims[0])
+        .map(|i| {
+            (0..dims[1])
+                .map(|j| {
+                    let at = (i * dims[1] + j) * dims[2];
+                    v[at..at + dims[2]].to_vec()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Builds a one-node LSTM/GRU model and checks all outputs against
+/// [`rnn_direction`] for both directions.
+fn check_recurrent(op: &str, layout: i64, lbr: bool) -> Result<()> {
+    let gru = op == "GRU";
+    let g = if gru { 3 } else { 4 };
+    let (seq, batch, input, hid, nd) = (5usize, 2usize, 3usize, 4usize, 2usize);
+    let x_dims = if layout == 0 {
+        [seq, batch, input]
+    } else {
+        [batch, seq, input]
+    };
+    let s_dims = if layout == 0 {
+        [nd, batch, hid]
+    } else {
+        [batch, nd, hid]
+    };
+    let x = f32s(&x_dims, 21);
+    let w = f32s(&[nd, g * hid, input], 22);
+    let r = f32s(&[nd, g * hid, hid], 23);
+    let b = f32s(&[nd, 2 * g * hid], 24);
+    let h0 = f32s(&s_dims, 25);
+    let c0 = f32s(&s_dims, 26);
+    let mut inputs = vec!["x", "w", "r", "b", "", "h0"];
+    let mut outputs = vec!["y", "y_h"];
+    if !gru {
+        inputs.push("c0");
+        outputs.push("y_c");
+    }
+    let mut node = NodeProto::new("rnn", op, &inputs, &outputs)
+        .attr(AttributeProto::int("hidden_size", hid as i64))
+        .attr(AttributeProto::string("direction", "bidirectional"))
+        .attr(AttributeProto::int("layout", layout));
+    if gru {
+        node = node.attr(AttributeProto::int("linear_before_reset", i64::from(lbr)));
+    }
+    let graph = GraphProto {
+        name: "rnn".into(),
+        node: vec![node],
+        initializer: vec![to_proto("w", &w), to_proto("r", &r), to_proto("b", &b)],
+        input: vec![
+            ValueInfoProto::fixed("x", data_type::FLOAT, &x_dims.map(|d| d as i64)),
+            ValueInfoProto::fixed("h0", data_type::FLOAT, &s_dims.map(|d| d as i64)),
+            ValueInfoProto::fixed("c0", data_type::FLOAT, &s_dims.map(|d| d as i64)),
+        ]
+        .into_iter()
+        .take(if gru { 2 } else { 3 })
+        .collect(),
+        output: outputs.iter().map(|o| out(o)).collect(),
+        ..Default::default()
+    };
+    let bytes = model_bytes(graph, 14);
+    let mut set = vec![x.clone(), h0.clone()];
+    if !gru {
+        set.push(c0.clone());
+    }
+    let dir = tempfile::tempdir()?;
+    let outs = compile_and_run(&bytes, &[set], dir.path())?;
+
+    // The direct computation works in layout 0: [seq][batch][..] and
+    // [dir][batch][hid].
+    let swap = |v: Vec<f64>, d: [usize; 3]| -> Vec<f64> {
+        let mut o = vec![0.0; v.len()];
+        for i in 0..d[0] {
+            for j in 0..d[1] {
+                for k in 0..d[2] {
+                    o[(j * d[0] + i) * d[2] + k] = v[(i * d[1] + j) * d[2] + k];
+                }
+            }
+        }
+        o
+    };
+    let (xv, h0v, c0v) = if layout == 0 {
+        (vals(&x), vals(&h0), vals(&c0))
+    } else {
+        (
+            swap(vals(&x), x_dims),
+            swap(vals(&h0), s_dims),
+            swap(vals(&c0), s_dims),
+        )
+    };
+    let xs = nested(&xv, [seq, batch, input]);
+    let hs = nested(&h0v, [nd, batch, hid]);
+    let cs = nested(&c0v, [nd, batch, hid]);
+    let (wv, rv, bv) = (vals(&w), vals(&r), vals(&b));
+    let mut y = vec![0.0; seq * nd * batch * hid];
+    let (mut yh, mut yc) = (Vec::new(), Vec::new());
+    for d in 0..nd {
+        let gh = g * hid;
+        let (ys, h, c) = rnn_direction(
+            gru,
+            lbr,
+            &xs,
+            &wv[d * gh * input..(d + 1) * gh * input],
+            &rv[d * gh * hid..(d + 1) * gh * hid],
+            &bv[d * 2 * gh..(d + 1) * 2 * gh],
+            hs[d].clone(),
+            cs[d].clone(),
+            d == 1,
+        );
+        for (t, step) in ys.iter().enumerate() {
+            for (bi, row) in step.iter().enumerate() {
+                for (k, v) in row.iter().enumerate() {
+                    let at = if layout == 0 {
+                        ((t * nd + d) * batch + bi) * hid + k
+                    } else {
+                        ((bi * seq + t) * nd + d) * hid + k
+                    };
+                    y[at] = *v;
+                }
+            }
+        }
+        yh.push(h);
+        yc.push(c);
+    }
+    let flat = |s: &[Vec<Vec<f64>>]| -> Vec<f64> {
+        let v: Vec<f64> = s.iter().flatten().flatten().copied().collect();
+        if layout == 0 {
+            v
+        } else {
+            swap(v, [nd, batch, hid])
+        }
+    };
+    let y_shape: Vec<usize> = if layout == 0 {
+        vec![seq, nd, batch, hid]
+    } else {
+        vec![batch, seq, nd, hid]
+    };
+    let o = &outs[0];
+    assert_close(&o[0], &y, &y_shape, 1e-5);
+    assert_close(&o[1], &flat(&yh), &s_dims, 1e-5);
+    if !gru {
+        assert_close(&o[2], &flat(&yc), &s_dims, 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn lstm_bidirectional_matches_direct_computation_in_both_layouts() -> Result<()> {
+    check_recurrent("LSTM", 0, false)?;
+    check_recurrent("LSTM", 1, false)
+}
+
+#[test]
+fn gru_bidirectional_matches_direct_computation_with_and_without_linear_before_reset() -> Result<()>
+{
+    check_recurrent("GRU", 0, false)?;
+    check_recurrent("GRU", 1, true)
+}

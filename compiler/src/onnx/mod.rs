@@ -22,7 +22,11 @@
 //!   nodes are kept in a topological order (the model's own order where it
 //!   is already one);
 //! - every initializer decodes to a host tensor; an initializer that is
-//!   also listed as a graph input (IR < 4 style) is a constant, not an input.
+//!   also listed as a graph input (IR < 4 style) is a constant, not an input;
+//! - subgraphs (`GRAPH` attributes of supported nodes) are checked the same
+//!   way, at most [`MAX_SUBGRAPH_DEPTH`] deep; a name a subgraph does not
+//!   define must be defined in an enclosing scope, and counts as an input
+//!   of the node that owns the subgraph when ordering the enclosing graph.
 //!
 //! Tracing walks the nodes in that order with a compile-time value
 //! environment (the private `ops` module): values whose content is known

@@ -24,7 +24,13 @@
 //!   `Expand`) is bounded by [`MAX_CREATED`] elements, so a malformed model
 //!   cannot make the importer allocate without bound.
 //!
-//! Errors are `TraceError::Invalid` whose `op` names the ONNX node.
+//! - Names resolve through a [`Scope`] chain: a subgraph (`If` branch,
+//!   `Loop` body) sees its own values, then its initializers, then every
+//!   enclosing scope's. Control flow is in the `control` submodule,
+//!   recurrent ops (`LSTM`, `GRU`, `RNN`) in `recurrent`.
+//!
+//! Errors are `TraceError::Invalid` whose `op` names the ONNX node; an
+//! error inside a subgraph names the inner node and every enclosing one.
 
 mod control;
 mod recurrent;

@@ -50,7 +50,7 @@ fn traced_all(cx: &mut Tracer<'_>, vals: &[Val], what: &str) -> Result<Vec<Trace
 /// An error tracing a branch whose condition is only known at run time.
 fn branch_error(name: &str, err: TraceError) -> TraceError {
     TraceError::Invalid {
-        op: format!("`{name}`"),
+        op: name.to_string(),
         message: format!(
             "{err} (the condition is only known at run time, so both branches are compiled for these input shapes)"
         ),

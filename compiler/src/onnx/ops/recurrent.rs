@@ -171,7 +171,7 @@ impl Builder<'_, '_> {
         let clip = self
             .attr("clip", attribute_type::FLOAT)?
             .map(|a| f64::from(a.f));
-        if clip.is_some_and(|c| !(c >= 0.0)) {
+        if clip.is_some_and(|c| c.is_nan() || c < 0.0) {
             return Err(format!("clip {clip:?} must be non-negative"));
         }
         let acts: Vec<String> = match self.attr("activations", attribute_type::STRINGS)? {
