@@ -1690,3 +1690,75 @@ fn gru_bidirectional_matches_direct_computation_with_and_without_linear_before_r
     check_recurrent("GRU", 0, false)?;
     check_recurrent("GRU", 1, true)
 }
+
+/// `y = sr == 16000 ? x * 2 : x * 3`: the rank-0 integer `sr` decides the
+/// `If`, so a call with a value specializes the entry on `sr` (silero-vad's
+/// sample rate, whose other branch cannot even be built for these shapes)
+/// and the `If` folds at compile time.
+#[test]
+fn a_scalar_input_deciding_an_if_is_specialized_and_the_if_folds() -> Result<()> {
+    let then_g = subgraph(
+        "then",
+        vec![NodeProto::new("dbl", "Mul", &["x", "two"], &["y_then"])],
+        &[],
+        &["y_then"],
+        vec![scalar_f32("two", 2.0)],
+    );
+    let else_g = subgraph(
+        "else",
+        vec![NodeProto::new("tpl", "Mul", &["x", "three"], &["y_else"])],
+        &[],
+        &["y_else"],
+        vec![scalar_f32("three", 3.0)],
+    );
+    let graph = GraphProto {
+        name: "rate".into(),
+        node: vec![
+            NodeProto::new("is16k", "Equal", &["sr", "k16"], &["c"]),
+            NodeProto::new("branch", "If", &["c"], &["y"])
+                .attr(AttributeProto::graph("then_branch", then_g))
+                .attr(AttributeProto::graph("else_branch", else_g)),
+        ],
+        initializer: vec![to_proto("k16", &Tensor::scalar(16000i64))],
+        input: vec![
+            ValueInfoProto::fixed("x", data_type::FLOAT, &[4]),
+            ValueInfoProto::fixed("sr", data_type::INT64, &[]),
+        ],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let m = onnx::load(&model_bytes(graph, 13))?;
+    let mut c = Compiler::builder(Host::new(HostConfig::default())?)
+        .function(m.function("forward"))
+        .create()?;
+    let x = Tensor::from_vec(&[4], vec![1.0f32, -2.0, 3.0, 0.5])?;
+    let y = c.call("forward", &[x.clone(), Tensor::scalar(16000i64)])?;
+    assert_eq!(y[0].to_vec::<f32>()?, [2.0, -4.0, 6.0, 1.0]);
+    let y = c.call("forward", &[x.clone(), Tensor::scalar(8000i64)])?;
+    assert_eq!(y[0].to_vec::<f32>()?, [3.0, -6.0, 9.0, 1.5]);
+    let entries = &c.manifest().function("forward").unwrap().entries;
+    assert_eq!(entries.len(), 2, "one entry per sample rate");
+    assert!(entries[1].guards.iter().any(|g| matches!(
+        g,
+        ampoule::host::Guard::ScalarValue {
+            input: 1,
+            value: ampoule::host::ScalarValue::Int(8000)
+        }
+    )));
+    // The traced graph holds no `If`: it folded on the specialized value.
+    let examples: Vec<Example> = [x, Tensor::scalar(16000i64)]
+        .iter()
+        .map(Example::of)
+        .collect();
+    let trace = m.function("forward").trace(
+        &examples,
+        &ampoule::kernels::Registry::standard(),
+        &Default::default(),
+    )?;
+    assert!(
+        !trace.graph.nodes.iter().any(|n| n.op.name() == "if"),
+        "{}",
+        trace.graph
+    );
+    Ok(())
+}

@@ -354,14 +354,18 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
                         let dims = s
                             .dim
                             .iter()
-                            .map(|d| match &d.value {
-                                Some(dimension::Value::DimValue(v)) => usize::try_from(*v)
-                                    .map(Dim::Fixed)
-                                    .map_err(|_| invalid(&what, format!("has a negative dim {v}"))),
-                                Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
-                                    Ok(Dim::Symbolic(p.clone()))
-                                }
-                                _ => Ok(Dim::Unknown),
+                            .map(|d| -> Result<Dim, OnnxError> {
+                                Ok(match &d.value {
+                                    // Some exporters write -1 for a dim they do
+                                    // not know (onnxruntime accepts it): unknown.
+                                    Some(dimension::Value::DimValue(v)) => {
+                                        usize::try_from(*v).map_or(Dim::Unknown, Dim::Fixed)
+                                    }
+                                    Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
+                                        Dim::Symbolic(p.clone())
+                                    }
+                                    _ => Dim::Unknown,
+                                })
                             })
                             .collect::<Result<Vec<_>, _>>()?;
                         Some(dims)

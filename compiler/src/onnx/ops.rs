@@ -262,8 +262,28 @@ pub(crate) fn trace_model(
         inits: &model.initializers,
         parent: None,
     };
-    for (info, &x) in model.inputs.iter().zip(xs) {
-        scope.vals.insert(info.name.clone(), Val::Traced(x));
+    let deciding = control_inputs(model);
+    for (i, (info, &x)) in model.inputs.iter().zip(xs).enumerate() {
+        let meta = cx.meta(x).clone();
+        let int_scalar =
+            meta.shape.is_empty() && (meta.dtype.is_int() || meta.dtype == DType::Bool);
+        // A rank-0 integer input that decides an `If` (silero-vad's sample
+        // rate) is specialized on its value when the call gives one: the
+        // entry guards the value and the `If` folds at compile time (as
+        // torch.compile specializes ints).
+        // Without a value (a compile from shapes alone) it stays traced.
+        let value = (int_scalar && deciding.contains(&info.name))
+            .then(|| cx.scalar_i64(i).ok())
+            .flatten();
+        let val = match value {
+            Some(n) => known(match meta.dtype {
+                DType::I64 => Tensor::scalar(n),
+                // Narrower integers hold their value exactly in f64.
+                d => scalar(n as f64, d),
+            }),
+            None => Val::Traced(x),
+        };
+        scope.vals.insert(info.name.clone(), val);
     }
     trace_nodes(cx, registry, &model.nodes, &mut scope)?;
     let mut outs = Vec::with_capacity(model.outputs.len());
@@ -280,6 +300,40 @@ pub(crate) fn trace_model(
         outs.push(t);
     }
     Ok(outs)
+}
+
+/// The graph inputs an `If` condition depends on (through any chain of nodes
+/// of the main graph). A `Loop`'s trip count is not among them: the wrapper
+/// runs data-dependent loops itself, while an `If` whose branches return
+/// different shapes can only be chosen at compile time.
+fn control_inputs(model: &Model) -> std::collections::HashSet<String> {
+    let producer: HashMap<&str, &Node> = model
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(move |o| (o.as_str(), n)))
+        .collect();
+    let mut todo: Vec<&str> = model
+        .nodes
+        .iter()
+        .filter(|n| n.op_type == "If")
+        .filter_map(|n| n.inputs.first())
+        .map(String::as_str)
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(v) = todo.pop() {
+        if v.is_empty() || !seen.insert(v.to_string()) {
+            continue;
+        }
+        if let Some(n) = producer.get(v) {
+            todo.extend(n.inputs.iter().chain(&n.implicit).map(String::as_str));
+        }
+    }
+    model
+        .inputs
+        .iter()
+        .filter(|i| seen.contains(&i.name))
+        .map(|i| i.name.clone())
+        .collect()
 }
 
 /// Traces `nodes` in order, adding their outputs to `scope`.
