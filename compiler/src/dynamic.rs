@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use ampoule_host::{Guard, ScalarValue};
 use ampoule_kernels::{Registry, Tensor};
 
-use crate::ir::{Graph, Op, ValueId};
+use crate::ir::{same_op, Graph, Op, ValueId};
 use crate::passes::optimize;
 use crate::trace::{BreakSource, Example, FunctionDef};
 
@@ -516,48 +516,41 @@ fn same_program(base: &Graph, g: &Graph) -> Result<(), String> {
         ));
     }
     for (n, (a, b)) in base.nodes.iter().zip(&g.nodes).enumerate() {
+        if let (
+            Op::Kernel {
+                kernel: k1,
+                attrs: a1,
+            },
+            Op::Kernel {
+                kernel: k2,
+                attrs: a2,
+            },
+        ) = (&a.op, &b.op)
+        {
+            if k1 == k2 && a1 != a2 {
+                let diff: Vec<String> = a1
+                    .iter()
+                    .filter(|(k, v)| a2.get(*k) != Some(v))
+                    .map(|(k, _)| format!("`{k}`"))
+                    .collect();
+                return Err(format!(
+                    "node {n} (`{k1}`): attribute {} holds a size that changes with it",
+                    diff.join(", ")
+                ));
+            }
+        }
+        // Globals must keep their shape too (a weight sized by the dim).
+        let same_global = match (&a.op, &b.op) {
+            (Op::Global(x), Op::Global(y)) => {
+                base.globals.get(*x as usize).map(|d| &d.meta)
+                    == g.globals.get(*y as usize).map(|d| &d.meta)
+            }
+            _ => true,
+        };
         let same = a.inputs == b.inputs
             && a.outputs == b.outputs
-            && match (&a.op, &b.op) {
-                (Op::Input(x), Op::Input(y)) => x == y,
-                (Op::Global(x), Op::Global(y)) => {
-                    x == y
-                        && base.globals.get(*x as usize).map(|d| (&d.name, &d.meta))
-                            == g.globals.get(*y as usize).map(|d| (&d.name, &d.meta))
-                }
-                (Op::Constant(x), Op::Constant(y)) => {
-                    x.meta() == y.meta() && x.bytes() == y.bytes()
-                }
-                (Op::Reshape, Op::Reshape) => true,
-                (
-                    Op::Kernel {
-                        kernel: k1,
-                        attrs: a1,
-                    },
-                    Op::Kernel {
-                        kernel: k2,
-                        attrs: a2,
-                    },
-                ) => {
-                    if k1 == k2 && a1 != a2 {
-                        let diff: Vec<&String> = a1
-                            .iter()
-                            .filter(|(k, v)| a2.get(*k) != Some(v))
-                            .map(|(k, _)| k)
-                            .collect();
-                        return Err(format!(
-                            "node {n} (`{k1}`): attribute {} holds a size that changes with it",
-                            diff.iter()
-                                .map(|k| format!("`{k}`"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ));
-                    }
-                    k1 == k2
-                }
-                (Op::Guard { index: x }, Op::Guard { index: y }) => x == y,
-                _ => false,
-            };
+            && same_global
+            && same_op(base, &a.op, g, &b.op);
         if !same {
             return Err(format!(
                 "node {n} (`{}`) differs at another size: the program depends on the size",

@@ -749,6 +749,41 @@ pub fn attrs<const N: usize>(pairs: [(&str, AttrValue); N]) -> Attrs {
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
+/// Whether op `a` of graph `ga` and op `b` of graph `gb` do the same thing
+/// up to sizes: the same input or global (by name), the same constant
+/// content, the same kernel and attributes, the same guard, regions of the
+/// same canonical form (`crate::hash`). Used to check that two traces of one
+/// body agree (graph-break paths, dynamic-dim probes).
+pub fn same_op(ga: &Graph, a: &Op, gb: &Graph, b: &Op) -> bool {
+    match (a, b) {
+        (Op::Input(x), Op::Input(y)) => x == y,
+        (Op::Global(x), Op::Global(y)) => {
+            let (x, y) = (ga.globals.get(*x as usize), gb.globals.get(*y as usize));
+            matches!((x, y), (Some(x), Some(y)) if x.name == y.name)
+        }
+        (Op::Constant(x), Op::Constant(y)) => x.meta() == y.meta() && x.bytes() == y.bytes(),
+        (Op::Reshape, Op::Reshape) => true,
+        (
+            Op::Kernel {
+                kernel: k1,
+                attrs: a1,
+            },
+            Op::Kernel {
+                kernel: k2,
+                attrs: a2,
+            },
+        ) => k1 == k2 && a1 == a2,
+        (Op::If { .. }, Op::If { .. }) | (Op::While { .. }, Op::While { .. }) => {
+            a.regions().into_iter().zip(b.regions()).all(|(x, y)| {
+                crate::hash::canonical_form(x) == crate::hash::canonical_form(y)
+                    && x.values == y.values
+            })
+        }
+        (Op::Guard { index: x }, Op::Guard { index: y }) => x == y,
+        _ => false,
+    }
+}
+
 /// A condition is a one-element bool or integer tensor (the wrapper reads it
 /// with `read-i64`).
 pub fn check_condition(meta: &TensorMeta) -> Result<(), String> {

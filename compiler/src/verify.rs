@@ -409,27 +409,6 @@ fn verify_node(graph: &Graph, registry: &Registry, n: usize, c: &mut Collector) 
                 }
             }
         }
-        Op::If { then, otherwise } => {
-            let ins: Option<Vec<TensorMeta>> = (0..node.inputs.len())
-                .map(|k| in_meta(k).cloned())
-                .collect();
-            let outs: Option<Vec<TensorMeta>> = (0..node.outputs.len())
-                .map(|k| out_meta(k).cloned())
-                .collect();
-            let (Some(ins), Some(outs)) = (ins, outs) else {
-                return;
-            };
-            let Some((pred, args)) = ins.split_first() else {
-                c.add(at(), "`if` needs a predicate input");
-                return;
-            };
-            if let Err(m) = check_condition(pred) {
-                c.add(at(), format!("the predicate {m}"));
-            }
-            for (name, region) in [("then", then), ("otherwise", otherwise)] {
-                verify_region(registry, name, region, args, &outs, n, c);
-            }
-        }
         Op::Guard { .. } => {
             if counts(1, 0) {
                 if let Some(Err(m)) = in_meta(0).map(check_condition) {
@@ -437,7 +416,7 @@ fn verify_node(graph: &Graph, registry: &Registry, n: usize, c: &mut Collector) 
                 }
             }
         }
-        Op::While { cond, body } => {
+        op @ (Op::If { .. } | Op::While { .. }) => {
             let ins: Option<Vec<TensorMeta>> = (0..node.inputs.len())
                 .map(|k| in_meta(k).cloned())
                 .collect();
@@ -447,23 +426,40 @@ fn verify_node(graph: &Graph, registry: &Registry, n: usize, c: &mut Collector) 
             let (Some(ins), Some(outs)) = (ins, outs) else {
                 return;
             };
-            if ins.get(..outs.len()) != Some(&outs[..]) {
-                c.add(
-                    at(),
-                    "the first inputs (the carried values) must have the outputs' types",
-                );
-            }
-            let bools: Vec<TensorMeta> = cond.output_metas();
-            match bools.as_slice() {
-                [m] => {
-                    if let Err(e) = check_condition(m) {
-                        c.add(at(), format!("the condition {e}"));
+            match op {
+                Op::If { then, otherwise } => {
+                    let Some((pred, args)) = ins.split_first() else {
+                        c.add(at(), "`if` needs a predicate input");
+                        return;
+                    };
+                    if let Err(m) = check_condition(pred) {
+                        c.add(at(), format!("the predicate {m}"));
+                    }
+                    for (name, region) in [("then", then), ("otherwise", otherwise)] {
+                        verify_region(registry, name, region, args, &outs, n, c);
                     }
                 }
-                _ => c.add(at(), "`cond` must return exactly one condition"),
+                Op::While { cond, body } => {
+                    if ins.get(..outs.len()) != Some(&outs[..]) {
+                        c.add(
+                            at(),
+                            "the first inputs (the carried values) must have the outputs' types",
+                        );
+                    }
+                    let bools: Vec<TensorMeta> = cond.output_metas();
+                    match bools.as_slice() {
+                        [m] => {
+                            if let Err(e) = check_condition(m) {
+                                c.add(at(), format!("the condition {e}"));
+                            }
+                        }
+                        _ => c.add(at(), "`cond` must return exactly one condition"),
+                    }
+                    verify_region(registry, "cond", cond, &ins, &bools, n, c);
+                    verify_region(registry, "body", body, &ins, &outs, n, c);
+                }
+                _ => {}
             }
-            verify_region(registry, "cond", cond, &ins, &bools, n, c);
-            verify_region(registry, "body", body, &ins, &outs, n, c);
         }
         Op::Kernel { kernel, attrs } => {
             let bound = match registry.bind(kernel, attrs) {
@@ -746,6 +742,60 @@ mod tests {
                 .all(|m| m.contains("rank 9 above the maximum of 8")),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn regions_take_and_return_the_node_types_and_hold_no_constants() {
+        let reg = Registry::standard();
+        // A branch returning its f32[2, 3] argument.
+        let mut ok = Graph::new();
+        ok.add_input("r0", f32m(&[2, 3]));
+        let a = ok.input(0).unwrap();
+        ok.add_output("y0", a);
+        // A branch returning f32[6] instead, and reading a constant.
+        let mut bad = Graph::new();
+        bad.add_input("r0", f32m(&[2, 3]));
+        let b = bad.input(0).unwrap();
+        let _c = bad.constant(Tensor::zeros(DType::F32, &[1]).unwrap());
+        let r = bad.reshape(b, &[6]).unwrap();
+        bad.add_output("y0", r);
+        let mut g = base();
+        let p = g.constant(Tensor::scalar(ampoule_kernels::Bool8(1)));
+        g.push(
+            Op::If {
+                then: Box::new(ok.clone()),
+                otherwise: Box::new(bad),
+            },
+            vec![p, ValueId(0)],
+            vec![f32m(&[2, 3])],
+        );
+        // A predicate of two elements.
+        let p2 = g.constant(Tensor::zeros(DType::I64, &[2]).unwrap());
+        g.push(
+            Op::If {
+                then: Box::new(ok.clone()),
+                otherwise: Box::new(ok),
+            },
+            vec![p2, ValueId(0)],
+            vec![f32m(&[2, 3])],
+        );
+        let p = problems(&g);
+        assert!(
+            p.iter()
+                .any(|m| m.contains("region `otherwise` returns other types")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("region `otherwise` declares globals or constants")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("the predicate must be a one-element bool or integer tensor")),
+            "{p:?}"
+        );
+        verify(&base(), &reg).unwrap();
     }
 
     #[test]
