@@ -355,3 +355,22 @@ fn cli_compiles_an_onnx_model_with_a_dynamic_batch() -> Result<()> {
     assert!(String::from_utf8_lossy(&o.stderr).contains("expected NAME.AXIS"));
     Ok(())
 }
+
+/// A dynamic entry allocates per run and the host reuses freed storage: an
+/// output the caller still holds must never change under later calls.
+#[test]
+fn held_outputs_do_not_change_when_later_calls_run() -> Result<()> {
+    let mut f = CompiledFunction::new(test_host(), mlp(true))?;
+    let first = f.call(&[input(5)])?;
+    let kept: Vec<Vec<f32>> = first.iter().map(|t| t.to_vec::<f32>().unwrap()).collect();
+    for n in [5usize, 5, 7, 5] {
+        let x = Tensor::from_vec(&[n, D], vec![-3.0f32; n * D])?;
+        f.call(&[x])?;
+    }
+    for (t, want) in first.iter().zip(&kept) {
+        assert_eq!(&t.to_vec::<f32>()?, want);
+    }
+    let (y, _) = mlp_direct(&input(5));
+    close(&kept[0], &y, "the held output");
+    Ok(())
+}

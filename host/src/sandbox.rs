@@ -381,9 +381,10 @@ pub struct InstanceState {
     in_init: bool,
     pub(crate) fault: Option<Fault>,
     /// Storage of freed `alloc` slots, kept for the next `alloc` of the same
-    /// dtype and size (a dynamic entry allocates per run). Never readable by
-    /// the guest: an allocated slot is unwritten until a launch writes it
-    /// whole, and reads of unwritten slots trap.
+    /// dtype and size (a dynamic entry allocates per run; its outputs come
+    /// back here once the caller drops them). Never readable by the guest:
+    /// an allocated slot is unwritten until a launch writes it whole, and
+    /// reads of unwritten slots trap.
     spare: Vec<Tensor>,
 }
 
@@ -392,14 +393,14 @@ pub struct InstanceState {
 const MAX_SPARE: usize = 16;
 const MAX_SPARE_BYTES: usize = 64 << 20;
 
-/// Keeps `t`'s storage for reuse if it is owned by the host alone (not
-/// handed to a caller as an output, not viewed) and fits the spare limits.
-fn keep_spare(spare: &mut Vec<Tensor>, mut t: Tensor) {
+/// Keeps `t`'s storage for reuse if it fits the spare limits. It may still
+/// be shared with a caller (a run's output): a launch writes a slot's
+/// storage in place only when the host owns it alone, and otherwise writes
+/// fresh storage, so the caller's tensor never changes; once the caller
+/// drops it, the storage is reused.
+fn keep_spare(spare: &mut Vec<Tensor>, t: Tensor) {
     let held: usize = spare.iter().map(|s| s.bytes().len()).sum();
-    if spare.len() < MAX_SPARE
-        && held.saturating_add(t.bytes().len()) <= MAX_SPARE_BYTES
-        && t.bytes_mut().is_ok()
-    {
+    if spare.len() < MAX_SPARE && held.saturating_add(t.bytes().len()) <= MAX_SPARE_BYTES {
         spare.push(t);
     }
 }
