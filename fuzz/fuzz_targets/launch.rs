@@ -19,7 +19,8 @@
 //! - the reference and optimized implementations disagreeing: on success
 //!   vs error, or on the result. Ints, bools and every kernel that does not
 //!   reduce compare bit for bit (NaN equal to NaN); reducing float kernels
-//!   (matmul, linear, softmax, layer_norm, reduce sum/mean) compare within
+//!   (matmul, linear, conv, conv_transpose, softmax, layer_norm, reduce
+//!   sum/mean) compare within
 //!   the tolerance the kernels' own tests use, on data from a grid of small
 //!   values plus NaN/inf/-0 (their results then do not depend on summation
 //!   order beyond that tolerance).
@@ -410,8 +411,10 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
         Some(AttrValue::Str(s)) => s.clone(),
         _ => String::new(),
     };
-    let reducing = matches!(family.as_str(), "matmul" | "linear" | "softmax" | "layer_norm")
-        || (family == "reduce" && (op == "sum" || op == "mean"));
+    let reducing = matches!(
+        family.as_str(),
+        "matmul" | "linear" | "softmax" | "layer_norm" | "conv" | "conv_transpose"
+    ) || (family == "reduce" && (op == "sum" || op == "mean"));
     let data = if reducing || u.arbitrary()? { Data::Grid } else { Data::Raw };
     let mut inputs = Vec::new();
     for (j, m) in metas.iter().enumerate() {
@@ -448,6 +451,15 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
         "matmul" | "linear" => {
             let kdim = last(sh);
             Box::new(move |_| e * (kdim + 2.0) * 100.0 * kdim + f64::MIN_POSITIVE)
+        }
+        // Found by fuzz/launch: with raw data near f32::MAX, partial sums
+        // overflow to inf in one summation order and not in another (the
+        // optimized path sums channels in gemm first). Like matmul: grid
+        // data, and a few ulps of the sum of |terms| <= 100, at most one
+        // term per weight element (plus a bias).
+        "conv" | "conv_transpose" => {
+            let terms = metas.get(1).and_then(|m| m.numel()).unwrap_or(1) as f64 + 1.0;
+            Box::new(move |_| e * (terms + 2.0) * 100.0 * terms + f64::MIN_POSITIVE)
         }
         "softmax" => {
             let rank = sh.len().max(1) as i64;
