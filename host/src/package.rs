@@ -815,22 +815,7 @@ impl Package {
                 actual: format!("entry {entry}"),
             });
         };
-        if let Some(m) = f
-            .signature
-            .mutates
-            .iter()
-            .find(|m| m.input as usize >= inputs.len())
-        {
-            return Err(Error::BadInputs {
-                function: f.name.clone(),
-                expected: format!(
-                    "{} inputs (it updates input {} in place)",
-                    f.signature.inputs.len(),
-                    m.input
-                ),
-                actual: format!("{} inputs", inputs.len()),
-            });
-        }
+        check_updated_inputs(f, inputs)?;
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let call = CallView {
             names: None,
@@ -903,22 +888,7 @@ impl Package {
         inputs: &[Tensor],
     ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
         let f = &self.manifest.functions[fi];
-        if let Some(m) = f
-            .signature
-            .mutates
-            .iter()
-            .find(|m| m.input as usize >= inputs.len())
-        {
-            return Err(Error::BadInputs {
-                function: f.name.clone(),
-                expected: format!(
-                    "{} inputs (it updates input {} in place)",
-                    f.signature.inputs.len(),
-                    m.input
-                ),
-                actual: format!("{} inputs", inputs.len()),
-            });
-        }
+        check_updated_inputs(f, inputs)?;
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let ei = self.select_inner(fi, names, &refs)?;
         self.run_entry(fi, ei, inputs)
@@ -1144,5 +1114,26 @@ impl Package {
         };
         store.data_mut().end_run();
         result
+    }
+}
+
+/// Every input function `f` updates in place must be among `inputs`.
+fn check_updated_inputs(f: &crate::manifest::FunctionDecl, inputs: &[Tensor]) -> Result<(), Error> {
+    match f
+        .signature
+        .mutates
+        .iter()
+        .find(|m| m.input as usize >= inputs.len())
+    {
+        Some(m) => Err(Error::BadInputs {
+            function: f.name.clone(),
+            expected: format!(
+                "{} inputs (it updates input {} in place)",
+                f.signature.inputs.len(),
+                m.input
+            ),
+            actual: format!("{} inputs", inputs.len()),
+        }),
+        None => Ok(()),
     }
 }
