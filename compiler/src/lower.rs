@@ -44,7 +44,9 @@
 //!
 //! `run` is the kernel launches in node order, with the input views placed
 //! right before their first use. So a static entry's `run` makes no `alloc`
-//! call. Kernel-table rows are deduplicated by (kernel, attributes).
+//! call. The launches of the weight-only prefix
+//! ([`crate::passes::hoist`]) are in `init` instead: they run once per
+//! instance, into buffers the memory plan keeps for them. Kernel-table rows are deduplicated by (kernel, attributes).
 //! Constants must have become globals before lowering
 //! (`passes::constants_to_globals`).
 
@@ -55,6 +57,7 @@ use ampoule_kernels::{Attrs, TensorMeta, MAX_OPERANDS};
 use crate::dynamic::ShapeEnv;
 use crate::ir::ValueId;
 use crate::ir::{Graph, Op};
+use crate::passes::hoist::init_prefix;
 use crate::passes::plan::{plan_memory, Liveness, MemoryPlan};
 
 /// What lowering produces for one entry.
@@ -178,6 +181,7 @@ pub fn lower_dynamic(
         graph,
         plan,
         env,
+        init_prefix(graph),
         &buffers,
         &inputs,
         &mut run,
@@ -276,15 +280,17 @@ impl Lowerer {
     }
 
     /// Lowers the nodes of `graph` into `run` and returns its output
-    /// registers. `buffers` holds the register of each planned buffer of
-    /// `plan`; `inputs` where each graph input is. Views made in `run` are
-    /// pushed on `transient`.
+    /// registers; the launches of the first `in_init` nodes (the weight-only
+    /// prefix) go into `init` instead. `buffers` holds the register of each
+    /// planned buffer of `plan`; `inputs` where each graph input is. Views
+    /// made in `run` are pushed on `transient`.
     #[allow(clippy::too_many_arguments)]
     fn nodes(
         &mut self,
         graph: &Graph,
         plan: &MemoryPlan,
         env: Option<&ShapeEnv>,
+        in_init: usize,
         buffers: &[Reg],
         inputs: &[(Reg, Phase)],
         run: &mut Vec<Step>,
@@ -407,7 +413,12 @@ impl Lowerer {
                         });
                     }
                     let k = self.kernel(kernel, attrs)?;
-                    run.push(Step::Launch { kernel: k, args });
+                    let launch = Step::Launch { kernel: k, args };
+                    if n < in_init {
+                        self.init.push(launch);
+                    } else {
+                        run.push(launch);
+                    }
                 }
                 Op::If { then, otherwise } => {
                     let (&(pred, _), args) = ins.split_first().ok_or_else(unplaced)?;
@@ -522,7 +533,16 @@ impl Lowerer {
             .map(|m| self.region_buffer(m))
             .collect::<Result<Vec<_>, _>>()?;
         let mut transient = Vec::new();
-        let results = self.nodes(region, &plan, None, &buffers, args, steps, &mut transient)?;
+        let results = self.nodes(
+            region,
+            &plan,
+            None,
+            0,
+            &buffers,
+            args,
+            steps,
+            &mut transient,
+        )?;
         steps.extend(transient.into_iter().map(|reg| Step::Release { reg }));
         Ok(results)
     }
@@ -606,18 +626,19 @@ mod tests {
         assert_eq!((p.globals, p.buffers, p.inputs), (1, 4, 1));
         let (g0, b0, b1, b2, b3, x0) = (Reg(0), Reg(1), Reg(2), Reg(3), Reg(4), Reg(5));
         let c = |d: u32| Dim::Const(d);
+        // The view of the global is weight-only work: first, in `init`.
         assert_eq!(
             p.init,
             [
                 Step::View {
-                    dst: Reg(8),
-                    src: b0,
-                    dims: vec![c(6)]
+                    dst: Reg(6),
+                    src: g0,
+                    dims: vec![c(9)]
                 },
                 Step::View {
                     dst: Reg(9),
-                    src: g0,
-                    dims: vec![c(9)]
+                    src: b0,
+                    dims: vec![c(6)]
                 },
             ]
         );
@@ -625,22 +646,22 @@ mod tests {
             p.run,
             [
                 Step::View {
-                    dst: Reg(6),
+                    dst: Reg(7),
                     src: x0,
                     dims: vec![c(6)]
                 },
                 Step::View {
-                    dst: Reg(7),
-                    src: Reg(6),
+                    dst: Reg(8),
+                    src: Reg(7),
                     dims: vec![c(2), c(3)]
                 },
                 Step::Launch {
                     kernel: 0,
-                    args: vec![Reg(7), g0, b0]
+                    args: vec![Reg(8), g0, b0]
                 },
                 Step::Launch {
                     kernel: 1,
-                    args: vec![Reg(8), b1]
+                    args: vec![Reg(9), b1]
                 },
                 Step::Launch {
                     kernel: 1,
@@ -648,13 +669,73 @@ mod tests {
                 },
                 Step::Launch {
                     kernel: 2,
-                    args: vec![Reg(9), b3]
+                    args: vec![Reg(6), b3]
                 },
             ]
         );
         assert_eq!(p.outputs, [b2, b3]);
         assert_eq!(p.registers, 10);
         assert!(!p.run.iter().any(|s| matches!(s, Step::Alloc { .. })));
+        ampoule_guest::verify(p).unwrap();
+    }
+
+    /// `y = x * (cast(wq) * scale)`: the dequantization reads only globals,
+    /// so its two launches run in `init`, into buffers of their own; the
+    /// cast's buffer, dead after `init`, serves the run.
+    #[test]
+    fn weight_only_launches_run_in_init() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", f32m(&[4]));
+        let x = g.input(0).unwrap();
+        let global = |g: &mut Graph, name: &str, t: Tensor| {
+            let meta = t.meta().clone();
+            let i = g.add_global(GlobalDef {
+                name: name.into(),
+                meta,
+                source: GlobalSource::Embedded(t),
+            });
+            g.global(i).unwrap()
+        };
+        let wq = global(&mut g, "wq", Tensor::zeros(DType::I32, &[4]).unwrap());
+        let scale = global(&mut g, "scale", Tensor::zeros(DType::F32, &[4]).unwrap());
+        let op = |o: &str| attrs([("op", AttrValue::Str(o.into()))]);
+        let to = attrs([("to", AttrValue::Str("f32".into()))]);
+        let a = g.kernel(&reg, "unary@1", op("exp"), &[x]).unwrap()[0];
+        let wf = g.kernel(&reg, "cast@1", to, &[wq]).unwrap()[0];
+        let w = g.kernel(&reg, "binary@1", op("mul"), &[wf, scale]).unwrap()[0];
+        let y = g.kernel(&reg, "binary@1", op("mul"), &[a, w]).unwrap()[0];
+        g.add_output("y", y);
+        let g = optimize(g, &reg).unwrap();
+        let plan = plan_memory(&g);
+        let l = lower(&g, &plan).unwrap();
+        let p = &l.program;
+        let launches = |steps: &[Step]| {
+            steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::Launch { kernel, args } => {
+                        Some((l.kernels[*kernel as usize].kernel.clone(), args.clone()))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (init, run) = (launches(&p.init), launches(&p.run));
+        assert_eq!(
+            init.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["cast@1", "binary@1"]
+        );
+        assert_eq!(
+            run.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["unary@1", "binary@1"]
+        );
+        // The dequantized weight's buffer is read by the run and written by
+        // nothing else; the cast's buffer is reused by `exp`.
+        let w_buf = init[1].1[2];
+        assert!(run.iter().all(|(_, args)| args.last() != Some(&w_buf)));
+        assert_eq!(run[1].1[1], w_buf);
+        assert_eq!(run[0].1[1], init[0].1[1], "exp writes the cast's buffer");
         ampoule_guest::verify(p).unwrap();
     }
 

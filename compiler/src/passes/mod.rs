@@ -13,7 +13,9 @@
 //!    or the same value as an earlier output);
 //! 4. [`constants::constants_to_globals`]: remaining constants become
 //!    embedded globals (a wrapper cannot create data);
-//! 5. [`dce::eliminate_dead_code`] again.
+//! 5. [`dce::eliminate_dead_code`] again;
+//! 6. [`hoist::hoist_weight_only`]: work that reads no input moves to the
+//!    front, where lowering runs it once per instance in `init`.
 //!
 //! Memory planning ([`plan::plan_memory`]) runs on the result; it does not
 //! change the graph.
@@ -21,6 +23,7 @@
 pub mod constants;
 pub mod dce;
 pub mod fold;
+pub mod hoist;
 pub mod outputs;
 pub mod plan;
 
@@ -70,11 +73,14 @@ pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassErro
     check(&graph, "constants_to_globals")?;
     dce::eliminate_dead_code(&mut graph);
     check(&graph, "dce")?;
+    let hoisted = hoist::hoist_weight_only(&mut graph);
+    check(&graph, "hoist_weight_only")?;
     tracing::debug!(
         folded,
         removed,
         copies,
         constants,
+        hoisted,
         nodes = graph.nodes.len(),
         "compiler.optimize"
     );

@@ -9,7 +9,10 @@
 //!   it or any view of it;
 //! - roots of graph outputs are *pinned*: live to the end of the run and
 //!   beyond (the caller takes their storage), so their buffers are never
-//!   shared.
+//!   shared;
+//! - so are roots the weight-only prefix ([`super::hoist::init_prefix`])
+//!   defines and a later node reads: `init` writes them once, and every run
+//!   reads them.
 //!
 //! The plan is greedy, in node order: a kernel output takes a free buffer of
 //! exactly its dtype and byte size (the first one freed, for determinism),
@@ -65,6 +68,15 @@ impl Liveness {
         }
         for o in &graph.outputs {
             last_use[root[o.value.index()].index()] = usize::MAX;
+        }
+        let prefix = super::hoist::init_prefix(graph);
+        for node in &graph.nodes[prefix..] {
+            for v in &node.inputs {
+                let r = root[v.index()].index();
+                if def[r] < prefix {
+                    last_use[r] = usize::MAX;
+                }
+            }
         }
         Liveness {
             root,
