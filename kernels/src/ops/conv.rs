@@ -37,7 +37,7 @@ use super::attrs::AttrReader;
 use super::matmul::{gemm_into, MatRef, GEMM_PAR_MIN};
 use super::num::Float;
 use super::shape::{numel, strides};
-use super::{bound, check_float, check_same_dtype, data, data_mut, Op};
+use super::{bound, check_float, check_same_dtype, data, data_mut, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
 
 /// The largest stride, dilation, pad or output padding accepted: far above
@@ -48,6 +48,11 @@ pub(crate) const MAX_WINDOW: i64 = 1 << 24;
 /// The most elements an im2col/col2im tile holds (when one column is
 /// shorter than this).
 const COL_MAX: usize = 1 << 20;
+
+/// The optimized `conv@1` computes convolutions with one input channel per
+/// group and at most this many output channels per group directly
+/// ([`conv_depthwise`]) rather than through im2col and gemm.
+const DEPTHWISE_MG_MAX: usize = 4;
 
 /// The most groups accepted.
 const MAX_GROUP: i64 = 1 << 24;
@@ -462,17 +467,24 @@ impl Conv {
                     .saturating_mul(g.k_len())
                     .max(xv.len().saturating_mul(g.mg).saturating_mul(g.k_len()));
                 let big = work >= GEMM_PAR_MIN;
-                let kc = g.k_coords();
-                let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
-                    if transpose {
-                        conv_transpose_pair(&g, &kc, xv, wv, pair, ychunk, par)
-                    } else {
-                        conv_pair(&g, &kc, xv, wv, pair, ychunk, par)
-                    }
-                };
                 if chunk == 0 {
                     return Ok(());
                 }
+                let win = if transpose {
+                    RowWindow::new(&g, &g.in_sp, &g.out_sp)
+                } else {
+                    RowWindow::new(&g, &g.out_sp, &g.in_sp)
+                };
+                if !transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX {
+                    return conv_depthwise(&g, &win, xv, wv, y);
+                }
+                let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
+                    if transpose {
+                        conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
+                    } else {
+                        conv_pair(&g, &win, xv, wv, pair, ychunk, par)
+                    }
+                };
                 if big && pairs > 1 {
                     y.par_chunks_mut(chunk)
                         .enumerate()
@@ -555,42 +567,240 @@ fn conv_transpose_reference<T: Float>(
     Ok(())
 }
 
-/// Offsets for positions `t0..t0 + tl` of `pos_dims` at every kernel
-/// position: `offs[kk * tl + j]`, `usize::MAX` in the padding.
-fn tile_offsets(
-    g: &Geom,
-    kc: &[usize],
-    pos_dims: &[usize],
-    target_dims: &[usize],
-    t0: usize,
-    tl: usize,
-) -> Vec<usize> {
-    let s = pos_dims.len();
-    let k_len = g.k_len();
-    let target_str = strides(target_dims);
-    let mut offs = vec![usize::MAX; k_len * tl];
-    let mut p = coords(t0, pos_dims);
-    for j in 0..tl {
-        for kk in 0..k_len {
-            let k = &kc[kk * s..(kk + 1) * s];
-            if let Some(off) = g.axes.input_offset(&p, k, target_dims, &target_str) {
-                offs[kk * tl + j] = off;
-            }
-        }
-        advance(&mut p, pos_dims);
-    }
-    offs
+/// One axis of a [`RowWindow`] at one kernel coordinate: positions
+/// `lo..hi` land inside the target, position `lo` at target coordinate
+/// `start` (and each further position `stride` later). Empty when
+/// `lo == hi` (then `start` is 0).
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    lo: usize,
+    hi: usize,
+    start: usize,
 }
 
-fn tile_len(height: usize, total: usize) -> usize {
-    (COL_MAX / height.max(1)).clamp(1, total.max(1))
+impl Span {
+    /// Positions `0..pos_len` map to `p stride + shift - pad` in a target
+    /// axis of `target_len`.
+    fn new(pos_len: usize, target_len: usize, stride: usize, shift: usize, pad: usize) -> Span {
+        let lo = pad.saturating_sub(shift).div_ceil(stride).min(pos_len);
+        let hi = target_len
+            .saturating_add(pad)
+            .saturating_sub(shift)
+            .div_ceil(stride)
+            .min(pos_len)
+            .max(lo);
+        // When lo < hi, `lo stride + shift - pad` lies in 0..target_len.
+        let start = if lo < hi {
+            (lo.saturating_mul(stride).saturating_add(shift)).saturating_sub(pad)
+        } else {
+            0
+        };
+        Span { lo, hi, start }
+    }
+}
+
+/// A run of positions along the innermost axis: positions `at..at + len`
+/// of a tile (row-major over the position grid), whose innermost
+/// coordinates start at `j0`. A segment never crosses a row.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    at: usize,
+    j0: usize,
+    len: usize,
+}
+
+/// Where one segment lands at one kernel position: its first `skip`
+/// positions and those after `skip + n` fall in the padding; the `n` in
+/// between read (or write) target offsets `src + t stride` for `t < n`,
+/// with `stride` the innermost axis's. Always `skip + n <= len`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    skip: usize,
+    n: usize,
+    src: usize,
+}
+
+/// The geometry of a sliding window between a grid of positions and a
+/// target grid, organised by rows of the innermost axis: position `p` at
+/// kernel position `k` touches target coordinate `p stride + k dilation -
+/// pad_begin` on every axis. For `conv@1` the positions are the output and
+/// the target the input; for `conv_transpose@1` the other way round.
+///
+/// Everything per-position is resolved per row: the outer coordinates are
+/// checked once per row and kernel position, and along the row the in-range
+/// positions form one contiguous run ([`Run`]), so the inner loops are a
+/// copy or a strided gather with no per-element tests.
+struct RowWindow {
+    /// Spatial axes (at least 1).
+    s: usize,
+    /// The position grid's sizes.
+    pos: Vec<usize>,
+    /// Row-major strides of the target grid.
+    target_str: Vec<usize>,
+    /// The innermost axis's stride.
+    step: usize,
+    strides: Vec<usize>,
+    /// `spans[kk * s + i]`: axis `i` at kernel position `kk`.
+    spans: Vec<Span>,
+}
+
+impl RowWindow {
+    fn new(g: &Geom, pos: &[usize], target: &[usize]) -> RowWindow {
+        let s = pos.len();
+        let kc = g.k_coords();
+        let a = &g.axes;
+        let spans = kc
+            .chunks(s.max(1))
+            .flat_map(|k| {
+                (0..s).map(move |i| {
+                    let shift = k[i].saturating_mul(a.dil[i]);
+                    Span::new(pos[i], target[i], a.stride[i], shift, a.pad_b[i])
+                })
+            })
+            .collect();
+        RowWindow {
+            s,
+            pos: pos.to_vec(),
+            target_str: strides(target),
+            step: a.stride[s - 1],
+            strides: a.stride.clone(),
+            spans,
+        }
+    }
+
+    /// Calls `f` with each segment of positions `t0..t0 + tl` (cut at row
+    /// ends) and the segment's outer coordinates (all axes but the last).
+    fn for_each_segment(
+        &self,
+        t0: usize,
+        tl: usize,
+        mut f: impl FnMut(Segment, &[usize]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let row = self.pos[self.s - 1];
+        if row == 0 {
+            return Ok(());
+        }
+        let outer_dims = &self.pos[..self.s - 1];
+        let mut outer = coords(t0 / row, outer_dims);
+        let (mut at, mut j0) = (0, t0 % row);
+        while at < tl {
+            let len = (row - j0).min(tl - at);
+            f(Segment { at, j0, len }, &outer)?;
+            at += len;
+            j0 = 0;
+            advance(&mut outer, outer_dims);
+        }
+        Ok(())
+    }
+
+    /// Where segment `seg` at outer coordinates `outer` lands at kernel
+    /// position `kk`.
+    fn run(&self, kk: usize, seg: Segment, outer: &[usize]) -> Run {
+        let s = self.s;
+        let spans = &self.spans[kk * s..(kk + 1) * s];
+        let padding = Run {
+            skip: seg.len,
+            n: 0,
+            src: 0,
+        };
+        let mut base = 0;
+        for i in 0..s - 1 {
+            let (sp, o) = (spans[i], outer[i]);
+            if o < sp.lo || o >= sp.hi {
+                return padding;
+            }
+            base += (sp.start + (o - sp.lo) * self.strides[i]) * self.target_str[i];
+        }
+        let sp = spans[s - 1];
+        let (a, b) = (seg.j0.max(sp.lo), (seg.j0 + seg.len).min(sp.hi));
+        if a >= b {
+            return padding;
+        }
+        Run {
+            skip: a - seg.j0,
+            n: b - a,
+            src: base + sp.start + (a - sp.lo) * self.step,
+        }
+    }
+}
+
+/// The `dst.len()` elements of `src` from `start` on, `step` apart.
+fn gather<T: Copy>(dst: &mut [T], src: &[T], start: usize, step: usize) -> Result<(), String> {
+    let Some(last) = dst.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let src = src
+        .get(start..=start + last * step)
+        .ok_or("internal: conv run outside its operand")?;
+    if step == 1 {
+        dst.copy_from_slice(src);
+    } else {
+        for (d, v) in dst.iter_mut().zip(src.iter().step_by(step)) {
+            *d = *v;
+        }
+    }
+    Ok(())
+}
+
+/// Positions per im2col/col2im tile for columns of `height`: as many as fit
+/// in [`COL_MAX`] (at least one), rounded down to whole rows of `row`
+/// positions when at least one row fits.
+fn tile_len(height: usize, total: usize, row: usize) -> usize {
+    let t = (COL_MAX / height.max(1)).clamp(1, total.max(1));
+    if t < total && t >= row && row > 0 {
+        t - t % row
+    } else {
+        t
+    }
+}
+
+/// Fills `col [C/g·K, tl]` with the im2col matrix of output positions
+/// `t0..t0 + tl`: row `c·K + kk` holds channel `c` of `xg` read at kernel
+/// position `kk`, zero in the padding. Rows are independent, so with `par`
+/// they are built on rayon's pool.
+#[allow(clippy::too_many_arguments)]
+fn im2col<T: Float>(
+    win: &RowWindow,
+    xg: &[T],
+    in_len: usize,
+    k_len: usize,
+    t0: usize,
+    tl: usize,
+    col: &mut [T],
+    par: bool,
+) -> Result<(), String> {
+    let fill = |(r, row): (usize, &mut [T])| {
+        let (c, kk) = (r / k_len, r % k_len);
+        let xc = xg
+            .get(c * in_len..(c + 1) * in_len)
+            .ok_or("internal: conv channel outside x")?;
+        win.for_each_segment(t0, tl, |seg, outer| {
+            let run = win.run(kk, seg, outer);
+            let dst = &mut row[seg.at..seg.at + seg.len];
+            let (lead, rest) = dst.split_at_mut(run.skip);
+            let (mid, tail) = rest.split_at_mut(run.n);
+            lead.fill(T::ZERO);
+            tail.fill(T::ZERO);
+            gather(mid, xc, run.src, win.step)
+        })
+    };
+    if par {
+        // Batches of rows of at least ~16K elements per rayon task.
+        let min = ((1 << 14) / tl.max(1)).max(1);
+        col.par_chunks_mut(tl)
+            .enumerate()
+            .with_min_len(min)
+            .try_for_each(fill)
+    } else {
+        col.chunks_mut(tl).enumerate().try_for_each(fill)
+    }
 }
 
 /// One (batch, group) pair of the optimized `conv@1`: `ychunk [M/g, O]`
 /// (already holding the bias) `+= w_g · im2col(x_g)`.
 fn conv_pair<T: Float>(
     g: &Geom,
-    kc: &[usize],
+    win: &RowWindow,
     x: &[T],
     w: &[T],
     pair: usize,
@@ -628,21 +838,15 @@ fn conv_pair<T: Float>(
         };
         return gemm_into(wm, xm, ychunk, true, par);
     }
-    let tile = tile_len(ck, out_len);
+    let row = g.out_sp.last().copied().unwrap_or(1);
+    let tile = tile_len(ck, out_len, row);
     let mut col = vec![T::ZERO; ck * tile];
     let mut tmp = Vec::new();
     let mut t0 = 0;
     while t0 < out_len {
         let tl = tile.min(out_len - t0);
-        let offs = tile_offsets(g, kc, &g.out_sp, &g.in_sp, t0, tl);
         let col = &mut col[..ck * tl];
-        for c in 0..g.cg {
-            let xc = &xg[c * in_len..(c + 1) * in_len];
-            let rows = &mut col[c * k_len * tl..(c + 1) * k_len * tl];
-            for (dst, &off) in rows.iter_mut().zip(&offs) {
-                *dst = xc.get(off).copied().unwrap_or(T::ZERO);
-            }
-        }
+        im2col(win, xg, in_len, k_len, t0, tl, col, par)?;
         let cm = MatRef {
             data: &*col,
             rows: ck,
@@ -667,11 +871,65 @@ fn conv_pair<T: Float>(
     Ok(())
 }
 
+/// The optimized `conv@1` when every output channel reads one input
+/// channel (`C/g = 1`, depthwise): each output plane `(n, m)` is computed
+/// directly, `y += w[m, kk] · x[n, m / (M/g)]` shifted, one kernel position
+/// at a time along each output row. Planes run on rayon's pool when the
+/// work is large.
+fn conv_depthwise<T: Float>(
+    g: &Geom,
+    win: &RowWindow,
+    x: &[T],
+    w: &[T],
+    y: &mut [T],
+) -> Result<(), String> {
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let plane = |(q, yp): (usize, &mut [T])| {
+        let (n, m) = (q / g.m, q % g.m);
+        let ci = n * g.c + m / g.mg;
+        let xc = x
+            .get(ci * in_len..(ci + 1) * in_len)
+            .ok_or("internal: depthwise channel outside x")?;
+        let wk = w
+            .get(m * k_len..(m + 1) * k_len)
+            .ok_or("internal: depthwise weights outside w")?;
+        win.for_each_segment(0, out_len, |seg, outer| {
+            let yrow = &mut yp[seg.at..seg.at + seg.len];
+            for (kk, &wv) in wk.iter().enumerate() {
+                let run = win.run(kk, seg, outer);
+                let Some(last) = run.n.checked_sub(1) else {
+                    continue;
+                };
+                let ys = &mut yrow[run.skip..run.skip + run.n];
+                let xs = xc
+                    .get(run.src..=run.src + last * win.step)
+                    .ok_or("internal: depthwise run outside x")?;
+                if win.step == 1 {
+                    for (d, v) in ys.iter_mut().zip(xs) {
+                        *d = *d + wv * *v;
+                    }
+                } else {
+                    for (d, v) in ys.iter_mut().zip(xs.iter().step_by(win.step)) {
+                        *d = *d + wv * *v;
+                    }
+                }
+            }
+            Ok(())
+        })
+    };
+    if y.len().saturating_mul(k_len) >= PAR_MIN {
+        y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
+    } else {
+        y.chunks_mut(out_len).enumerate().try_for_each(plane)
+    }
+}
+
 /// One (batch, group) pair of the optimized `conv_transpose@1`:
-/// `cols = w_g^T · x_g`, scattered into `ychunk [M/g, O]`.
+/// `cols = w_g^T · x_g`, scattered into `ychunk [M/g, O]` (col2im), output
+/// channels on rayon's pool with `par`.
 fn conv_transpose_pair<T: Float>(
     g: &Geom,
-    kc: &[usize],
+    win: &RowWindow,
     x: &[T],
     w: &[T],
     pair: usize,
@@ -695,10 +953,11 @@ fn conv_transpose_pair<T: Float>(
         rs: 1,
         cs: mk,
     };
-    if in_len == 0 {
+    if in_len == 0 || out_len == 0 {
         return Ok(());
     }
-    let tile = tile_len(mk, in_len);
+    let row = g.in_sp.last().copied().unwrap_or(1);
+    let tile = tile_len(mk, in_len, row);
     let mut col = vec![T::ZERO; mk * tile];
     let mut t0 = 0;
     while t0 < in_len {
@@ -712,15 +971,42 @@ fn conv_transpose_pair<T: Float>(
         };
         let col = &mut col[..mk * tl];
         gemm_into(wt, xm, col, false, par)?;
-        let offs = tile_offsets(g, kc, &g.in_sp, &g.out_sp, t0, tl);
-        for m in 0..g.mg {
-            let yrow = &mut ychunk[m * out_len..(m + 1) * out_len];
-            let crow = &col[m * k_len * tl..(m + 1) * k_len * tl];
-            for (v, &off) in crow.iter().zip(&offs) {
-                if let Some(d) = yrow.get_mut(off) {
-                    *d = *d + *v;
-                }
+        // Row `m·K + kk` of `col` adds into output channel `m`.
+        let scatter = |(yrow, crows): (&mut [T], &[T])| {
+            for (kk, crow) in crows.chunks(tl).enumerate() {
+                win.for_each_segment(t0, tl, |seg, outer| {
+                    let run = win.run(kk, seg, outer);
+                    let Some(last) = run.n.checked_sub(1) else {
+                        return Ok(());
+                    };
+                    let src = &crow[seg.at + run.skip..seg.at + run.skip + run.n];
+                    let dst = yrow
+                        .get_mut(run.src..=run.src + last * win.step)
+                        .ok_or("internal: conv_transpose run outside y")?;
+                    if win.step == 1 {
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d = *d + *v;
+                        }
+                    } else {
+                        for (d, v) in dst.iter_mut().step_by(win.step).zip(src) {
+                            *d = *d + *v;
+                        }
+                    }
+                    Ok(())
+                })?;
             }
+            Ok::<(), String>(())
+        };
+        if par {
+            ychunk
+                .par_chunks_mut(out_len)
+                .zip(col.par_chunks(k_len * tl))
+                .try_for_each(scatter)?;
+        } else {
+            ychunk
+                .chunks_mut(out_len)
+                .zip(col.chunks(k_len * tl))
+                .try_for_each(scatter)?;
         }
         t0 += tl;
     }
