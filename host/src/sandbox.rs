@@ -355,13 +355,18 @@ impl std::fmt::Display for Fault {
 }
 impl std::error::Error for Fault {}
 
-/// A memoized launch check: the input metas seen last time and the output
-/// metas they gave. Static entries hit this on every launch after the first.
-#[derive(Default)]
+/// A memoized launch check: input metas a kernel-table row was launched
+/// with and the output metas they gave. A row serves every launch of its
+/// (kernel, attributes), often at several shapes, so each row remembers up to
+/// [`MEMO_SIGNATURES`] signatures, the most recent first. Static entries hit
+/// this on every launch after their first run.
 struct CheckMemo {
     inputs: Vec<TensorMeta>,
     outputs: Vec<TensorMeta>,
 }
+
+/// Signatures remembered per kernel-table row.
+const MEMO_SIGNATURES: usize = 8;
 
 /// Everything an instance's store holds.
 pub struct InstanceState {
@@ -369,7 +374,7 @@ pub struct InstanceState {
     free: Vec<u32>,
     tag: u8,
     kernels: Arc<[Arc<dyn Bound>]>,
-    memo: Vec<CheckMemo>,
+    memo: Vec<Vec<CheckMemo>>,
     imp: Impl,
     budget: usize,
     used: usize,
@@ -416,7 +421,7 @@ fn take_spare(spare: &mut Vec<Tensor>, meta: &TensorMeta, bytes: usize) -> Optio
 
 impl InstanceState {
     pub(crate) fn new(kernels: Arc<[Arc<dyn Bound>]>, imp: Impl, limits: &Limits) -> Self {
-        let memo = (0..kernels.len()).map(|_| CheckMemo::default()).collect();
+        let memo = (0..kernels.len()).map(|_| Vec::new()).collect();
         InstanceState {
             slots: Vec::new(),
             free: Vec::new(),
@@ -765,34 +770,45 @@ impl InstanceState {
         }
         // Signature check, memoized per kernel-table row.
         let memo = &self.memo[kernel as usize];
-        let hit = memo.inputs.len() == ins.len()
-            && ins
-                .iter()
-                .zip(&memo.inputs)
-                .all(|(&i, m)| self.meta_of(i) == m);
-        if !hit {
-            let metas: Vec<TensorMeta> = ins.iter().map(|&i| self.meta_of(i).clone()).collect();
-            let refs: Vec<&TensorMeta> = metas.iter().collect();
-            let expected = bound
-                .check(&refs)
-                .map_err(|e| (TrapKind::LaunchRejected, e.to_string()))?;
-            if expected.len() != arity.outputs {
-                return Err((
-                    TrapKind::LaunchRejected,
-                    format!(
-                        "kernel {kernel} derived {} outputs, arity says {}",
-                        expected.len(),
-                        arity.outputs
-                    ),
-                ));
+        let hit = memo.iter().position(|m| {
+            m.inputs.len() == ins.len()
+                && ins
+                    .iter()
+                    .zip(&m.inputs)
+                    .all(|(&i, m)| self.meta_of(i) == m)
+        });
+        let hit = match hit {
+            Some(h) => h,
+            None => {
+                let metas: Vec<TensorMeta> = ins.iter().map(|&i| self.meta_of(i).clone()).collect();
+                let refs: Vec<&TensorMeta> = metas.iter().collect();
+                let expected = bound
+                    .check(&refs)
+                    .map_err(|e| (TrapKind::LaunchRejected, e.to_string()))?;
+                if expected.len() != arity.outputs {
+                    return Err((
+                        TrapKind::LaunchRejected,
+                        format!(
+                            "kernel {kernel} derived {} outputs, arity says {}",
+                            expected.len(),
+                            arity.outputs
+                        ),
+                    ));
+                }
+                let memo = &mut self.memo[kernel as usize];
+                memo.truncate(MEMO_SIGNATURES - 1);
+                memo.insert(
+                    0,
+                    CheckMemo {
+                        inputs: metas,
+                        outputs: expected,
+                    },
+                );
+                0
             }
-            self.memo[kernel as usize] = CheckMemo {
-                inputs: metas,
-                outputs: expected,
-            };
-        }
+        };
         for (k, &o) in outs.iter().enumerate() {
-            let want = &self.memo[kernel as usize].outputs[k];
+            let want = &self.memo[kernel as usize][hit].outputs[k];
             let got = self.meta_of(o);
             if got != want {
                 return Err((
