@@ -21,9 +21,15 @@
 //!   the explicitly padded input `[0, D + pad_begin + pad_end)` (positions a
 //!   ceil-mode window reaches beyond that are never counted).
 //!
-//! Both implementations share the per-window loop, so they agree bitwise;
-//! the optimized one spreads the `N·C` planes over rayon's pool when the
-//! output is large.
+//! The reference implementation walks every window position of every output
+//! element through N-d coordinate arithmetic. The optimized one works one
+//! output row (all spatial axes but the last fixed) at a time: it finds the
+//! window's valid input rows once, then for each kernel row and last-axis
+//! kernel position updates a row of accumulators in a tight strided loop.
+//! Each output element still sees its window's input elements in the same
+//! (row-major kernel) order, so max and sum agree bitwise with the reference.
+//! The optimized one also spreads the `N·C` planes over rayon's pool when
+//! the output is large.
 
 use std::sync::Arc;
 
@@ -134,13 +140,28 @@ impl Pool {
         let [x] = operands(inputs)?;
         let (axes, out_sp) = self.geometry(x.shape())?;
         let in_sp = x.shape()[2..].to_vec();
-        let in_len = numel(&in_sp, "input spatial dims")?;
-        let out_len = numel(&out_sp, "output spatial dims")?;
         let xv = data::<T>(x, "input 0 (x)")?;
         let y = data_mut::<T>(out)?;
         if y.is_empty() {
             return Ok(());
         }
+        match imp {
+            Impl::Reference => self.reference(&axes, &in_sp, &out_sp, xv, y),
+            Impl::Optimized => self.optimized(&axes, &in_sp, &out_sp, xv, y),
+        }
+    }
+
+    /// One output element at a time, one window position at a time.
+    fn reference<T: Float>(
+        &self,
+        axes: &Axes,
+        in_sp: &[usize],
+        out_sp: &[usize],
+        xv: &[T],
+        y: &mut [T],
+    ) -> Result<(), String> {
+        let in_len = numel(in_sp, "input spatial dims")?;
+        let out_len = numel(out_sp, "output spatial dims")?;
         let s = self.kernel.len();
         let k_len = numel(&self.kernel, "attribute `kernel_shape`")?;
         let mut kc = Vec::with_capacity(k_len.saturating_mul(s));
@@ -152,7 +173,7 @@ impl Pool {
         let padded: Vec<usize> = (0..s)
             .map(|i| axes.padded(i, in_sp[i]))
             .collect::<Result<_, _>>()?;
-        let in_str = strides(&in_sp);
+        let in_str = strides(in_sp);
         let plane = |(p, yp): (usize, &mut [T])| -> Result<(), String> {
             let xp = xv
                 .get(p * in_len..(p + 1) * in_len)
@@ -175,7 +196,7 @@ impl Pool {
                         });
                         padded_count += usize::from(inside);
                     }
-                    let Some(off) = axes.input_offset(&o, k, &in_sp, &in_str) else {
+                    let Some(off) = axes.input_offset(&o, k, in_sp, &in_str) else {
                         continue;
                     };
                     let v = *xp.get(off).ok_or("internal: pool window outside x")?;
@@ -198,17 +219,230 @@ impl Pool {
                         acc / T::from_usize(n)
                     }
                 };
-                advance(&mut o, &out_sp);
+                advance(&mut o, out_sp);
+            }
+            Ok(())
+        };
+        y.chunks_mut(out_len).enumerate().try_for_each(plane)
+    }
+
+    /// One output row (all spatial axes but the last fixed) at a time: the
+    /// row's valid input rows are found once, then each (input row,
+    /// last-axis kernel position) pair updates the accumulators of every
+    /// output element that reads it, in one strided pass. An element sees
+    /// its window in row-major kernel order, as in [`Pool::reference`].
+    fn optimized<T: Float>(
+        &self,
+        axes: &Axes,
+        in_sp: &[usize],
+        out_sp: &[usize],
+        xv: &[T],
+        y: &mut [T],
+    ) -> Result<(), String> {
+        let in_len = numel(in_sp, "input spatial dims")?;
+        let out_len = numel(out_sp, "output spatial dims")?;
+        let k_len = numel(&self.kernel, "attribute `kernel_shape`")?;
+        let in_str = strides(in_sp);
+        let last = self.kernel.len() - 1;
+        let (ow, kw, step) = (out_sp[last], self.kernel[last], axes.stride[last]);
+        let lead = (0..last)
+            .map(|i| {
+                (0..out_sp[i])
+                    .map(|o| AxisWindow::new(axes, i, o, self.kernel[i], in_sp[i]))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cols = (0..ow)
+            .map(|o| AxisWindow::new(axes, last, o, kw, in_sp[last]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let taps = (0..kw)
+            .map(|k| Tap::new(axes, last, k, ow, in_sp[last]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let init = if self.kind == Kind::Max {
+            T::NEG_INFINITY
+        } else {
+            T::ZERO
+        };
+        let plane = |(p, yp): (usize, &mut [T])| -> Result<(), String> {
+            let xp = xv
+                .get(p * in_len..(p + 1) * in_len)
+                .ok_or("internal: pool plane outside x")?;
+            let mut acc = vec![init; ow];
+            let (mut rows, mut next) = (Vec::new(), Vec::new());
+            let mut o = vec![0usize; last];
+            for y_row in yp.chunks_mut(ow) {
+                // The input rows of this output row's windows, row-major
+                // over the kernel's leading axes.
+                rows.clear();
+                rows.push(0usize);
+                let mut lead_padded = 1usize;
+                for i in 0..last {
+                    let w = &lead[i][o[i]];
+                    lead_padded = lead_padded.saturating_mul(w.padded);
+                    next.clear();
+                    for &r in &rows {
+                        for t in 0..w.valid {
+                            next.push(r + (w.first + t * axes.dil[i]) * in_str[i]);
+                        }
+                    }
+                    std::mem::swap(&mut rows, &mut next);
+                }
+                acc.fill(init);
+                for &r in &rows {
+                    for tap in &taps {
+                        let n = tap.end - tap.begin;
+                        if n == 0 {
+                            continue;
+                        }
+                        let from = r + tap.first;
+                        let src = xp
+                            .get(from..from + (n - 1) * step + 1)
+                            .ok_or("internal: pool window outside x")?;
+                        let dst = acc
+                            .get_mut(tap.begin..tap.end)
+                            .ok_or("internal: pool tap outside the row")?;
+                        match self.kind {
+                            Kind::Max => fold_row(dst, src, step, max_step),
+                            Kind::Avg => fold_row(dst, src, step, |a, v| a + v),
+                        }
+                    }
+                }
+                for ((slot, &a), c) in y_row.iter_mut().zip(&acc).zip(&cols) {
+                    let count = rows.len() * c.valid;
+                    *slot = match self.kind {
+                        Kind::Max if count == 0 => T::NAN,
+                        Kind::Max => a,
+                        Kind::Avg if self.count_include_pad => {
+                            a / T::from_usize(lead_padded.saturating_mul(c.padded))
+                        }
+                        Kind::Avg => a / T::from_usize(count),
+                    };
+                }
+                advance(&mut o, &out_sp[..last]);
             }
             Ok(())
         };
         let work = y.len().saturating_mul(k_len);
-        match imp {
-            Impl::Optimized if work >= PAR_MIN => {
-                y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
-            }
-            _ => y.chunks_mut(out_len).enumerate().try_for_each(plane),
+        if work >= PAR_MIN {
+            y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
+        } else {
+            y.chunks_mut(out_len).enumerate().try_for_each(plane)
         }
+    }
+}
+
+/// The max step of both implementations: the first NaN wins, then the
+/// first of equal maxima. Written without branches (`&`, `|`) so that row
+/// loops vectorize; equal to
+/// `if acc.is_nan() || !(v.is_nan() || v > acc) { acc } else { v }`.
+#[inline(always)]
+fn max_step<T: Float>(acc: T, v: T) -> T {
+    if !acc.is_nan() & (v.is_nan() | (v > acc)) {
+        v
+    } else {
+        acc
+    }
+}
+
+/// `acc[j] = f(acc[j], src[j * step])` for `src` of at least
+/// `(acc.len() - 1) step + 1` elements.
+#[inline(always)]
+fn fold_row<T: Float>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) -> T) {
+    match step {
+        1 => fold_fixed::<T, 1>(acc, src, f),
+        2 => fold_fixed::<T, 2>(acc, src, f),
+        _ => {
+            for (a, &v) in acc.iter_mut().zip(src.iter().step_by(step)) {
+                *a = f(*a, v);
+            }
+        }
+    }
+}
+
+/// [`fold_row`] with a constant step, which lets the loop vectorize.
+#[inline(always)]
+fn fold_fixed<T: Float, const STEP: usize>(acc: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
+    let n = acc.len().min(src.len().div_ceil(STEP));
+    let (acc, src) = (
+        &mut acc[..n],
+        &src[..n.saturating_sub(1) * STEP + usize::from(n > 0)],
+    );
+    for j in 0..n {
+        acc[j] = f(acc[j], src[j * STEP]);
+    }
+}
+
+/// The indices `j < n` with `lo <= offset + j step < hi` (`step >= 1`): a
+/// range, empty as `(b, b)`.
+fn span_range(offset: i128, step: i128, n: usize, lo: i128, hi: i128) -> (usize, usize) {
+    // The least j >= 0 with offset + j step >= bound, capped at n.
+    let first_at = |bound: i128| -> usize {
+        if offset >= bound {
+            return 0;
+        }
+        let j = (bound - offset + step - 1) / step;
+        usize::try_from(j).map_or(n, |j| j.min(n))
+    };
+    let (b, e) = (first_at(lo), first_at(hi));
+    (b, e.max(b))
+}
+
+fn wide(v: usize) -> i128 {
+    // Lossless: usize is at most 64 bits on every supported target.
+    v as i128
+}
+
+/// The window of output index `o` on one spatial axis.
+struct AxisWindow {
+    /// The input position of the first kernel position inside the input
+    /// (meaningless when `valid` is 0).
+    first: usize,
+    /// Kernel positions inside the input.
+    valid: usize,
+    /// Kernel positions inside the explicitly padded input.
+    padded: usize,
+}
+
+impl AxisWindow {
+    fn new(axes: &Axes, i: usize, o: usize, k: usize, d: usize) -> Result<Self, String> {
+        let (dil, pad_b) = (wide(axes.dil[i]), wide(axes.pad_b[i]));
+        let offset = wide(o) * wide(axes.stride[i]) - pad_b;
+        let (b, e) = span_range(offset, dil, k, 0, wide(d));
+        let (pb, pe) = span_range(offset, dil, k, -pad_b, wide(d) + wide(axes.pad_e[i]));
+        let first = if e > b {
+            usize::try_from(offset + wide(b) * dil)
+                .map_err(|_| "internal: pool window before the input".to_string())?
+        } else {
+            0
+        };
+        Ok(AxisWindow {
+            first,
+            valid: e - b,
+            padded: pe - pb,
+        })
+    }
+}
+
+/// Last-axis kernel position `k`: the outputs `begin..end` that read inside
+/// the input there, the first of them at input position `first`.
+struct Tap {
+    begin: usize,
+    end: usize,
+    first: usize,
+}
+
+impl Tap {
+    fn new(axes: &Axes, i: usize, k: usize, out: usize, d: usize) -> Result<Self, String> {
+        let offset = wide(k) * wide(axes.dil[i]) - wide(axes.pad_b[i]);
+        let step = wide(axes.stride[i]);
+        let (begin, end) = span_range(offset, step, out, 0, wide(d));
+        let first = if end > begin {
+            usize::try_from(offset + wide(begin) * step)
+                .map_err(|_| "internal: pool tap before the input".to_string())?
+        } else {
+            0
+        };
+        Ok(Tap { begin, end, first })
     }
 }
 
@@ -414,10 +648,83 @@ mod tests {
             }
         }
 
+        /// The optimized implementation against the reference on 1 to 3
+        /// spatial axes with strides, pads, dilations, ceil mode and both
+        /// counts; inputs include NaN and infinities.
+        #[test]
+        fn optimized_matches_reference(
+            // Per axis: size, kernel, stride, dilation, pad begin, pad end.
+            geo in prop::collection::vec((1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 0usize..=3, 0usize..=3), 1..=3),
+            avg in any::<bool>(), cip in any::<bool>(), ceil in any::<bool>(),
+            seed in any::<u64>(), wide in any::<bool>(),
+        ) {
+            let mut shape = vec![2, 3];
+            shape.extend(geo.iter().map(|g| g.0));
+            let x = if wide { float_tensor::<f64>(&shape, seed, true) } else { float_tensor::<f32>(&shape, seed, true) };
+            let list = |f: &dyn Fn(&(usize, usize, usize, usize, usize, usize)) -> usize| -> Vec<i64> {
+                geo.iter().map(|g| f(g) as i64).collect()
+            };
+            let mut pads = list(&|g| g.4);
+            pads.extend(list(&|g| g.5));
+            let at = attrs(&[
+                ("op", s(if avg { "avg" } else { "max" })),
+                ("kernel_shape", ints(&list(&|g| g.1))),
+                ("strides", ints(&list(&|g| g.2))),
+                ("dilations", ints(&list(&|g| g.3))),
+                ("pads", ints(&pads)),
+                ("count_include_pad", i(i64::from(cip))),
+                ("ceil_mode", i(i64::from(ceil))),
+            ]);
+            let Ok(r) = launch("pool@1", &at, &[&x], Impl::Reference) else {
+                // Only a window wider than its padded axis is refused.
+                prop_assert!(geo.iter().any(|g| g.0 + g.4 + g.5 < g.3 * (g.1 - 1) + 1));
+                return Ok(());
+            };
+            assert_same_bits(&r, &launch("pool@1", &at, &[&x], Impl::Optimized).unwrap());
+        }
+
         #[test]
         fn check_never_panics(a in adversarial_meta(), ceil in any::<bool>()) {
             let at = attrs(&[("op", s("avg")), ("kernel_shape", ints(&[2, 3])), ("pads", ints(&[1, 0, 2, 5])), ("ceil_mode", i(i64::from(ceil)))]);
             check_is_consistent(&*bind("pool@1", &at).unwrap(), &[&a]);
+        }
+    }
+
+    #[test]
+    fn span_range_bounds() {
+        use super::span_range;
+        // offset -3, step 2: values -3, -1, 1, 3, 5, 7.
+        assert_eq!(span_range(-3, 2, 6, 0, 6), (2, 5));
+        assert_eq!(span_range(-3, 2, 3, 0, 6), (2, 3));
+        assert_eq!(span_range(4, 1, 3, 0, 4), (0, 0));
+        assert_eq!(span_range(-9, 1, 3, 0, 4), (3, 3));
+        assert_eq!(span_range(0, 3, 4, 0, 1), (0, 1));
+    }
+
+    /// A window entirely in the padding: max is NaN, avg is 0/0 = NaN, and
+    /// with `count_include_pad` 0 divided by the padded count.
+    #[test]
+    fn window_in_padding_only() {
+        let x = Tensor::from_vec(&[1, 1, 2], vec![1.0f32, 2.0]).unwrap();
+        for (op, cip, want) in [("max", 0, None), ("avg", 0, None), ("avg", 1, Some(0.0))] {
+            let y = pool(
+                &x,
+                &[
+                    ("op", s(op)),
+                    ("kernel_shape", ints(&[2])),
+                    ("strides", ints(&[2])),
+                    ("pads", ints(&[2, 0])),
+                    ("count_include_pad", i(cip)),
+                ],
+            )
+            .to_vec::<f32>()
+            .unwrap();
+            assert_eq!(y.len(), 2);
+            match want {
+                None => assert!(y[0].is_nan(), "{op}: {y:?}"),
+                Some(w) => assert_eq!(y[0], w),
+            }
+            assert_eq!(y[1], if op == "max" { 2.0 } else { 1.5 });
         }
     }
 
