@@ -11,6 +11,9 @@
 //! "median_ms", "runs"}` or `{"model", "unsupported"}`). Kernel threads come
 //! from `RAYON_NUM_THREADS`, which the script sets to onnxruntime's count.
 //!
+//! `AMPOULE_BENCH_RUNS=N` sets the number of warm calls (for profiling a
+//! model's steady state with `perf`).
+//!
 //! Run only by `cargo bench --bench models` (which passes `--bench`); under
 //! `cargo test --all-targets` it does nothing.
 
@@ -64,11 +67,14 @@ fn bench_model(cache: &std::path::Path, m: &serde_json::Value) -> Result<serde_j
     }
     let pkg = host.open(&pkg_dir, Bindings::new())?;
     pkg.call("forward", &inputs)?;
-    // About two seconds of calls, between 5 and 200.
+    // About two seconds of calls, between 5 and 200, unless set.
     let t = Instant::now();
     pkg.call("forward", &inputs)?;
     let one = t.elapsed().as_secs_f64().max(1e-6);
-    let runs = ((2.0 / one) as usize).clamp(5, 200);
+    let runs = std::env::var("AMPOULE_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(((2.0 / one) as usize).clamp(5, 200));
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
