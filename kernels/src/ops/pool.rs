@@ -590,6 +590,9 @@ mod tests {
             .is_err());
     }
 
+    /// Per spatial axis: size, kernel, stride, dilation, pad begin, pad end.
+    type Geo = (usize, usize, usize, usize, usize, usize);
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -653,7 +656,6 @@ mod tests {
         /// counts; inputs include NaN and infinities.
         #[test]
         fn optimized_matches_reference(
-            // Per axis: size, kernel, stride, dilation, pad begin, pad end.
             geo in prop::collection::vec((1usize..=7, 1usize..=3, 1usize..=3, 1usize..=2, 0usize..=3, 0usize..=3), 1..=3),
             avg in any::<bool>(), cip in any::<bool>(), ceil in any::<bool>(),
             seed in any::<u64>(), wide in any::<bool>(),
@@ -661,7 +663,7 @@ mod tests {
             let mut shape = vec![2, 3];
             shape.extend(geo.iter().map(|g| g.0));
             let x = if wide { float_tensor::<f64>(&shape, seed, true) } else { float_tensor::<f32>(&shape, seed, true) };
-            let list = |f: &dyn Fn(&(usize, usize, usize, usize, usize, usize)) -> usize| -> Vec<i64> {
+            let list = |f: &dyn Fn(&Geo) -> usize| -> Vec<i64> {
                 geo.iter().map(|g| f(g) as i64).collect()
             };
             let mut pads = list(&|g| g.4);
