@@ -876,32 +876,20 @@ impl Builder<'_, '_> {
             }
             "LeakyRelu" => {
                 let x = self.input(0)?;
-                let alpha = self.scalar_like(f64::from(self.float("alpha", 0.01)?), &x);
-                let zero = self.scalar_like(0.0, &x);
-                let neg = self.compare("lt", &x, &zero)?;
-                let scaled = self.binary("mul", &x, &alpha)?;
-                one(self.where_(&neg, &scaled, &x)?)
+                let alpha = AttrValue::Float(f64::from(self.float("alpha", 0.01)?));
+                let a = attrs([("op", s("leaky_relu")), ("alpha", alpha)]);
+                one(self.kernel("unary@1", a, &[x])?)
             }
-            "HardSigmoid" | "HardSwish" => {
+            "HardSigmoid" => {
                 let x = self.input(0)?;
-                let (alpha, beta) = if op == "HardSigmoid" {
-                    (
-                        f64::from(self.float("alpha", 0.2)?),
-                        f64::from(self.float("beta", 0.5)?),
-                    )
-                } else {
-                    (1.0 / 6.0, 0.5)
-                };
-                let (a, b) = (self.scalar_like(alpha, &x), self.scalar_like(beta, &x));
-                let (zero, onev) = (self.scalar_like(0.0, &x), self.scalar_like(1.0, &x));
-                let y = self.binary("mul", &x, &a)?;
-                let y = self.binary("add", &y, &b)?;
-                let y = self.binary("min", &y, &onev)?;
-                let y = self.binary("max", &y, &zero)?;
-                if op == "HardSwish" {
-                    return one(self.binary("mul", &x, &y)?);
-                }
-                one(y)
+                let alpha = AttrValue::Float(f64::from(self.float("alpha", 0.2)?));
+                let beta = AttrValue::Float(f64::from(self.float("beta", 0.5)?));
+                let a = attrs([("op", s("hard_sigmoid")), ("alpha", alpha), ("beta", beta)]);
+                one(self.kernel("unary@1", a, &[x])?)
+            }
+            "HardSwish" => {
+                let x = self.input(0)?;
+                one(self.unary("hard_swish", &x)?)
             }
             "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => {
                 let (a, b) = (self.input(0)?, self.input(1)?);

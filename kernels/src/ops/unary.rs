@@ -4,16 +4,27 @@
 //! `relu(x) = x > 0 ? x : 0` (NaN stays NaN), `gelu(x) = x/2 (1 + erf(x/√2))`,
 //! `gelu_tanh(x) = x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))`,
 //! `sigmoid(x) = 1 / (1 + e^-x)`, `rsqrt(x) = 1/√x`, `recip(x) = 1/x`;
-//! `erf` is libm's. Both implementations call the same scalar function, so
-//! they agree bitwise; the optimized one runs it in a tight slice loop, split
-//! across rayon's pool from [`PAR_MIN`] elements.
+//! `erf` is libm's.
+//!
+//! Ops with attributes (absent means the default; floats may be given as
+//! ints; any other attribute is refused):
+//! `leaky_relu(x) = x < 0 ? alpha x : x` (`alpha`, default 0.01),
+//! `hard_sigmoid(x) = max(0, min(1, alpha x + beta))` (`alpha` 0.2, `beta`
+//! 0.5), and `hard_swish(x) = x hard_sigmoid(x)` with alpha 1/6 and beta 0.5
+//! (no attributes). `alpha` and `beta` are rounded to the element type; the
+//! products and sums are not fused, and `min`/`max` propagate NaN, so NaN
+//! in gives NaN out.
+//!
+//! Both implementations call the same scalar function, so they agree
+//! bitwise; the optimized one runs it in a tight slice loop, split across
+//! rayon's pool from [`PAR_MIN`] elements.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::attrs::AttrReader;
-use super::num::Float;
+use super::num::{fmax, fmin, Float};
 use super::{bound, check_float, data, data_mut, operands, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
@@ -36,9 +47,12 @@ enum UnaryOp {
     Ceil,
     Sin,
     Cos,
+    LeakyRelu,
+    HardSigmoid,
+    HardSwish,
 }
 
-const OPS: [(&str, UnaryOp); 17] = [
+const OPS: [(&str, UnaryOp); 20] = [
     ("neg", UnaryOp::Neg),
     ("abs", UnaryOp::Abs),
     ("relu", UnaryOp::Relu),
@@ -56,6 +70,9 @@ const OPS: [(&str, UnaryOp); 17] = [
     ("ceil", UnaryOp::Ceil),
     ("sin", UnaryOp::Sin),
     ("cos", UnaryOp::Cos),
+    ("leaky_relu", UnaryOp::LeakyRelu),
+    ("hard_sigmoid", UnaryOp::HardSigmoid),
+    ("hard_swish", UnaryOp::HardSwish),
 ];
 
 /// Elements per parallel piece.
@@ -64,6 +81,12 @@ const PIECE: usize = 1 << 14;
 pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     let mut r = AttrReader::new("unary@1", attrs);
     let op = r.choice("op", &OPS)?;
+    let (alpha, beta) = match op {
+        UnaryOp::LeakyRelu => (r.float("alpha", 0.01)?, 0.0),
+        UnaryOp::HardSigmoid => (r.float("alpha", 0.2)?, r.float("beta", 0.5)?),
+        UnaryOp::HardSwish => (1.0 / 6.0, 0.5),
+        _ => (0.0, 0.0),
+    };
     r.finish()?;
     let name = OPS
         .iter()
@@ -72,12 +95,18 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
         .unwrap_or("?");
     Ok(bound(Unary {
         op,
+        alpha,
+        beta,
         label: format!("unary@1 ({name})"),
     }))
 }
 
 struct Unary {
     op: UnaryOp,
+    /// The parameters of `leaky_relu` (alpha), `hard_sigmoid` and
+    /// `hard_swish` (alpha, beta); 0 for the other ops.
+    alpha: f64,
+    beta: f64,
     label: String,
 }
 
@@ -97,7 +126,7 @@ impl Op for Unary {
     }
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
-        super::with_float!(out.dtype(), T => unary_typed::<T>(self.op, imp, inputs, out))
+        super::with_float!(out.dtype(), T => self.compute_typed::<T>(imp, inputs, out))
     }
 }
 
@@ -115,15 +144,34 @@ fn gelu_tanh<T: Float>(x: T) -> T {
     half * x * (T::ONE + (c * (x + T::from_f64(0.044_715) * x * x * x)).tanh())
 }
 
+#[inline]
+fn hard_sigmoid<T: Float>(x: T, alpha: T, beta: T) -> T {
+    fmax(fmin(alpha * x + beta, T::ONE), T::ZERO)
+}
+
+impl Unary {
+    fn compute_typed<T: Float>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let [x] = operands(inputs)?;
+        let xv = data::<T>(x, "input 0 (x)")?;
+        let y = data_mut::<T>(out)?;
+        let (alpha, beta) = (T::from_f64(self.alpha), T::from_f64(self.beta));
+        unary_typed(self.op, imp, xv, y, alpha, beta)
+    }
+}
+
 fn unary_typed<T: Float>(
     op: UnaryOp,
     imp: Impl,
-    inputs: &[&Tensor],
-    out: &mut Tensor,
+    xv: &[T],
+    y: &mut [T],
+    alpha: T,
+    beta: T,
 ) -> Result<(), String> {
-    let [x] = operands(inputs)?;
-    let xv = data::<T>(x, "input 0 (x)")?;
-    let y = data_mut::<T>(out)?;
     match op {
         UnaryOp::Neg => map(imp, xv, y, |v: T| -v),
         UnaryOp::Abs => map(imp, xv, y, T::abs),
@@ -148,6 +196,9 @@ fn unary_typed<T: Float>(
         UnaryOp::Ceil => map(imp, xv, y, T::ceil),
         UnaryOp::Sin => map(imp, xv, y, T::sin),
         UnaryOp::Cos => map(imp, xv, y, T::cos),
+        UnaryOp::LeakyRelu => map(imp, xv, y, |v: T| if v < T::ZERO { alpha * v } else { v }),
+        UnaryOp::HardSigmoid => map(imp, xv, y, |v: T| hard_sigmoid(v, alpha, beta)),
+        UnaryOp::HardSwish => map(imp, xv, y, |v: T| v * hard_sigmoid(v, alpha, beta)),
     }
 }
 
@@ -236,8 +287,27 @@ mod tests {
             "ceil" => x.ceil(),
             "sin" => x.sin(),
             "cos" => x.cos(),
+            "leaky_relu" => leaky_relu(x, 0.01),
+            "hard_sigmoid" => hard_sigmoid(x, 0.2, 0.5),
+            "hard_swish" => x * hard_sigmoid(x, 1.0 / 6.0, 0.5),
             _ => unreachable!("unknown op {op}"),
         }
+    }
+
+    fn fl(v: f64) -> crate::AttrValue {
+        crate::AttrValue::Float(v)
+    }
+
+    fn leaky_relu(x: f64, alpha: f64) -> f64 {
+        if x >= 0.0 {
+            x
+        } else {
+            alpha * x
+        }
+    }
+
+    fn hard_sigmoid(x: f64, alpha: f64, beta: f64) -> f64 {
+        (alpha * x + beta).clamp(0.0, 1.0)
     }
 
     #[test]
@@ -301,6 +371,107 @@ mod tests {
                 f32::NEG_INFINITY
             );
         }
+    }
+
+    /// An op, its extra attributes and its definition.
+    type Case = (
+        &'static str,
+        Vec<(&'static str, crate::AttrValue)>,
+        Box<dyn Fn(f64) -> f64>,
+    );
+
+    /// The ops with attributes, at non-default values, against their
+    /// definitions on both sides of each kink, and NaN in gives NaN out.
+    #[test]
+    fn attributes_and_kinks() {
+        let xs = vec![
+            -1e3, -7.0, -3.0, -2.5, -0.5, -0.0, 0.0, 0.25, 2.5, 3.0, 7.0, 1e3,
+        ];
+        let x64 = Tensor::from_vec(&[xs.len()], xs.clone()).unwrap();
+        let x32 = Tensor::from_vec(&[xs.len()], xs.iter().map(|&v| v as f32).collect()).unwrap();
+        let nan = Tensor::from_vec(&[2], vec![f32::NAN, f32::NAN]).unwrap();
+        let cases: [Case; 5] = [
+            (
+                "leaky_relu",
+                vec![("alpha", fl(0.3))],
+                Box::new(|x| leaky_relu(x, 0.3)),
+            ),
+            // An integer alpha is a float too.
+            (
+                "leaky_relu",
+                vec![("alpha", i(2))],
+                Box::new(|x| leaky_relu(x, 2.0)),
+            ),
+            (
+                "hard_sigmoid",
+                vec![("alpha", fl(0.4)), ("beta", fl(0.3))],
+                Box::new(|x| hard_sigmoid(x, 0.4, 0.3)),
+            ),
+            (
+                "hard_sigmoid",
+                vec![("beta", fl(-0.25))],
+                Box::new(|x| hard_sigmoid(x, 0.2, -0.25)),
+            ),
+            (
+                "hard_swish",
+                vec![],
+                Box::new(|x| x * hard_sigmoid(x, 1.0 / 6.0, 0.5)),
+            ),
+        ];
+        for (op, extra, want) in &cases {
+            let mut at = vec![("op", s(op))];
+            at.extend(extra.iter().cloned());
+            for imp in IMPLS {
+                let run = |x: &Tensor| f64s(&launch("unary@1", &attrs(&at), &[x], imp).unwrap());
+                for (v, &x) in run(&x64).iter().zip(&xs) {
+                    assert!(
+                        (v - want(x)).abs() <= 1e-15 * want(x).abs().max(1.0),
+                        "{op} {extra:?} ({x}) = {v}"
+                    );
+                }
+                for (v, &x) in run(&x32).iter().zip(&xs) {
+                    assert!(
+                        (v - want(x)).abs() <= 1e-6 * want(x).abs().max(1.0),
+                        "{op} {extra:?} ({x}) = {v} (f32)"
+                    );
+                }
+                assert!(run(&nan).iter().all(|v| v.is_nan()), "{op}(NaN)");
+            }
+        }
+        // leaky_relu keeps the sign of zero: -0 is not below 0.
+        let z = Tensor::from_vec(&[1], vec![-0.0f32]).unwrap();
+        let y = launch(
+            "unary@1",
+            &attrs(&[("op", s("leaky_relu"))]),
+            &[&z],
+            Impl::Optimized,
+        )
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+        assert_eq!(y[0].to_bits(), (-0.0f32).to_bits());
+    }
+
+    #[test]
+    fn attributes_are_checked() {
+        let err = |at: &[(&str, crate::AttrValue)]| match bind("unary@1", &attrs(at)) {
+            Ok(_) => panic!("{at:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        // An op without parameters refuses them; hard_swish's are fixed.
+        assert!(err(&[("op", s("relu")), ("alpha", fl(0.1))]).contains("alpha"));
+        assert!(err(&[("op", s("hard_swish")), ("alpha", fl(0.1))]).contains("alpha"));
+        assert!(err(&[("op", s("leaky_relu")), ("beta", fl(0.1))]).contains("beta"));
+        assert!(err(&[("op", s("hard_sigmoid")), ("alpha", s("x"))]).contains("a number"));
+        assert!(bind(
+            "unary@1",
+            &attrs(&[
+                ("op", s("hard_sigmoid")),
+                ("alpha", fl(0.1)),
+                ("beta", i(0))
+            ])
+        )
+        .is_ok());
     }
 
     #[test]
