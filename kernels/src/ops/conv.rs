@@ -21,11 +21,27 @@
 //! explicit pads by the importer, which knows the static shapes.
 //!
 //! The reference implementations are the plain nested loops. The optimized
-//! `conv@1` lowers each (batch, group) pair to one `gemm` product of the
-//! group's weights `[M/g, C/g·K]` with an im2col matrix `[C/g·K, O]`;
-//! `conv_transpose@1` multiplies the transposed weights `[M/g·K, C/g]` by the
-//! input `[C/g, D]` and scatters the columns back (col2im). The im2col/col2im
-//! matrices are built in tiles of output (input) positions so that no
+//! ones walk the window row by row (rows of the innermost spatial axis):
+//! a `RowWindow` resolves, per axis and kernel coordinate, which positions
+//! land inside the other grid, so each (kernel position, row) pair is one
+//! contiguous run plus padding at its ends, with no per-element tests.
+//!
+//! - `conv@1` with one input channel and at most [`DEPTHWISE_MG_MAX`] output
+//!   channels per group (depthwise) is computed directly: per output plane,
+//!   per row, per kernel position, `y_row += w · x_row` over the in-range
+//!   run. With a stride along rows the plane is first split by column phase
+//!   so that the runs stay contiguous. Planes run on rayon's pool.
+//! - Other `conv@1`s multiply each (batch, group) pair's weights
+//!   `[M/g, C/g·K]` by an im2col matrix `[C/g·K, O]` with `gemm`; a 1x1
+//!   window with stride 1 and no padding uses the input itself. im2col rows
+//!   are copies (stride 1) or strided gathers with zeroed ends, built on
+//!   rayon's pool when the product is.
+//! - `conv_transpose@1` multiplies the transposed weights `[M/g·K, C/g]` by
+//!   the input `[C/g, D]` and adds the columns back run by run (col2im),
+//!   output channels in parallel.
+//!
+//! im2col/col2im matrices are built in tiles of whole rows of positions, or
+//! of part of one row when a row is taller than the budget, so that no
 //! buffer exceeds [`COL_MAX`] elements beyond one column's height, whatever
 //! the attributes. Pairs run on rayon's pool when the work is large.
 
@@ -612,12 +628,15 @@ struct Segment {
 /// Where one segment lands at one kernel position: its first `skip`
 /// positions and those after `skip + n` fall in the padding; the `n` in
 /// between read (or write) target offsets `src + t stride` for `t < n`,
-/// with `stride` the innermost axis's. Always `skip + n <= len`.
+/// with `stride` the innermost axis's. Always `skip + n <= len`. `src` is
+/// column `col` of target row `row` (rows of the innermost axis).
 #[derive(Clone, Copy, Debug)]
 struct Run {
     skip: usize,
     n: usize,
     src: usize,
+    row: usize,
+    col: usize,
 }
 
 /// The geometry of a sliding window between a grid of positions and a
@@ -635,8 +654,10 @@ struct RowWindow {
     s: usize,
     /// The position grid's sizes.
     pos: Vec<usize>,
-    /// Row-major strides of the target grid.
-    target_str: Vec<usize>,
+    /// Row-major strides of the target grid's rows (all axes but the last).
+    row_str: Vec<usize>,
+    /// The target's innermost size.
+    width: usize,
     /// The innermost axis's stride.
     step: usize,
     strides: Vec<usize>,
@@ -661,7 +682,8 @@ impl RowWindow {
         RowWindow {
             s,
             pos: pos.to_vec(),
-            target_str: strides(target),
+            row_str: strides(&target[..s - 1]),
+            width: target[s - 1],
             step: a.stride[s - 1],
             strides: a.stride.clone(),
             spans,
@@ -695,6 +717,7 @@ impl RowWindow {
 
     /// Where segment `seg` at outer coordinates `outer` lands at kernel
     /// position `kk`.
+    #[inline]
     fn run(&self, kk: usize, seg: Segment, outer: &[usize]) -> Run {
         let s = self.s;
         let spans = &self.spans[kk * s..(kk + 1) * s];
@@ -702,24 +725,29 @@ impl RowWindow {
             skip: seg.len,
             n: 0,
             src: 0,
+            row: 0,
+            col: 0,
         };
-        let mut base = 0;
+        let mut row = 0;
         for i in 0..s - 1 {
             let (sp, o) = (spans[i], outer[i]);
             if o < sp.lo || o >= sp.hi {
                 return padding;
             }
-            base += (sp.start + (o - sp.lo) * self.strides[i]) * self.target_str[i];
+            row += (sp.start + (o - sp.lo) * self.strides[i]) * self.row_str[i];
         }
         let sp = spans[s - 1];
         let (a, b) = (seg.j0.max(sp.lo), (seg.j0 + seg.len).min(sp.hi));
         if a >= b {
             return padding;
         }
+        let col = sp.start + (a - sp.lo) * self.step;
         Run {
             skip: a - seg.j0,
             n: b - a,
-            src: base + sp.start + (a - sp.lo) * self.step,
+            src: row * self.width + col,
+            row,
+            col,
         }
     }
 }
@@ -735,11 +763,32 @@ fn gather<T: Copy>(dst: &mut [T], src: &[T], start: usize, step: usize) -> Resul
     if step == 1 {
         dst.copy_from_slice(src);
     } else {
-        for (d, v) in dst.iter_mut().zip(src.iter().step_by(step)) {
-            *d = *v;
+        match step {
+            2 => gather_every::<T, 2>(dst, src),
+            3 => gather_every::<T, 3>(dst, src),
+            4 => gather_every::<T, 4>(dst, src),
+            _ => {
+                for (d, v) in dst.iter_mut().zip(src.chunks(step)) {
+                    *d = v[0];
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// `dst[t] = src[t N]`, for `src` of length `(dst.len() - 1) N + 1`: the
+/// first element of each `N`-chunk, and the remainder's first element for
+/// the last (fixed-size chunks compile to shuffles, not bounds tests).
+fn gather_every<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+    let (chunks, rest) = src.as_chunks::<N>();
+    let (head, tail) = dst.split_at_mut(chunks.len().min(dst.len()));
+    for (d, c) in head.iter_mut().zip(chunks) {
+        *d = c[0];
+    }
+    for (d, v) in tail.iter_mut().zip(rest) {
+        *d = *v;
+    }
 }
 
 /// Positions per im2col/col2im tile for columns of `height`: as many as fit
@@ -884,6 +933,8 @@ fn conv_depthwise<T: Float>(
     y: &mut [T],
 ) -> Result<(), String> {
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let step = win.step;
+    let phases = Phases::new(g.in_sp.last().copied().unwrap_or(1), in_len, step);
     let plane = |(q, yp): (usize, &mut [T])| {
         let (n, m) = (q / g.m, q % g.m);
         let ci = n * g.c + m / g.mg;
@@ -893,25 +944,33 @@ fn conv_depthwise<T: Float>(
         let wk = w
             .get(m * k_len..(m + 1) * k_len)
             .ok_or("internal: depthwise weights outside w")?;
+        // With a stride along rows, read a phase-split copy of the plane
+        // so that every run is contiguous.
+        let split;
+        let xc = if step > 1 {
+            split = phases.split(xc)?;
+            &split[..]
+        } else {
+            xc
+        };
         win.for_each_segment(0, out_len, |seg, outer| {
             let yrow = &mut yp[seg.at..seg.at + seg.len];
             for (kk, &wv) in wk.iter().enumerate() {
                 let run = win.run(kk, seg, outer);
-                let Some(last) = run.n.checked_sub(1) else {
+                if run.n == 0 {
                     continue;
+                }
+                let src = if step > 1 {
+                    phases.offset(run.row, run.col)
+                } else {
+                    run.src
                 };
                 let ys = &mut yrow[run.skip..run.skip + run.n];
                 let xs = xc
-                    .get(run.src..=run.src + last * win.step)
+                    .get(src..src + run.n)
                     .ok_or("internal: depthwise run outside x")?;
-                if win.step == 1 {
-                    for (d, v) in ys.iter_mut().zip(xs) {
-                        *d = *d + wv * *v;
-                    }
-                } else {
-                    for (d, v) in ys.iter_mut().zip(xs.iter().step_by(win.step)) {
-                        *d = *d + wv * *v;
-                    }
+                for (d, v) in ys.iter_mut().zip(xs) {
+                    *d = *d + wv * *v;
                 }
             }
             Ok(())
@@ -921,6 +980,49 @@ fn conv_depthwise<T: Float>(
         y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
     } else {
         y.chunks_mut(out_len).enumerate().try_for_each(plane)
+    }
+}
+
+/// A plane of rows of `width` split by column modulo `step`: phase `p`
+/// holds, for every row, columns `p, p + step, ..` contiguously, so a run
+/// of `step`-strided columns within a row is a contiguous slice.
+struct Phases {
+    width: usize,
+    rows: usize,
+    step: usize,
+    /// Columns per row in each phase (the first phase's count).
+    per_row: usize,
+}
+
+impl Phases {
+    fn new(width: usize, len: usize, step: usize) -> Phases {
+        Phases {
+            width,
+            rows: len.checked_div(width).unwrap_or(0),
+            step,
+            per_row: width.div_ceil(step),
+        }
+    }
+
+    /// The phase-split copy of `plane` (`rows × width`).
+    fn split<T: Float>(&self, plane: &[T]) -> Result<Vec<T>, String> {
+        let mut out = vec![T::ZERO; self.step * self.rows * self.per_row];
+        if self.width == 0 {
+            return Ok(out);
+        }
+        for (r, row) in plane.chunks(self.width).enumerate() {
+            for p in 0..self.step.min(self.width) {
+                let cnt = (self.width - p).div_ceil(self.step);
+                let at = (p * self.rows + r) * self.per_row;
+                gather(&mut out[at..at + cnt], row, p, self.step)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where column `col` of row `row` lies in the split copy.
+    fn offset(&self, row: usize, col: usize) -> usize {
+        ((col % self.step) * self.rows + row) * self.per_row + col / self.step
     }
 }
 
@@ -1298,6 +1400,228 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Runs `id` with both implementations on seeded f32 data and compares.
+    #[allow(clippy::too_many_arguments)]
+    fn optimized_agrees(
+        id: &str,
+        x: &[usize],
+        w: &[usize],
+        group: usize,
+        st: &[i64],
+        dil: &[i64],
+        pads: &[i64],
+        bias: bool,
+    ) {
+        let xt = float_tensor::<f32>(x, 21, false);
+        let wt = float_tensor::<f32>(w, 22, false);
+        let m = if id == "conv@1" { w[0] } else { w[1] * group };
+        let bt = float_tensor::<f32>(&[m], 23, false);
+        let at = conv_attrs(group as i64, st, dil, pads, bias);
+        let inputs: Vec<&Tensor> = if bias {
+            vec![&xt, &wt, &bt]
+        } else {
+            vec![&xt, &wt]
+        };
+        let r = launch(id, &at, &inputs, Impl::Reference).unwrap();
+        let o = launch(id, &at, &inputs, Impl::Optimized).unwrap();
+        // |terms| < 100, at most C/g · K + 1 of them per output.
+        let terms = (w[1..].iter().product::<usize>() + 1) as f64;
+        assert_close(&r, &o, 0.0, f32::EPSILON as f64 * terms * 100.0 * 4.0);
+    }
+
+    /// The geometries the optimized paths special-case, against the
+    /// reference: depthwise (direct, including strides along rows, which
+    /// read a phase-split copy), im2col with strided gathers (2, 3 and a
+    /// generic step), dilation, padding wider than the kernel (whole rows
+    /// in the padding), 1-D and 3-D, and tiles that cut rows.
+    #[test]
+    fn optimized_matches_reference_on_special_geometries() {
+        let c = "conv@1";
+        // Depthwise 2-D: stride 1 and 2, with and without bias, M/g = 2.
+        optimized_agrees(
+            c,
+            &[2, 6, 9, 11],
+            &[6, 1, 3, 3],
+            6,
+            &[1, 1],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 6, 9, 11],
+            &[6, 1, 3, 3],
+            6,
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            false,
+        );
+        optimized_agrees(
+            c,
+            &[1, 4, 10, 13],
+            &[8, 1, 5, 5],
+            4,
+            &[1, 2],
+            &[1, 1],
+            &[2, 2, 2, 2],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 4, 10, 17],
+            &[4, 1, 3, 3],
+            4,
+            &[2, 3],
+            &[2, 2],
+            &[3, 0, 1, 4],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 3, 4, 23],
+            &[3, 1, 2, 3],
+            3,
+            &[1, 5],
+            &[1, 3],
+            &[4, 4, 4, 4],
+            false,
+        );
+        // Depthwise 1-D and 3-D, strided and dilated.
+        optimized_agrees(c, &[2, 5, 40], &[5, 1, 4], 5, &[3], &[2], &[2, 3], true);
+        optimized_agrees(
+            c,
+            &[1, 3, 5, 6, 7],
+            &[3, 1, 3, 2, 3],
+            3,
+            &[2, 1, 2],
+            &[1, 2, 1],
+            &[1, 0, 2, 1, 1, 1],
+            true,
+        );
+        // One input channel, many outputs per group (gemm path).
+        optimized_agrees(
+            c,
+            &[1, 1, 12, 15],
+            &[9, 1, 3, 3],
+            1,
+            &[1, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            true,
+        );
+        // im2col: strides 2, 3, 4 and 5 along rows, dilation, wide pads.
+        for sw in [2, 3, 4, 5] {
+            optimized_agrees(
+                c,
+                &[1, 4, 9, 29],
+                &[6, 2, 3, 3],
+                2,
+                &[1, sw],
+                &[1, 2],
+                &[1, 2, 0, 3],
+                true,
+            );
+        }
+        optimized_agrees(
+            c,
+            &[1, 3, 5, 6],
+            &[4, 3, 2, 2],
+            1,
+            &[1, 1],
+            &[2, 2],
+            &[5, 5, 5, 5],
+            false,
+        );
+        optimized_agrees(c, &[2, 4, 30], &[6, 2, 3], 2, &[2], &[3], &[4, 1], true);
+        optimized_agrees(
+            c,
+            &[1, 2, 4, 5, 6],
+            &[3, 2, 2, 3, 2],
+            1,
+            &[1, 2, 1],
+            &[2, 1, 1],
+            &[1, 1, 0, 0, 2, 1],
+            true,
+        );
+        // Pointwise with stride goes through im2col; without, straight to gemm.
+        optimized_agrees(
+            c,
+            &[1, 5, 7, 9],
+            &[3, 5, 1, 1],
+            1,
+            &[2, 2],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 5, 7, 9],
+            &[3, 5, 1, 1],
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            true,
+        );
+        // Rows longer than a tile: C/g · K = 8 and 2^18 + 7 outputs, so
+        // tiles end mid-row.
+        optimized_agrees(
+            c,
+            &[1, 2, (1 << 18) + 8],
+            &[2, 2, 4],
+            1,
+            &[1],
+            &[1],
+            &[1, 2],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 1, 3, 1 << 18],
+            &[6, 1, 3, 3],
+            1,
+            &[2, 2],
+            &[1, 1],
+            &[1, 1, 1, 1],
+            true,
+        );
+        let t = "conv_transpose@1";
+        optimized_agrees(
+            t,
+            &[1, 4, 6, 7],
+            &[4, 2, 3, 3],
+            2,
+            &[2, 3],
+            &[1, 2],
+            &[1, 0, 2, 1],
+            true,
+        );
+        optimized_agrees(t, &[2, 3, 11], &[3, 2, 4], 1, &[3], &[2], &[0, 5], false);
+        optimized_agrees(
+            t,
+            &[1, 2, 3, 4, 5],
+            &[2, 1, 2, 2, 3],
+            2,
+            &[1, 2, 2],
+            &[1, 1, 2],
+            &[0, 1, 1, 0, 0, 2],
+            true,
+        );
+        optimized_agrees(
+            t,
+            &[1, 2, (1 << 18) + 5],
+            &[2, 3, 4],
+            1,
+            &[2],
+            &[1],
+            &[1, 0],
+            true,
+        );
     }
 
     #[test]
