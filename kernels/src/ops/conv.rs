@@ -70,6 +70,13 @@ const COL_MAX: usize = 1 << 20;
 /// ([`conv_depthwise`]) rather than through im2col and gemm.
 const DEPTHWISE_MG_MAX: usize = 4;
 
+/// The most rows of positions in one im2col/col2im tile.
+const TILE_ROWS_MAX: usize = 1 << 12;
+
+/// The most (row, kernel position) runs the depthwise path tabulates once
+/// for all planes; larger planes compute runs as they go.
+const RUN_TABLE_MAX: usize = 1 << 15;
+
 /// The most groups accepted.
 const MAX_GROUP: i64 = 1 << 24;
 
@@ -750,6 +757,23 @@ impl RowWindow {
             col,
         }
     }
+
+    /// Every segment of positions `t0..t0 + tl` with where it lands at
+    /// kernel position `kk`, into `out` (cleared first). Runs do not depend
+    /// on the channel: callers compute them once for many channels.
+    fn runs(
+        &self,
+        kk: usize,
+        t0: usize,
+        tl: usize,
+        out: &mut Vec<(Segment, Run)>,
+    ) -> Result<(), String> {
+        out.clear();
+        self.for_each_segment(t0, tl, |seg, outer| {
+            out.push((seg, self.run(kk, seg, outer)));
+            Ok(())
+        })
+    }
 }
 
 /// The `dst.len()` elements of `src` from `start` on, `step` apart.
@@ -791,22 +815,25 @@ fn gather_every<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Positions per im2col/col2im tile for columns of `height`: as many as fit
-/// in [`COL_MAX`] (at least one), rounded down to whole rows of `row`
-/// positions when at least one row fits.
+/// Positions per im2col/col2im tile for columns of `height`, out of
+/// `total` (a multiple of `row`): as many as fit in [`COL_MAX`] (at least
+/// one), rounded down to whole rows of `row` positions when at least one
+/// row fits, and at most [`TILE_ROWS_MAX`] rows (which bounds the per-tile
+/// tables of runs).
 fn tile_len(height: usize, total: usize, row: usize) -> usize {
     let t = (COL_MAX / height.max(1)).clamp(1, total.max(1));
-    if t < total && t >= row && row > 0 {
-        t - t % row
-    } else {
+    if row == 0 || t < row {
         t
+    } else {
+        (t / row).min(TILE_ROWS_MAX) * row
     }
 }
 
 /// Fills `col [C/g·K, tl]` with the im2col matrix of output positions
 /// `t0..t0 + tl`: row `c·K + kk` holds channel `c` of `xg` read at kernel
-/// position `kk`, zero in the padding. Rows are independent, so with `par`
-/// they are built on rayon's pool.
+/// position `kk`, zero in the padding. With `par`, blocks of channels are
+/// built on rayon's pool; each block computes the runs of a kernel position
+/// once for all its channels.
 #[allow(clippy::too_many_arguments)]
 fn im2col<T: Float>(
     win: &RowWindow,
@@ -818,30 +845,41 @@ fn im2col<T: Float>(
     col: &mut [T],
     par: bool,
 ) -> Result<(), String> {
-    let fill = |(r, row): (usize, &mut [T])| {
-        let (c, kk) = (r / k_len, r % k_len);
-        let xc = xg
-            .get(c * in_len..(c + 1) * in_len)
-            .ok_or("internal: conv channel outside x")?;
-        win.for_each_segment(t0, tl, |seg, outer| {
-            let run = win.run(kk, seg, outer);
-            let dst = &mut row[seg.at..seg.at + seg.len];
-            let (lead, rest) = dst.split_at_mut(run.skip);
-            let (mid, tail) = rest.split_at_mut(run.n);
-            lead.fill(T::ZERO);
-            tail.fill(T::ZERO);
-            gather(mid, xc, run.src, win.step)
-        })
+    let per_c = k_len * tl;
+    let cg = col.len() / per_c.max(1);
+    let block = if par {
+        cg.div_ceil(2 * rayon::current_num_threads()).max(1)
+    } else {
+        cg.max(1)
+    };
+    let fill = |(b, rows): (usize, &mut [T])| {
+        let mut runs = Vec::new();
+        for kk in 0..k_len {
+            win.runs(kk, t0, tl, &mut runs)?;
+            for (cc, crows) in rows.chunks_mut(per_c).enumerate() {
+                let c = b * block + cc;
+                let xc = xg
+                    .get(c * in_len..(c + 1) * in_len)
+                    .ok_or("internal: conv channel outside x")?;
+                let row = &mut crows[kk * tl..(kk + 1) * tl];
+                for &(seg, run) in &runs {
+                    let dst = &mut row[seg.at..seg.at + seg.len];
+                    let (lead, rest) = dst.split_at_mut(run.skip);
+                    let (mid, tail) = rest.split_at_mut(run.n);
+                    lead.fill(T::ZERO);
+                    tail.fill(T::ZERO);
+                    gather(mid, xc, run.src, win.step)?;
+                }
+            }
+        }
+        Ok::<(), String>(())
     };
     if par {
-        // Batches of rows of at least ~16K elements per rayon task.
-        let min = ((1 << 14) / tl.max(1)).max(1);
-        col.par_chunks_mut(tl)
+        col.par_chunks_mut(block * per_c)
             .enumerate()
-            .with_min_len(min)
             .try_for_each(fill)
     } else {
-        col.chunks_mut(tl).enumerate().try_for_each(fill)
+        fill((0, col))
     }
 }
 
@@ -935,6 +973,19 @@ fn conv_depthwise<T: Float>(
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let step = win.step;
     let phases = Phases::new(g.in_sp.last().copied().unwrap_or(1), in_len, step);
+    // The runs of every (output row, kernel position), row-major, shared by
+    // all planes when the table is small.
+    let rows = out_len / g.out_sp.last().copied().unwrap_or(1).max(1);
+    let table = if rows.saturating_mul(k_len) <= RUN_TABLE_MAX {
+        let mut table = Vec::with_capacity(rows * k_len);
+        win.for_each_segment(0, out_len, |seg, outer| {
+            table.extend((0..k_len).map(|kk| (seg, win.run(kk, seg, outer))));
+            Ok(())
+        })?;
+        Some(table)
+    } else {
+        None
+    };
     let plane = |(q, yp): (usize, &mut [T])| {
         let (n, m) = (q / g.m, q % g.m);
         let ci = n * g.c + m / g.mg;
@@ -953,28 +1004,46 @@ fn conv_depthwise<T: Float>(
         } else {
             xc
         };
-        win.for_each_segment(0, out_len, |seg, outer| {
-            let yrow = &mut yp[seg.at..seg.at + seg.len];
-            for (kk, &wv) in wk.iter().enumerate() {
-                let run = win.run(kk, seg, outer);
-                if run.n == 0 {
-                    continue;
-                }
-                let src = if step > 1 {
-                    phases.offset(run.row, run.col)
-                } else {
-                    run.src
-                };
-                let ys = &mut yrow[run.skip..run.skip + run.n];
-                let xs = xc
-                    .get(src..src + run.n)
-                    .ok_or("internal: depthwise run outside x")?;
-                for (d, v) in ys.iter_mut().zip(xs) {
-                    *d = *d + wv * *v;
-                }
+        // y_row[skip..skip + n] += wv · (the run's input).
+        let add = |yrow: &mut [T], wv: T, run: Run| {
+            if run.n == 0 {
+                return Ok(());
             }
-            Ok(())
-        })
+            let src = if step > 1 {
+                phases.offset(run.row, run.col)
+            } else {
+                run.src
+            };
+            let ys = &mut yrow[run.skip..run.skip + run.n];
+            let xs = xc
+                .get(src..src + run.n)
+                .ok_or("internal: depthwise run outside x")?;
+            for (d, v) in ys.iter_mut().zip(xs) {
+                *d = *d + wv * *v;
+            }
+            Ok::<(), String>(())
+        };
+        match &table {
+            Some(table) => {
+                for row in table.chunks(k_len) {
+                    let Some(&(seg, _)) = row.first() else {
+                        continue;
+                    };
+                    let yrow = &mut yp[seg.at..seg.at + seg.len];
+                    for (&wv, &(_, run)) in wk.iter().zip(row) {
+                        add(yrow, wv, run)?;
+                    }
+                }
+                Ok(())
+            }
+            None => win.for_each_segment(0, out_len, |seg, outer| {
+                let yrow = &mut yp[seg.at..seg.at + seg.len];
+                for (kk, &wv) in wk.iter().enumerate() {
+                    add(yrow, wv, win.run(kk, seg, outer))?;
+                }
+                Ok(())
+            }),
+        }
     };
     if y.len().saturating_mul(k_len) >= PAR_MIN {
         y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
@@ -1588,6 +1657,28 @@ mod tests {
             &[2, 2],
             &[1, 1],
             &[1, 1, 1, 1],
+            true,
+        );
+        // Rows of one position: more rows than a tile holds (im2col), more
+        // (row, kernel position) runs than the depthwise table holds.
+        optimized_agrees(
+            c,
+            &[1, 3, 5000, 1],
+            &[6, 3, 3, 1],
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 2, 64, 64, 1],
+            &[2, 1, 3, 3, 1],
+            2,
+            &[1, 1, 1],
+            &[1, 1, 1],
+            &[1, 1, 0, 1, 1, 0],
             true,
         );
         let t = "conv_transpose@1";
