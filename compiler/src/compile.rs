@@ -20,8 +20,9 @@ use crate::dynamic::{analyze, DimSpec, DynamicError, Probe};
 use crate::guards;
 use crate::ir::{GlobalDef, Graph};
 use crate::lower::{lower_dynamic, LowerError};
-use crate::passes::{optimize, plan::plan_memory_except, PassError};
+use crate::passes::{fuse::fuse_elementwise, optimize, plan::plan_memory_except, PassError};
 use crate::trace::{BreakSource, Example, FunctionDef, Trace, TraceError};
+use crate::verify::verify;
 
 /// One compiled entry, before it joins a package.
 #[derive(Clone, Debug)]
@@ -229,6 +230,17 @@ pub fn compile_trace_with(
         Some(env) => env.guards(input_guards),
         None => input_guards,
     };
+    let mut graph = graph;
+    if env.is_none() {
+        fuse_elementwise(&mut graph, registry);
+        verify(&graph, registry).map_err(|errors| CompileError::Pass {
+            function: function.to_string(),
+            source: PassError::Verify {
+                pass: "fuse_elementwise",
+                errors,
+            },
+        })?;
+    }
     let plan = plan_memory_except(&graph, &|v| env.as_ref().is_some_and(|e| e.is_dynamic(v)));
     let lowered =
         lower_dynamic(&graph, &plan, env.as_ref()).map_err(|source| CompileError::Lower {

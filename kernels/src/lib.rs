@@ -29,7 +29,7 @@
 //! |---|---|---|---|
 //! | `binary@1` | a, b: same dtype (float or int) | broadcast(a, b), same dtype | `op`: add, sub, mul, div, pow, max, min |
 //! | `compare@1` | a, b: same dtype | broadcast(a, b), bool | `op`: eq, lt, le, gt, ge |
-//! | `unary@1` | x: float | same as x | `op`: neg, abs, relu, gelu (erf), gelu_tanh, tanh, sigmoid, exp, log, sqrt, rsqrt, recip, erf, floor, ceil, sin, cos |
+//! | `unary@1` | x: float | same as x | `op`: neg, abs, relu, gelu (erf), gelu_tanh, tanh, sigmoid, exp, log, sqrt, rsqrt, recip, erf, floor, ceil, sin, cos, hard_swish; leaky_relu (`alpha`), hard_sigmoid (`alpha`, `beta`) |
 //! | `matmul@1` | a [..., M, K], b [..., K, N]: float, batch dims broadcast; rank >= 2 each | [..., M, N] | none |
 //! | `linear@1` | x [..., K], w [K, N] (or [N, K] with `trans_w`=1), bias [N] if `bias`=1 | [..., N] | `trans_w`, `bias` |
 //! | `softmax@1` | x: float | same | `axis` (negative counts from the end) |
@@ -49,6 +49,7 @@
 //! | `cumsum@1` | x: float or int | same | `axis`, `exclusive`, `reverse` |
 //! | `gather_elements@1` | data: any, indices: i32 or i64, same rank | indices' shape | `axis`; out-of-range indices are a run error |
 //! | `gather_nd@1` | data: any, indices [.., k]: i32 or i64 | indices.shape[..-1] + data.shape[batch_dims + k..] | `batch_dims`; out-of-range indices are a run error |
+//! | `fused@1` | `inputs` tensors x0.. (1..=5): float, one dtype | broadcast of the inputs | `inputs`; `program`: a chain of `binary@1` ops (`op:a:b`) and attribute-free `unary@1` ops (`op:a`) over registers |
 //! | `resize@1` | x: any (nearest) or float (linear) | `sizes` | `sizes`, `scales`, `mode`, `coordinate_transformation_mode`, `nearest_mode` (ONNX Resize semantics) |
 //!
 //! Reshape is not a kernel: the host's `view` import reshapes without a copy.

@@ -17,12 +17,15 @@
 //! 6. [`hoist::hoist_weight_only`]: work that reads no input moves to the
 //!    front, where lowering runs it once per instance in `init`.
 //!
-//! Memory planning ([`plan::plan_memory`]) runs on the result; it does not
-//! change the graph.
+//! Then, for entries without symbolic dims (whose shape expressions are
+//! keyed by value), [`fuse::fuse_elementwise`] merges elementwise chains
+//! into `fused@1` launches. Memory planning ([`plan::plan_memory`]) runs on
+//! the result; it does not change the graph.
 
 pub mod constants;
 pub mod dce;
 pub mod fold;
+pub mod fuse;
 pub mod hoist;
 pub mod outputs;
 pub mod plan;

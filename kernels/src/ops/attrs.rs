@@ -82,6 +82,15 @@ impl<'a> AttrReader<'a> {
         }
     }
 
+    /// A required string attribute.
+    pub(crate) fn string(&mut self, name: &'static str) -> Result<&'a str, KernelError> {
+        match self.get(name) {
+            Some(AttrValue::Str(s)) => Ok(s),
+            Some(other) => Err(self.wrong_type(name, "a string", other)),
+            None => Err(self.error(format!("missing attribute `{name}` (a string)"))),
+        }
+    }
+
     /// An integer attribute; `default` applies when it is absent, and `None`
     /// makes it required.
     pub(crate) fn int(

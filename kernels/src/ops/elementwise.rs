@@ -29,7 +29,7 @@ use crate::{Attrs, Bool8, Bound, DType, Element, Impl, KernelError, Tensor, Tens
 const PIECE: usize = 1 << 14;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BinaryOp {
+pub(crate) enum BinaryOp {
     Add,
     Sub,
     Mul,
@@ -39,7 +39,7 @@ enum BinaryOp {
     Min,
 }
 
-const BINARY_OPS: [(&str, BinaryOp); 7] = [
+pub(crate) const BINARY_OPS: [(&str, BinaryOp); 7] = [
     ("add", BinaryOp::Add),
     ("sub", BinaryOp::Sub),
     ("mul", BinaryOp::Mul),

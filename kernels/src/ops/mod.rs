@@ -21,6 +21,7 @@ mod attrs;
 mod cast;
 mod conv;
 mod elementwise;
+mod fused;
 mod index;
 mod layout;
 mod matmul;
@@ -48,7 +49,7 @@ pub(crate) const PAR_MIN: usize = 1 << 16;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
-    let families: [(&'static str, BindFn); 23] = [
+    let families: [(&'static str, BindFn); 24] = [
         ("binary", elementwise::bind_binary),
         ("compare", elementwise::bind_compare),
         ("where", elementwise::bind_where),
@@ -72,6 +73,7 @@ pub(crate) fn register_all(r: &mut Registry) {
         ("gather_elements", index::bind_gather_elements),
         ("gather_nd", index::bind_gather_nd),
         ("resize", resize::bind),
+        ("fused", fused::bind),
     ];
     for (name, bind) in families {
         r.register(Arc::new(Family { name, bind }));
@@ -427,6 +429,10 @@ mod tests {
             ("conv_transpose@1", attrs(&[])),
             ("copy@1", attrs(&[])),
             ("cumsum@1", attrs(&[("axis", i(0))])),
+            (
+                "fused@1",
+                attrs(&[("inputs", i(1)), ("program", s("neg:0"))]),
+            ),
             ("gather@1", attrs(&[])),
             ("gather_elements@1", attrs(&[])),
             ("gather_nd@1", attrs(&[])),

@@ -29,7 +29,7 @@ use super::{bound, check_float, data, data_mut, operands, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UnaryOp {
+pub(crate) enum UnaryOp {
     Neg,
     Abs,
     Relu,
@@ -52,7 +52,7 @@ enum UnaryOp {
     HardSwish,
 }
 
-const OPS: [(&str, UnaryOp); 20] = [
+pub(crate) const OPS: [(&str, UnaryOp); 20] = [
     ("neg", UnaryOp::Neg),
     ("abs", UnaryOp::Abs),
     ("relu", UnaryOp::Relu),
@@ -84,8 +84,7 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     let (alpha, beta) = match op {
         UnaryOp::LeakyRelu => (r.float("alpha", 0.01)?, 0.0),
         UnaryOp::HardSigmoid => (r.float("alpha", 0.2)?, r.float("beta", 0.5)?),
-        UnaryOp::HardSwish => (1.0 / 6.0, 0.5),
-        _ => (0.0, 0.0),
+        _ => fixed_params(op).unwrap_or((0.0, 0.0)),
     };
     r.finish()?;
     let name = OPS
@@ -99,6 +98,16 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
         beta,
         label: format!("unary@1 ({name})"),
     }))
+}
+
+/// The (alpha, beta) of an op that takes no attributes (`hard_swish`'s are
+/// fixed; the others ignore theirs); `None` for the ops with attributes.
+pub(crate) fn fixed_params(op: UnaryOp) -> Option<(f64, f64)> {
+    match op {
+        UnaryOp::LeakyRelu | UnaryOp::HardSigmoid => None,
+        UnaryOp::HardSwish => Some((1.0 / 6.0, 0.5)),
+        _ => Some((0.0, 0.0)),
+    }
 }
 
 struct Unary {
@@ -164,7 +173,9 @@ impl Unary {
     }
 }
 
-fn unary_typed<T: Float>(
+/// `y = op(x)` for every element (`alpha` and `beta` are the parameters of
+/// the ops that take them); shared with `fused@1`.
+pub(crate) fn unary_typed<T: Float>(
     op: UnaryOp,
     imp: Impl,
     xv: &[T],

@@ -1,0 +1,504 @@
+//! `fused@1`: a chain of elementwise float ops in one pass over memory.
+//!
+//! The compiler fuses chains of `binary@1` and `unary@1` launches (a
+//! HardSwish written as `x * clip(x + 3, 0, 6) / 6`, a LayerNorm's
+//! `(x - mean) / sqrt(var + eps) * gamma + beta`) into one launch, so each
+//! intermediate lives in a small tile instead of a full tensor written and
+//! read back. Each op computes exactly what its own kernel would, in the
+//! element type, so a fused chain gives the same values as the unfused
+//! launches.
+//!
+//! Attributes:
+//! - `inputs`: the input count, 1 to 5 (`x0`..`x4`, f32 or f64, one dtype;
+//!   they broadcast with numpy's rule to the output shape);
+//! - `program`: instructions separated by spaces, each `op:a:b` (a
+//!   `binary@1` op: add, sub, mul, div, pow, max, min) or `op:a` (a
+//!   `unary@1` op that takes no attributes). Operands are registers: `0` to
+//!   `inputs - 1` are the inputs, `inputs + i` is the result of instruction
+//!   `i`; an instruction reads only earlier registers. The output is the
+//!   last instruction's result. At most [`MAX_INSTRUCTIONS`].
+//!
+//! Every instruction computes over the full broadcast shape, so a chain
+//! whose intermediates are smaller than the output would repeat their work;
+//! the compiler only fuses values of the output's shape.
+//!
+//! Both implementations evaluate the program with the same scalar functions,
+//! so they agree bitwise: the reference one element at a time, reading
+//! inputs by broadcast index arithmetic; the optimized one over tiles of up
+//! to [`TILE`] elements along the contiguous rows of [`Rows`], reading the
+//! inputs in place (a broadcast input is one repeated element), keeping
+//! intermediates in tile buffers and writing the last result straight into
+//! the output, split across rayon's pool from [`PAR_MIN`] elements.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::attrs::AttrReader;
+use super::elementwise::{BinaryOp, BINARY_OPS};
+use super::num::{Arith, Float};
+use super::shape::{broadcast, broadcast_strides, offset_of, Rows};
+use super::unary::{fixed_params, unary_typed, UnaryOp, OPS};
+use super::{bound, data, data_mut, Op, PAR_MIN};
+use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
+
+/// The most instructions a program holds.
+pub(crate) const MAX_INSTRUCTIONS: usize = 32;
+
+/// The most inputs (a launch has six operands, one the output).
+const MAX_INPUTS: usize = 5;
+
+/// Elements per register tile of the optimized path.
+const TILE: usize = 512;
+
+/// Elements per parallel piece.
+const PIECE: usize = 1 << 14;
+
+const INPUT_NAMES: [&str; MAX_INPUTS] = ["x0", "x1", "x2", "x3", "x4"];
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Instr {
+    Binary(BinaryOp, usize, usize),
+    Unary(UnaryOp, usize, f64, f64),
+}
+
+pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+    let mut r = AttrReader::new("fused@1", attrs);
+    let inputs = r.int("inputs", None)?;
+    let program = r.string("program")?;
+    r.finish()?;
+    let err = |message: String| KernelError::Attrs {
+        kernel: "fused@1".into(),
+        message,
+    };
+    let inputs = usize::try_from(inputs)
+        .ok()
+        .filter(|n| (1..=MAX_INPUTS).contains(n))
+        .ok_or_else(|| {
+            err(format!(
+                "attribute `inputs` must be 1 to {MAX_INPUTS}, got {inputs}"
+            ))
+        })?;
+    let mut code = Vec::new();
+    for (i, token) in program.split_whitespace().enumerate() {
+        if i == MAX_INSTRUCTIONS {
+            return Err(err(format!(
+                "attribute `program` has more than {MAX_INSTRUCTIONS} instructions"
+            )));
+        }
+        code.push(parse(token, inputs + i).map_err(|m| {
+            err(format!(
+                "attribute `program`, instruction {i} (`{token}`): {m}"
+            ))
+        })?);
+    }
+    if code.is_empty() {
+        return Err(err("attribute `program` has no instruction".into()));
+    }
+    let names: Vec<&str> = program
+        .split_whitespace()
+        .map(|t| t.split(':').next().unwrap_or(""))
+        .collect();
+    Ok(bound(Fused {
+        inputs,
+        code,
+        label: format!("fused@1 ({})", names.join(" ")),
+    }))
+}
+
+/// One instruction whose operands must be below `next` (its own register).
+fn parse(token: &str, next: usize) -> Result<Instr, String> {
+    let mut parts = token.split(':');
+    let name = parts.next().unwrap_or("");
+    let operands = parts
+        .map(|p| {
+            p.parse::<usize>()
+                .ok()
+                .filter(|&r| r < next)
+                .ok_or_else(|| format!("operand `{p}` is not a register below {next}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(&(_, op)) = BINARY_OPS.iter().find(|(n, _)| *n == name) {
+        return match operands[..] {
+            [a, b] => Ok(Instr::Binary(op, a, b)),
+            _ => Err(format!("`{name}` takes 2 operands, got {}", operands.len())),
+        };
+    }
+    if let Some(&(_, op)) = OPS.iter().find(|(n, _)| *n == name) {
+        let (alpha, beta) =
+            fixed_params(op).ok_or_else(|| format!("`{name}` takes attributes; not fusable"))?;
+        return match operands[..] {
+            [a] => Ok(Instr::Unary(op, a, alpha, beta)),
+            _ => Err(format!("`{name}` takes 1 operand, got {}", operands.len())),
+        };
+    }
+    Err(format!("unknown op `{name}`"))
+}
+
+struct Fused {
+    inputs: usize,
+    code: Vec<Instr>,
+    label: String,
+}
+
+impl Op for Fused {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn input_names(&self) -> &[&'static str] {
+        &INPUT_NAMES[..self.inputs]
+    }
+
+    fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
+        let dtype = inputs.first().map(|m| m.dtype).ok_or("no inputs")?;
+        if !matches!(dtype, crate::DType::F32 | crate::DType::F64) {
+            return Err(format!(
+                "{}: expected f32 or f64, got {dtype}",
+                self.input(0)
+            ));
+        }
+        for (i, m) in inputs.iter().enumerate() {
+            if m.dtype != dtype {
+                return Err(format!(
+                    "{}: expected dtype {dtype} (the dtype of {}), got {}",
+                    self.input(i),
+                    self.input(0),
+                    m.dtype
+                ));
+            }
+        }
+        let shapes: Vec<&[usize]> = inputs.iter().map(|m| m.shape.as_slice()).collect();
+        let names: Vec<String> = (0..inputs.len()).map(|i| self.input(i)).collect();
+        Ok(TensorMeta::new(dtype, broadcast(&shapes, &names)?))
+    }
+
+    fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        super::with_float!(out.dtype(), T => self.compute_typed::<T>(imp, inputs, out))
+    }
+}
+
+impl Fused {
+    /// Runs the program on `len` elements: `ins` are the inputs' parts (a
+    /// slice, or one element repeated), each intermediate lives in its own
+    /// `tile`-element part of `tmp`, and the last instruction writes `out`.
+    fn eval<T: Float + Arith>(
+        &self,
+        ins: &[Src<'_, T>],
+        tmp: &mut [T],
+        tile: usize,
+        out: &mut [T],
+    ) -> Result<(), String> {
+        let len = out.len();
+        let oob = || "internal: fused register outside its tile".to_string();
+        let n = self.code.len();
+        for (i, instr) in self.code.iter().enumerate() {
+            let (lo, hi) = tmp.split_at_mut(i * tile);
+            let dst: &mut [T] = if i + 1 == n {
+                &mut *out
+            } else {
+                hi.get_mut(..len).ok_or_else(oob)?
+            };
+            let src = |r: usize| match r.checked_sub(self.inputs) {
+                None => ins.get(r).copied().ok_or_else(oob),
+                Some(t) => lo
+                    .get(t * tile..t * tile + len)
+                    .map(Src::Slice)
+                    .ok_or_else(oob),
+            };
+            match *instr {
+                Instr::Binary(op, a, b) => {
+                    let (a, b) = (src(a)?, src(b)?);
+                    match op {
+                        BinaryOp::Add => apply2(dst, a, b, <T as Arith>::add),
+                        BinaryOp::Sub => apply2(dst, a, b, <T as Arith>::sub),
+                        BinaryOp::Mul => apply2(dst, a, b, <T as Arith>::mul),
+                        BinaryOp::Div => apply2(dst, a, b, <T as Arith>::div),
+                        BinaryOp::Pow => apply2(dst, a, b, <T as Arith>::pow),
+                        BinaryOp::Max => apply2(dst, a, b, <T as Arith>::max),
+                        BinaryOp::Min => apply2(dst, a, b, <T as Arith>::min),
+                    }
+                }
+                Instr::Unary(op, a, alpha, beta) => {
+                    let (alpha, beta) = (T::from_f64(alpha), T::from_f64(beta));
+                    match src(a)? {
+                        Src::Slice(x) => unary_typed(op, Impl::Optimized, x, dst, alpha, beta)?,
+                        Src::Scalar(x) => {
+                            let mut v = [x];
+                            unary_typed(op, Impl::Optimized, &[x], &mut v, alpha, beta)?;
+                            dst.fill(v[0]);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compute_typed<T: Float + Arith>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let xs = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| data::<T>(t, &self.input(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let out_shape = out.shape().to_vec();
+        let y = data_mut::<T>(out)?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        let temps = self.code.len() - 1;
+        let oob = |i: usize| format!("internal: broadcast read outside an input at element {i}");
+        match imp {
+            Impl::Reference => {
+                let rank = out_shape.len();
+                let strides: Vec<Vec<usize>> =
+                    shapes.iter().map(|s| broadcast_strides(s, rank)).collect();
+                let mut tmp = vec![<T as Float>::ZERO; temps];
+                let mut ins = Vec::with_capacity(xs.len());
+                for (i, slot) in y.chunks_mut(1).enumerate() {
+                    ins.clear();
+                    for (x, st) in xs.iter().zip(&strides) {
+                        let v = *x.get(offset_of(i, &out_shape, st)).ok_or_else(|| oob(i))?;
+                        ins.push(Src::Scalar(v));
+                    }
+                    self.eval(&ins, &mut tmp, 1, slot)?;
+                }
+                Ok(())
+            }
+            Impl::Optimized => {
+                let rows = Rows::new(&shapes, &out_shape);
+                let inner = rows.inner;
+                if inner == 0 || rows.inner_stride.len() != xs.len() {
+                    return Err("internal: bad row layout".to_string());
+                }
+                // Elements `c * PIECE..` of the output, in tiles that stay
+                // within one row.
+                let run = |(c, piece): (usize, &mut [T])| -> Result<(), String> {
+                    let mut tmp = vec![<T as Float>::ZERO; temps * TILE];
+                    let mut ins = Vec::with_capacity(xs.len());
+                    let start = c * PIECE;
+                    let mut done = 0;
+                    while done < piece.len() {
+                        let pos = start + done;
+                        let (r, j) = (pos / inner, pos % inner);
+                        let len = TILE.min(inner - j).min(piece.len() - done);
+                        ins.clear();
+                        for (k, x) in xs.iter().enumerate() {
+                            let off = rows.row_offset(r, k);
+                            ins.push(if rows.inner_stride[k] == 1 {
+                                Src::Slice(x.get(off + j..off + j + len).ok_or_else(|| oob(pos))?)
+                            } else {
+                                Src::Scalar(*x.get(off).ok_or_else(|| oob(pos))?)
+                            });
+                        }
+                        self.eval(&ins, &mut tmp, TILE, &mut piece[done..done + len])?;
+                        done += len;
+                    }
+                    Ok(())
+                };
+                if y.len() >= PAR_MIN {
+                    y.par_chunks_mut(PIECE).enumerate().try_for_each(run)
+                } else {
+                    y.chunks_mut(PIECE).enumerate().try_for_each(run)
+                }
+            }
+        }
+    }
+}
+
+/// An operand of one tile: a slice of the tile's length, or one element
+/// repeated (a broadcast input).
+#[derive(Clone, Copy)]
+enum Src<'a, T> {
+    Slice(&'a [T]),
+    Scalar(T),
+}
+
+/// `dst[i] = f(a[i], b[i])`, with a loop per operand kind that the compiler
+/// vectorizes.
+#[inline]
+fn apply2<T: Copy>(dst: &mut [T], a: Src<'_, T>, b: Src<'_, T>, f: impl Fn(T, T) -> T) {
+    match (a, b) {
+        (Src::Slice(a), Src::Slice(b)) => zip2(dst, a, b, f),
+        (Src::Slice(a), Src::Scalar(z)) => {
+            for (d, &x) in dst.iter_mut().zip(a) {
+                *d = f(x, z);
+            }
+        }
+        (Src::Scalar(x), Src::Slice(b)) => {
+            for (d, &z) in dst.iter_mut().zip(b) {
+                *d = f(x, z);
+            }
+        }
+        (Src::Scalar(x), Src::Scalar(z)) => dst.fill(f(x, z)),
+    }
+}
+
+/// `dst[i] = f(a[i], b[i])`, a loop the compiler vectorizes.
+#[inline]
+fn zip2<T: Copy>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
+    for ((d, &x), &z) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(x, z);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::testutil::*;
+    use crate::{DType, Impl, KernelError, Tensor, TensorMeta};
+
+    fn fused(program: &str, xs: &[&Tensor], imp: Impl) -> Result<Tensor, KernelError> {
+        let a = attrs(&[("inputs", i(xs.len() as i64)), ("program", s(program))]);
+        launch("fused@1", &a, xs, imp)
+    }
+
+    fn unfused(op: &str, xs: &[&Tensor], imp: Impl) -> Tensor {
+        let kernel = if xs.len() == 2 { "binary@1" } else { "unary@1" };
+        launch(kernel, &attrs(&[("op", s(op))]), xs, imp).unwrap()
+    }
+
+    /// HardSwish as exported, `x * min(max(x + 3, 0), 6) / 6`, with the
+    /// constants as broadcast scalars: equal, bit for bit, to the five
+    /// launches it replaces, in both implementations, and to a direct
+    /// computation.
+    #[test]
+    fn a_chain_equals_its_unfused_launches() {
+        let x = Tensor::from_vec(
+            &[2, 3, 70],
+            (0..420).map(|v| (v as f32 - 210.0) * 0.037).collect(),
+        )
+        .unwrap();
+        let c = |v: f32| Tensor::from_vec(&[1], vec![v]).unwrap();
+        let (three, zero, six) = (c(3.0), c(0.0), c(6.0));
+        let program = "add:0:1 max:4:2 min:5:3 mul:0:6 div:7:3";
+        for imp in IMPLS {
+            let y = fused(program, &[&x, &three, &zero, &six], imp).unwrap();
+            let t = unfused("add", &[&x, &three], imp);
+            let t = unfused("max", &[&t, &zero], imp);
+            let t = unfused("min", &[&t, &six], imp);
+            let t = unfused("mul", &[&x, &t], imp);
+            let want = unfused("div", &[&t, &six], imp);
+            assert_eq!(y.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            for (v, x) in y
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(x.to_vec::<f32>().unwrap())
+            {
+                let direct = x * (x + 3.0).clamp(0.0, 6.0) / 6.0;
+                assert!(
+                    (v - direct).abs() <= 1e-6 * direct.abs().max(1.0),
+                    "{x}: {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unary_ops_and_broadcast_rows() {
+        // x [4, 1, 5] * y [3, 1] -> [4, 3, 5], then tanh, then neg.
+        let x = Tensor::from_vec(&[4, 1, 5], (0..20).map(|v| v as f64 * 0.1).collect()).unwrap();
+        let y = Tensor::from_vec(&[3, 1], vec![1.0, -2.0, 0.5]).unwrap();
+        for imp in IMPLS {
+            let got = fused("mul:0:1 tanh:2 neg:3", &[&x, &y], imp).unwrap();
+            assert_eq!(got.shape(), &[4, 3, 5]);
+            let want = unfused("mul", &[&x, &y], imp);
+            let want = unfused("tanh", &[&want], imp);
+            let want = unfused("neg", &[&want], imp);
+            assert_eq!(got.to_vec::<f64>().unwrap(), want.to_vec::<f64>().unwrap());
+        }
+    }
+
+    #[test]
+    fn bad_programs_are_attribute_errors() {
+        let x = Tensor::from_vec(&[2], vec![1.0f32, 2.0]).unwrap();
+        for (program, inputs, want) in [
+            ("", 1, "no instruction"),
+            ("exp:1", 1, "not a register below 1"),
+            ("add:0:0 add:2:3", 1, "not a register below 2"),
+            ("add:0", 1, "takes 2 operands"),
+            ("relu:0:0", 1, "takes 1 operand"),
+            ("frobnicate:0", 1, "unknown op"),
+            ("leaky_relu:0", 1, "not fusable"),
+            ("exp:0", 6, "must be 1 to 5"),
+            ("exp:-1", 1, "not a register"),
+        ] {
+            let a = attrs(&[("inputs", i(inputs)), ("program", s(program))]);
+            let err = launch("fused@1", &a, &[&x], Impl::Reference).unwrap_err();
+            assert!(err.to_string().contains(want), "{program}: {err}");
+        }
+        let long = vec!["neg:0"; super::MAX_INSTRUCTIONS + 1].join(" ");
+        let a = attrs(&[("inputs", i(1)), ("program", s(&long))]);
+        assert!(launch("fused@1", &a, &[&x], Impl::Reference).is_err());
+    }
+
+    #[test]
+    fn signature_errors_name_the_input() {
+        let a = TensorMeta::new(DType::F32, vec![2, 3]);
+        let b = TensorMeta::new(DType::F64, vec![2, 3]);
+        let i32m = TensorMeta::new(DType::I32, vec![2, 3]);
+        let k = bind(
+            "fused@1",
+            &attrs(&[("inputs", i(2)), ("program", s("add:0:1"))]),
+        )
+        .unwrap();
+        assert!(k
+            .check(&[&a, &b])
+            .unwrap_err()
+            .to_string()
+            .contains("input 1 (x1)"));
+        assert!(k.check(&[&i32m, &i32m]).is_err());
+        let c = TensorMeta::new(DType::F32, vec![4]);
+        assert!(k.check(&[&a, &c]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn optimized_matches_reference(
+            (shape_a, shape_b) in broadcast_pair(),
+            seed in any::<u64>(),
+            ops in prop::collection::vec(0usize..9, 1..8),
+        ) {
+            // A random chain over two inputs: each instruction combines the
+            // previous result with an input, or applies a unary op.
+            let names = ["add", "sub", "mul", "div", "max", "min", "exp", "tanh", "relu"];
+            let mut program = Vec::new();
+            for (i, &o) in ops.iter().enumerate() {
+                let prev = if i == 0 { 0 } else { 1 + i };
+                program.push(if o < 6 {
+                    format!("{}:{prev}:{}", names[o], i % 2)
+                } else {
+                    format!("{}:{prev}", names[o])
+                });
+            }
+            let program = program.join(" ");
+            let a = float_tensor::<f32>(&shape_a, seed, true);
+            let b = float_tensor::<f32>(&shape_b, seed ^ 1, true);
+            let r = fused(&program, &[&a, &b], Impl::Reference).unwrap();
+            let o = fused(&program, &[&a, &b], Impl::Optimized).unwrap();
+            let (r, o) = (r.to_vec::<f32>().unwrap(), o.to_vec::<f32>().unwrap());
+            prop_assert_eq!(r.len(), o.len());
+            for (x, y) in r.iter().zip(&o) {
+                prop_assert!(x == y || (x.is_nan() && y.is_nan()), "{program}: {x} vs {y}");
+            }
+        }
+
+        #[test]
+        fn check_never_panics(a in adversarial_meta(), b in adversarial_meta()) {
+            let k = bind(
+                "fused@1",
+                &attrs(&[("inputs", i(2)), ("program", s("mul:0:1 exp:2"))]),
+            )
+            .unwrap();
+            let _ = k.check(&[&a, &b]);
+        }
+    }
+}
