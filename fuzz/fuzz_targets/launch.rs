@@ -140,6 +140,23 @@ fn attrs(u: &mut Unstructured, kernel: &str, rank: usize) -> Result<Attrs> {
             a.insert("axis".into(), axis(u)?);
             a.insert("n".into(), AttrValue::Int(u.int_in_range(0..=6)?));
         }
+        "fused" => {
+            // A chain over 1..=5 inputs; operands usually earlier registers.
+            let inputs = u.int_in_range(0..=6)?;
+            let mut program = Vec::new();
+            for i in 0..u.int_in_range(0..=8)? {
+                let regs = (inputs + i).max(1);
+                let mut reg = || -> Result<i64> { Ok(u.int_in_range(0..=regs)?) };
+                let (a, b) = (reg()?, reg()?);
+                program.push(if u.arbitrary()? {
+                    format!("{}:{a}:{b}", u.choose(&BINARY)?)
+                } else {
+                    format!("{}:{a}", u.choose(&UNARY)?)
+                });
+            }
+            a.insert("inputs".into(), AttrValue::Int(inputs as i64));
+            a.insert("program".into(), AttrValue::Str(program.join(" ")));
+        }
         "slice" => {
             let n = if u.ratio(7, 8)? { rank } else { u.int_in_range(0..=9)? };
             let mut starts = Vec::new();

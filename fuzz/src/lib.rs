@@ -17,9 +17,9 @@ use ampoule_kernels::{DType, Tensor};
 
 /// The `op` attribute values of `unary@1`, `binary@1`, `compare@1` and
 /// `reduce@1` (the catalog in `ampoule_kernels`' crate doc).
-pub const UNARY: [&str; 17] = [
+pub const UNARY: [&str; 20] = [
     "neg", "abs", "relu", "gelu", "gelu_tanh", "tanh", "sigmoid", "exp", "log", "sqrt", "rsqrt",
-    "recip", "erf", "floor", "ceil", "sin", "cos",
+    "recip", "erf", "floor", "ceil", "sin", "cos", "leaky_relu", "hard_sigmoid", "hard_swish",
 ];
 pub const BINARY: [&str; 7] = ["add", "sub", "mul", "div", "pow", "max", "min"];
 pub const COMPARE: [&str; 5] = ["eq", "lt", "le", "gt", "ge"];
