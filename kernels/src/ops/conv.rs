@@ -927,11 +927,21 @@ fn conv_pair<T: Float>(
     }
     let row = g.out_sp.last().copied().unwrap_or(1);
     let tile = tile_len(ck, out_len, row);
-    let mut col = vec![T::ZERO; ck * tile];
-    let mut tmp = Vec::new();
-    let mut t0 = 0;
-    while t0 < out_len {
-        let tl = tile.min(out_len - t0);
+    // Adds a tile's product `part [M/g, tl]` into columns `t0..` of ychunk.
+    let add = |ychunk: &mut [T], t0: usize, part: &[T]| {
+        let tl = part.len() / g.mg.max(1);
+        for (m, src) in part.chunks_exact(tl.max(1)).enumerate() {
+            let dst = ychunk
+                .get_mut(m * out_len + t0..m * out_len + t0 + tl)
+                .ok_or("internal: conv tile outside y")?;
+            for (d, v) in dst.iter_mut().zip(src) {
+                *d = *d + *v;
+            }
+        }
+        Ok::<(), String>(())
+    };
+    let gemm_tile = |col: &mut [T], t0: usize, out: &mut [T], accumulate: bool, par: bool| {
+        let tl = out.len() / g.mg.max(1);
         let col = &mut col[..ck * tl];
         im2col(win, xg, in_len, k_len, t0, tl, col, par)?;
         let cm = MatRef {
@@ -941,19 +951,42 @@ fn conv_pair<T: Float>(
             rs: tl,
             cs: 1,
         };
-        if tl == out_len {
-            gemm_into(wm, cm, ychunk, true, par)?;
-        } else {
-            tmp.resize(g.mg * tl, T::ZERO);
-            gemm_into(wm, cm, &mut tmp, false, par)?;
-            for m in 0..g.mg {
-                let dst = &mut ychunk[m * out_len + t0..m * out_len + t0 + tl];
-                for (d, v) in dst.iter_mut().zip(&tmp[m * tl..(m + 1) * tl]) {
-                    *d = *d + *v;
-                }
+        gemm_into(wm, cm, out, accumulate, par)
+    };
+    if tile >= out_len {
+        let mut col = vec![T::ZERO; ck * out_len];
+        return gemm_tile(&mut col, 0, ychunk, true, par);
+    }
+    let starts: Vec<usize> = (0..out_len).step_by(tile).collect();
+    if par {
+        // Several tiles: each thread builds and multiplies whole tiles of its
+        // own (a product per tile scales better than splitting one product
+        // across threads); rounds of two tiles per thread bound the memory.
+        let round = 2 * rayon::current_num_threads();
+        for batch in starts.chunks(round) {
+            let parts = batch
+                .par_iter()
+                .map_init(
+                    || vec![T::ZERO; ck * tile],
+                    |col, &t0| {
+                        let mut part = vec![T::ZERO; g.mg * tile.min(out_len - t0)];
+                        gemm_tile(col, t0, &mut part, false, false)?;
+                        Ok::<_, String>(part)
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()?;
+            for (&t0, part) in batch.iter().zip(&parts) {
+                add(ychunk, t0, part)?;
             }
         }
-        t0 += tl;
+        return Ok(());
+    }
+    let mut col = vec![T::ZERO; ck * tile];
+    let mut part = Vec::new();
+    for &t0 in &starts {
+        part.resize(g.mg * tile.min(out_len - t0), T::ZERO);
+        gemm_tile(&mut col, t0, &mut part, false, false)?;
+        add(ychunk, t0, &part)?;
     }
     Ok(())
 }
