@@ -168,13 +168,7 @@ fn binary_typed<T: Arith>(
         }
         BinaryOp::Pow => {
             T::check_pow(bv)?;
-            // Squaring (LayerNorm's variance, as exported) is a product:
-            // the same correctly rounded value without a `powf` call.
-            if imp == Impl::Optimized && bv.iter().all(|&e| e == T::TWO) {
-                l.run(imp, y, |x, _| T::mul(x, x))
-            } else {
-                l.run(imp, y, T::pow)
-            }
+            l.run(imp, y, T::pow)
         }
         BinaryOp::Max => l.run(imp, y, T::max),
         BinaryOp::Min => l.run(imp, y, T::min),

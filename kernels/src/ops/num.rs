@@ -129,8 +129,6 @@ pub(crate) trait Arith: Element + PartialOrd {
     const LOWEST: Self;
     /// The identity of `min`.
     const HIGHEST: Self;
-    /// 2, the exponent `pow` specializes to a product.
-    const TWO: Self;
     fn add(a: Self, b: Self) -> Self;
     fn sub(a: Self, b: Self) -> Self;
     fn mul(a: Self, b: Self) -> Self;
@@ -150,7 +148,6 @@ macro_rules! impl_arith_float {
             const ZERO: Self = 0.0;
             const LOWEST: Self = $t::NEG_INFINITY;
             const HIGHEST: Self = $t::INFINITY;
-            const TWO: Self = 2.0;
             #[inline]
             fn add(a: Self, b: Self) -> Self {
                 a + b
@@ -167,9 +164,15 @@ macro_rules! impl_arith_float {
             fn div(a: Self, b: Self) -> Self {
                 a / b
             }
+            /// Squaring (a variance, a power spectrum) is a product: the
+            /// correctly rounded value, without a `powf` call.
             #[inline]
             fn pow(a: Self, b: Self) -> Self {
-                a.powf(b)
+                if b == 2.0 {
+                    a * a
+                } else {
+                    a.powf(b)
+                }
             }
             #[inline]
             fn max(a: Self, b: Self) -> Self {
@@ -214,7 +217,6 @@ macro_rules! impl_arith_int {
             const ZERO: Self = 0;
             const LOWEST: Self = $t::MIN;
             const HIGHEST: Self = $t::MAX;
-            const TWO: Self = 2;
             #[inline]
             fn add(a: Self, b: Self) -> Self {
                 a.wrapping_add(b)
