@@ -484,11 +484,14 @@ impl Conv {
             (Impl::Optimized, transpose) => {
                 let chunk = g.mg * out_len;
                 let pairs = g.n * g.g;
-                let work = y
-                    .len()
-                    .saturating_mul(g.cg)
-                    .saturating_mul(g.k_len())
-                    .max(xv.len().saturating_mul(g.mg).saturating_mul(g.k_len()));
+                // Multiply-adds: each output reads C/g·K inputs (conv); each
+                // input adds into M/g·K outputs (transpose).
+                let work = if transpose {
+                    xv.len().saturating_mul(g.mg)
+                } else {
+                    y.len().saturating_mul(g.cg)
+                }
+                .saturating_mul(g.k_len());
                 let big = work >= GEMM_PAR_MIN;
                 if chunk == 0 {
                     return Ok(());

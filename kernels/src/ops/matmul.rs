@@ -27,7 +27,7 @@ use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 /// Products with at least this many multiply-adds use gemm's rayon
 /// parallelism.
-pub(crate) const GEMM_PAR_MIN: usize = 1 << 21;
+pub(crate) const GEMM_PAR_MIN: usize = 1 << 22;
 
 pub(crate) fn bind_matmul(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     AttrReader::new("matmul@1", attrs).finish()?;

@@ -45,7 +45,7 @@ use crate::{
 
 /// Tensors with at least this many elements are split across rayon's global
 /// pool by the optimized implementations.
-pub(crate) const PAR_MIN: usize = 1 << 16;
+pub(crate) const PAR_MIN: usize = 1 << 17;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
