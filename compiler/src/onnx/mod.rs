@@ -56,8 +56,11 @@ use proto::{
 };
 
 /// The newest default-domain (`ai.onnx`) opset the importer knows: the one of
-/// ONNX 1.17.
-pub const MAX_OPSET: i64 = 22;
+/// ONNX 1.18. Opset 23 changed no op of the importer's set for the dtypes it
+/// supports: it added the float4e2m1 type to `Cast`, `Constant`, `Reshape`,
+/// `Shape` and others, and new ops (`Attention`, `RMSNormalization`,
+/// `RotaryEmbedding`) whose function bodies use ops of the set.
+pub const MAX_OPSET: i64 = 23;
 
 /// Why a model cannot be imported.
 #[derive(Debug, thiserror::Error)]

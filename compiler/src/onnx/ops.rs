@@ -194,7 +194,7 @@ pub(crate) fn check_support(op: &str, domain: &str, opset: i64) -> Result<(), St
     };
     if opset > MAX_OPSET {
         return Err(format!(
-            "opset {opset} is newer than the newest this importer knows ({MAX_OPSET}, ONNX 1.17)"
+            "opset {opset} is newer than the newest this importer knows ({MAX_OPSET}, ONNX 1.18)"
         ));
     }
     if opset < first {
