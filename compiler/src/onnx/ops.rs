@@ -1953,9 +1953,6 @@ impl Builder<'_, '_> {
     }
 
     fn layer_norm(&mut self) -> R<Vec<Val>> {
-        if self.node.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-            return Err("the Mean and InvStdDev outputs are not supported (inference only)".into());
-        }
         let x = self.input(0)?;
         let scale = self.input(1)?;
         let shape = self.shape(&x);
@@ -1983,7 +1980,28 @@ impl Builder<'_, '_> {
             ("axis", AttrValue::Int(axis as i64)),
             ("epsilon", AttrValue::Float(eps)),
         ]);
-        Ok(vec![self.kernel("layer_norm@1", a, &[x, scale, bias])?])
+        let y = self.kernel("layer_norm@1", a, &[x.clone(), scale, bias])?;
+        if self.node.outputs.iter().skip(1).all(|o| o.is_empty()) {
+            return Ok(vec![y]);
+        }
+        // The optional outputs (a training graph's): the mean and 1/σ over
+        // the normalized axes, kept as size-1 axes, computed in the stash
+        // type.
+        let stash = match self.int("stash_type", 1)? {
+            1 => DType::F32,
+            11 => DType::F64,
+            t => return Err(format!("stash_type {t} is not float or double")),
+        };
+        let xs = self.cast(&x, stash)?;
+        let axes: Vec<i64> = (axis as i64..shape.len() as i64).collect();
+        let mean = self.reduce("mean", &xs, &axes, true)?;
+        let d = self.binary("sub", &xs, &mean)?;
+        let d2 = self.binary("mul", &d, &d)?;
+        let var = self.reduce("mean", &d2, &axes, true)?;
+        let eps = self.scalar_like(eps, &var);
+        let var = self.binary("add", &var, &eps)?;
+        let inv_std = self.unary("rsqrt", &var)?;
+        Ok(vec![y, mean, inv_std])
     }
 
     fn reduction(&mut self) -> R<Val> {
