@@ -1762,3 +1762,51 @@ fn a_scalar_input_deciding_an_if_is_specialized_and_the_if_folds() -> Result<()>
     );
     Ok(())
 }
+
+/// `y = ReduceSum(x, axes)` with `axes` a graph input (opset 13, as the
+/// ONNX node tests feed it): the entry is specialized on the call's axes (an
+/// `InputValues` guard), other axes compile another entry, and a saved
+/// package without a compiler explains the miss by the values.
+#[test]
+fn a_graph_input_needed_at_compile_time_is_specialized_on_its_value() -> Result<()> {
+    let graph = GraphProto {
+        name: "reduce".into(),
+        node: vec![NodeProto::new("sum", "ReduceSum", &["x", "axes"], &["y"])
+            .attr(AttributeProto::int("keepdims", 0))],
+        input: vec![
+            ValueInfoProto::fixed("x", data_type::FLOAT, &[2, 3]),
+            ValueInfoProto::fixed("axes", data_type::INT64, &[1]),
+        ],
+        output: vec![out("y")],
+        ..Default::default()
+    };
+    let m = onnx::load(&model_bytes(graph, 13))?;
+    let mut c = Compiler::builder(Host::new(HostConfig::default())?)
+        .function(m.function("forward"))
+        .create()?;
+    let x = Tensor::from_vec(&[2, 3], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    let rows = c.call("forward", &[x.clone(), i64s(&[1])])?;
+    assert_eq!(rows[0].to_vec::<f32>()?, [6.0, 15.0]);
+    let cols = c.call("forward", &[x.clone(), i64s(&[0])])?;
+    assert_eq!(cols[0].to_vec::<f32>()?, [5.0, 7.0, 9.0]);
+    let entries = &c.manifest().function("forward").unwrap().entries;
+    assert_eq!(entries.len(), 2, "one entry per axes value");
+    assert!(entries[1].guards.iter().any(|g| matches!(
+        g,
+        ampoule::host::Guard::InputValues { input: 1, values }
+            if values == &[ampoule::host::ScalarValue::Int(0)]
+    )));
+    let dir = tempfile::tempdir()?;
+    c.save(dir.path())?;
+    let pkg = Host::new(HostConfig::default())?.open(dir.path(), Bindings::new())?;
+    assert_eq!(
+        pkg.call("forward", &[x.clone(), i64s(&[1])])?[0].to_vec::<f32>()?,
+        [6.0, 15.0]
+    );
+    let err = pkg
+        .call("forward", &[x, i64s(&[-1])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("axes == [1], got [-1]"), "{err}");
+    Ok(())
+}

@@ -622,6 +622,7 @@ pub fn examples_from_guards(guards: &[Guard]) -> Result<Vec<Example>, String> {
     let mut rank = vec![None; count];
     let mut dims: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); count];
     let mut value: Vec<Option<ScalarValue>> = vec![None; count];
+    let mut values: Vec<Option<Vec<ScalarValue>>> = vec![None; count];
     let slot = |i: u32| -> Result<usize, String> {
         let i = i as usize;
         if i < count {
@@ -665,6 +666,7 @@ pub fn examples_from_guards(guards: &[Guard]) -> Result<Vec<Example>, String> {
                 dims[slot(*input)?].insert(*axis, size);
             }
             Guard::ScalarValue { input, value: v } => value[slot(*input)?] = Some(*v),
+            Guard::InputValues { input, values: v } => values[slot(*input)?] = Some(v.clone()),
             _ => {}
         }
     }
@@ -697,6 +699,7 @@ pub fn examples_from_guards(guards: &[Guard]) -> Result<Vec<Example>, String> {
             Ok(Example {
                 meta: TensorMeta::new(d, shape),
                 value: value[i],
+                values: values[i].clone(),
             })
         })
         .collect()
@@ -720,11 +723,13 @@ mod tests {
             [
                 Example {
                     meta: TensorMeta::new(DType::F32, [4, 3]),
-                    value: None
+                    value: None,
+                    values: None,
                 },
                 Example {
                     meta: TensorMeta::new(DType::I64, []),
-                    value: Some(ScalarValue::Int(7))
+                    value: Some(ScalarValue::Int(7)),
+                    values: None,
                 },
             ]
         );

@@ -5,7 +5,8 @@
 //!
 //! 1. `InputCount`;
 //! 2. per input, in order: `Dtype`, `Rank`, one `Dim` per axis, and
-//!    `ScalarValue` if the trace read the input's value;
+//!    `ScalarValue` if the trace read a rank-0 input's value, `InputValues` if
+//!    it read the elements of a small tensor input;
 //! 3. per global in the entry's globals table: `GlobalMeta`, and
 //!    `GlobalDigest` for a host-bound global the entry is specialized on.
 //!
@@ -96,6 +97,12 @@ pub fn input_guards(graph: &Graph) -> Vec<Guard> {
             guards.push(Guard::ScalarValue {
                 input: input_index,
                 value,
+            });
+        }
+        if let Some(values) = &input.values {
+            guards.push(Guard::InputValues {
+                input: input_index,
+                values: values.clone(),
             });
         }
     }

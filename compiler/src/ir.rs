@@ -163,6 +163,9 @@ pub struct InputDef {
     /// is specialized on it (a `ScalarValue` guard) and the signature
     /// declares the input a scalar.
     pub specialized: Option<ScalarValue>,
+    /// For a small tensor input whose elements the trace read: those
+    /// elements. The entry is specialized on them (an `InputValues` guard).
+    pub values: Option<Vec<ScalarValue>>,
 }
 
 /// Where a global's value comes from.
@@ -264,6 +267,7 @@ impl Graph {
             name: name.into(),
             meta,
             specialized: None,
+            values: None,
         });
         (self.inputs.len() - 1) as u32
     }
@@ -678,6 +682,10 @@ impl fmt::Display for Graph {
             write!(f, "input {}: {}", i.name, i.meta)?;
             if let Some(s) = i.specialized {
                 write!(f, " = {s}")?;
+            }
+            if let Some(v) = &i.values {
+                let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+                write!(f, " = [{}]", items.join(", "))?;
             }
             writeln!(f)?;
         }

@@ -86,25 +86,34 @@ pub struct Example {
     pub meta: TensorMeta,
     /// The value of a rank-0 input (read by [`Tracer::scalar_input`]).
     pub value: Option<ScalarValue>,
+    /// The elements of a small tensor input of rank >= 1 (at most
+    /// `MAX_INPUT_VALUES`; read by [`Tracer::input_values`]).
+    pub values: Option<Vec<ScalarValue>>,
 }
 
 impl Example {
-    /// The example a call's input gives: its meta, and its value if rank 0.
+    /// The example a call's input gives: its meta, its value if rank 0, its
+    /// elements if small.
     pub fn of(t: &Tensor) -> Example {
-        let value = if t.shape().is_empty() {
-            ScalarValue::of(t)
+        let (value, values) = if t.shape().is_empty() {
+            (ScalarValue::of(t), None)
         } else {
-            None
+            (None, ScalarValue::all(t))
         };
         Example {
             meta: t.meta().clone(),
             value,
+            values,
         }
     }
 
-    /// An example with only a meta (a tensor input never read as a scalar).
+    /// An example with only a meta (a tensor input never read as a value).
     pub fn meta(meta: TensorMeta) -> Example {
-        Example { meta, value: None }
+        Example {
+            meta,
+            value: None,
+            values: None,
+        }
     }
 }
 
@@ -123,6 +132,12 @@ pub enum TraceError {
     NoSuchInput { index: usize, count: usize },
     #[error("input {index} (`{name}`) is {meta}, not a scalar; pass scalars as rank-0 tensors")]
     NotScalar {
+        index: usize,
+        name: String,
+        meta: TensorMeta,
+    },
+    #[error("input {index} (`{name}`) is {meta}: its values are needed at compile time, which needs a tensor of at most {max} elements", max = ampoule_host::guard::MAX_INPUT_VALUES)]
+    NoValues {
         index: usize,
         name: String,
         meta: TensorMeta,
@@ -947,6 +962,47 @@ impl Tracer<'_> {
             ScalarValue::Float(v) => Ok(v),
             ScalarValue::Int(v) => Ok(v as f64),
         }
+    }
+
+    /// Reads the elements of tensor input `index` (rank >= 1, at most
+    /// `MAX_INPUT_VALUES` elements) at trace time, row-major. The entry is
+    /// specialized on them (an `InputValues` guard): for an input the body
+    /// needs as a compile-time value (ONNX axes, sizes or pads fed as graph
+    /// inputs).
+    pub fn input_values(&mut self, index: usize) -> Result<Vec<ScalarValue>, TraceError> {
+        let count = self.examples.len();
+        let ex = self
+            .examples
+            .get(index)
+            .ok_or(TraceError::NoSuchInput { index, count })?;
+        let def = self
+            .root_mut()
+            .inputs
+            .get_mut(index)
+            .ok_or(TraceError::NoSuchInput { index, count })?;
+        match (&ex.values, ex.meta.shape.is_empty()) {
+            (Some(v), false) => {
+                def.values = Some(v.clone());
+                Ok(v.clone())
+            }
+            _ => Err(TraceError::NoValues {
+                index,
+                name: def.name.clone(),
+                meta: ex.meta.clone(),
+            }),
+        }
+    }
+
+    /// The function input `v` is, if it is one (read directly, not computed).
+    pub fn input_index(&self, v: Traced) -> Option<usize> {
+        if v.scope != ROOT {
+            return None;
+        }
+        let g = self.outer.first().map_or(&self.graph, |l| &l.graph);
+        g.nodes.iter().find_map(|n| match n.op {
+            Op::Input(i) if n.outputs.first() == Some(&v.value) => Some(i as usize),
+            _ => None,
+        })
     }
 
     /// A compile-time constant (folded where possible, otherwise embedded in

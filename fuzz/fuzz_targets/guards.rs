@@ -41,6 +41,8 @@ enum G {
     DimRange(u8, u8, u64, u64),
     DimModulo(u8, u8, u64, u64),
     DimEq(u8, u8, u8, u8),
+    /// Small ints (so they can match tensor contents) or any float bits.
+    InputValues(u8, Vec<i8>, Vec<f64>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -97,6 +99,15 @@ fn guard(g: &G) -> Guard {
         G::ScalarFloat(i, v) => Guard::ScalarValue {
             input: u32::from(*i % 6),
             value: ScalarValue::Float(*v),
+        },
+        G::InputValues(i, ints, floats) => Guard::InputValues {
+            input: u32::from(*i % 6),
+            values: ints
+                .iter()
+                .map(|&v| ScalarValue::Int(i64::from(v)))
+                .chain(floats.iter().map(|&f| ScalarValue::Float(f)))
+                .take(70)
+                .collect(),
         },
         G::GlobalMeta(gi, d, shape) => Guard::GlobalMeta {
             global: u32::from(*gi % 6),

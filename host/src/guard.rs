@@ -79,7 +79,55 @@ impl std::fmt::Display for ScalarValue {
     }
 }
 
+/// `[1, 2, 3]`.
+fn list(values: &[ScalarValue]) -> String {
+    let items: Vec<String> = values.iter().map(ToString::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The most values an [`Guard::InputValues`] guard holds.
+pub const MAX_INPUT_VALUES: usize = 64;
+
 impl ScalarValue {
+    /// Every element of a tensor of at most [`MAX_INPUT_VALUES`] elements,
+    /// row-major.
+    pub fn all(tensor: &Tensor) -> Option<Vec<ScalarValue>> {
+        if tensor.numel() > MAX_INPUT_VALUES {
+            return None;
+        }
+        let ints = |v: Vec<i64>| v.into_iter().map(ScalarValue::Int).collect();
+        let floats = |v: Vec<f64>| v.into_iter().map(ScalarValue::Float).collect();
+        Some(match tensor.dtype() {
+            DType::F32 => floats(
+                tensor
+                    .data::<f32>()
+                    .ok()?
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect(),
+            ),
+            DType::F64 => floats(tensor.data::<f64>().ok()?.to_vec()),
+            DType::I8 => ints(
+                tensor
+                    .data::<i8>()
+                    .ok()?
+                    .iter()
+                    .map(|&v| i64::from(v))
+                    .collect(),
+            ),
+            DType::U8 | DType::Bool => ints(tensor.bytes().iter().map(|&v| i64::from(v)).collect()),
+            DType::I32 => ints(
+                tensor
+                    .data::<i32>()
+                    .ok()?
+                    .iter()
+                    .map(|&v| i64::from(v))
+                    .collect(),
+            ),
+            DType::I64 => ints(tensor.data::<i64>().ok()?.to_vec()),
+        })
+    }
+
     /// Reads element 0 of a rank-0 (or one-element) tensor.
     pub fn of(tensor: &Tensor) -> Option<ScalarValue> {
         if tensor.numel() != 1 {
@@ -148,6 +196,14 @@ pub enum Guard {
     },
     /// Scalar input `input` equals `value` (the entry is specialized on it).
     ScalarValue { input: u32, value: ScalarValue },
+    /// Tensor input `input` holds exactly `values`, row-major (the entry is
+    /// specialized on a small tensor whose content the compiler needed: an
+    /// ONNX graph input giving axes, sizes or pads). At most
+    /// [`MAX_INPUT_VALUES`] values.
+    InputValues {
+        input: u32,
+        values: Vec<ScalarValue>,
+    },
     /// Global `global` (a package-global index) has this dtype and shape.
     GlobalMeta {
         global: u32,
@@ -265,6 +321,19 @@ impl Guard {
                     None => Err(format!("a tensor of shape {:?}", t.shape())),
                 }
             }
+            Guard::InputValues { input: i, values } => {
+                let t = input(*i)?;
+                match ScalarValue::all(t) {
+                    Some(v)
+                        if v.len() == values.len()
+                            && v.iter().zip(values).all(|(a, b)| a.same(*b)) =>
+                    {
+                        Ok(())
+                    }
+                    Some(v) => Err(list(&v)),
+                    None => Err(format!("a tensor of {} elements", t.numel())),
+                }
+            }
             Guard::GlobalMeta { .. } | Guard::GlobalDigest { .. } => Ok(()),
         }
     }
@@ -307,7 +376,8 @@ impl Guard {
             | Guard::DimRange { .. }
             | Guard::DimModulo { .. }
             | Guard::DimEq { .. }
-            | Guard::ScalarValue { .. } => Ok(()),
+            | Guard::ScalarValue { .. }
+            | Guard::InputValues { .. } => Ok(()),
         }
     }
 
@@ -357,6 +427,7 @@ impl Guard {
                 input(*other)
             ),
             Guard::ScalarValue { input: i, value } => format!("{} == {value}", input(*i)),
+            Guard::InputValues { input: i, values } => format!("{} == {}", input(*i), list(values)),
             Guard::GlobalMeta {
                 global: g,
                 dtype,
@@ -379,7 +450,8 @@ impl Guard {
             | Guard::DimRange { input, .. }
             | Guard::DimModulo { input, .. }
             | Guard::DimEq { input, .. }
-            | Guard::ScalarValue { input, .. } => Some(*input),
+            | Guard::ScalarValue { input, .. }
+            | Guard::InputValues { input, .. } => Some(*input),
             Guard::InputCount { .. }
             | Guard::InputNames { .. }
             | Guard::GlobalMeta { .. }
@@ -643,6 +715,36 @@ mod tests {
                 .map(|actual| format!("{}, got {actual}", guard.describe(&s, &[])));
             assert_eq!(got.as_deref(), want, "{guard:?}");
         }
+    }
+
+    #[test]
+    fn input_values_guard_compares_every_element() {
+        let g = Guard::InputValues {
+            input: 0,
+            values: vec![ScalarValue::Int(0), ScalarValue::Int(-1)],
+        };
+        let check = |t: Tensor| {
+            g.check(&CallView {
+                names: None,
+                inputs: &[&t],
+            })
+        };
+        assert!(check(Tensor::from_vec(&[2], vec![0i64, -1]).unwrap()).is_ok());
+        assert!(check(Tensor::from_vec(&[2], vec![0i32, -1]).unwrap()).is_ok());
+        assert_eq!(
+            check(Tensor::from_vec(&[2], vec![0i64, 1]).unwrap()),
+            Err("[0, 1]".into())
+        );
+        assert_eq!(
+            check(Tensor::from_vec(&[3], vec![0i64, -1, 2]).unwrap()),
+            Err("[0, -1, 2]".into())
+        );
+        assert_eq!(
+            check(Tensor::zeros(DType::I64, &[65]).unwrap()),
+            Err("a tensor of 65 elements".into())
+        );
+        let back: Guard = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back, g);
     }
 
     #[test]

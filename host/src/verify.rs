@@ -33,7 +33,7 @@ use std::sync::Arc;
 use ampoule_kernels::{Bound, DType, Registry, TensorMeta, MAX_RANK};
 
 use crate::error::Problem;
-use crate::guard::CallView;
+use crate::guard::{CallView, Guard, MAX_INPUT_VALUES};
 use crate::manifest::{
     sample_input_tensor, sample_output_tensor, wrapper_file, EntryDecl, FunctionDecl, GlobalSource,
     Manifest, FORMAT_VERSION,
@@ -304,6 +304,17 @@ pub(crate) fn verify_package(
                             format!(
                                 "input {i} out of range ({} inputs)",
                                 f.signature.inputs.len()
+                            ),
+                        );
+                    }
+                }
+                if let Guard::InputValues { values, .. } = guard {
+                    if values.len() > MAX_INPUT_VALUES {
+                        p.add(
+                            format!("{at}.guards[{gi}]"),
+                            format!(
+                                "{} input values, more than the {MAX_INPUT_VALUES} a guard may hold",
+                                values.len()
                             ),
                         );
                     }

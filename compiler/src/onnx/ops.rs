@@ -595,11 +595,53 @@ impl Builder<'_, '_> {
         }
     }
 
+    /// The content of `v` at trace time: a known value, or a graph input
+    /// read directly, whose value in the call being compiled the entry is
+    /// then specialized on (node tests feed axes, sizes and pads as graph
+    /// inputs). `None` for a computed value, or an input whose value the
+    /// compile does not have.
+    fn content(&mut self, v: &Val) -> Option<Tensor> {
+        let x = match v {
+            Val::Known { t, .. } => return Some(t.clone()),
+            Val::Traced(x) => *x,
+        };
+        let i = self.cx.input_index(x)?;
+        let meta = self.cx.meta(x).clone();
+        let values = if meta.shape.is_empty() {
+            vec![self.cx.scalar_input(i).ok()?]
+        } else {
+            self.cx.input_values(i).ok()?
+        };
+        let as_f64 = |v: &ampoule_host::ScalarValue| match *v {
+            ampoule_host::ScalarValue::Int(n) => n as f64,
+            ampoule_host::ScalarValue::Float(f) => f,
+        };
+        let t = match meta.dtype {
+            // i64 holds every integer value exactly.
+            DType::I64 => {
+                let v = values
+                    .iter()
+                    .map(|v| match *v {
+                        ampoule_host::ScalarValue::Int(n) => n,
+                        ampoule_host::ScalarValue::Float(f) => f as i64,
+                    })
+                    .collect();
+                Tensor::from_vec(&meta.shape, v).ok()?
+            }
+            d => {
+                let parts: Vec<Tensor> = values.iter().map(|v| scalar(as_f64(v), d)).collect();
+                let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes().to_vec()).collect();
+                Tensor::from_bytes(d, &meta.shape, &bytes).ok()?
+            }
+        };
+        Some(t)
+    }
+
     /// The content of a known integer tensor (a shape, axes, indices).
-    fn known_ints(&self, v: &Val, what: &str) -> R<Vec<i64>> {
-        let Val::Known { t, .. } = v else {
+    fn known_ints(&mut self, v: &Val, what: &str) -> R<Vec<i64>> {
+        let Some(t) = self.content(v) else {
             return Err(format!(
-                "{what} must be known at compile time (a constant, an initializer or computed from shapes)"
+                "{what} must be known at compile time (a constant, an initializer, computed from shapes, or a graph input whose value the compile is given)"
             ));
         };
         match t.dtype() {
@@ -615,8 +657,8 @@ impl Builder<'_, '_> {
     }
 
     /// A known scalar as f64 (for `Range`, `Clip` bounds).
-    fn known_f64(&self, v: &Val, what: &str) -> R<f64> {
-        let Val::Known { t, .. } = v else {
+    fn known_f64(&mut self, v: &Val, what: &str) -> R<f64> {
+        let Some(t) = self.content(v) else {
             return Err(format!("{what} must be known at compile time"));
         };
         if t.numel() != 1 {
@@ -1845,7 +1887,7 @@ impl Builder<'_, '_> {
     }
 
     /// A known boolean (or numeric) flag such as Dropout's `training_mode`.
-    fn known_flag(&self, v: &Val) -> R<bool> {
+    fn known_flag(&mut self, v: &Val) -> R<bool> {
         Ok(self.known_f64(v, "training_mode")? != 0.0)
     }
 

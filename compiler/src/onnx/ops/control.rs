@@ -67,7 +67,7 @@ impl<'a> Builder<'a, '_> {
     }
 
     /// The truth of a known one-element condition.
-    fn known_truth(&self, v: &Val, what: &str) -> R<Option<bool>> {
+    fn known_truth(&mut self, v: &Val, what: &str) -> R<Option<bool>> {
         match v {
             Val::Known { t, .. } if t.numel() != 1 => {
                 Err(format!("{what} must have one element, not {}", t.meta()))
