@@ -1775,10 +1775,10 @@ impl Builder<'_, '_> {
         let scales = match self.opt_input(2)? {
             Some(Val::Known { t, .. }) if t.numel() == 0 => None,
             Some(v) => {
-                let Val::Known { t, .. } = &v else {
+                let Some(t) = self.content(&v) else {
                     return Err("the scales input must be known at compile time".into());
                 };
-                let c = self.cast(&known(t.clone()), DType::F64)?;
+                let c = self.cast(&known(t), DType::F64)?;
                 let Val::Known { t, .. } = c else {
                     return Err("the scales input must be known at compile time".into());
                 };
