@@ -964,22 +964,23 @@ fn conv_pair<T: Float>(
     if par {
         // Several tiles: each thread builds and multiplies whole tiles of its
         // own (a product per tile scales better than splitting one product
-        // across threads); rounds of two tiles per thread bound the memory.
+        // across threads), in rounds of two tiles per thread whose buffers
+        // are allocated once.
         let round = 2 * rayon::current_num_threads();
+        let mut cols = vec![T::ZERO; round * ck * tile];
+        let mut parts = vec![T::ZERO; round * g.mg * tile];
         for batch in starts.chunks(round) {
-            let parts = batch
-                .par_iter()
-                .map_init(
-                    || vec![T::ZERO; ck * tile],
-                    |col, &t0| {
-                        let mut part = vec![T::ZERO; g.mg * tile.min(out_len - t0)];
-                        gemm_tile(col, t0, &mut part, false, false)?;
-                        Ok::<_, String>(part)
-                    },
-                )
-                .collect::<Result<Vec<_>, _>>()?;
-            for (&t0, part) in batch.iter().zip(&parts) {
-                add(ychunk, t0, part)?;
+            parts
+                .par_chunks_mut(g.mg * tile)
+                .zip(cols.par_chunks_mut(ck * tile))
+                .zip(batch.par_iter())
+                .try_for_each(|((part, col), &t0)| {
+                    let tl = tile.min(out_len - t0);
+                    gemm_tile(col, t0, &mut part[..g.mg * tl], false, false)
+                })?;
+            for (part, &t0) in parts.chunks(g.mg * tile).zip(batch) {
+                let tl = tile.min(out_len - t0);
+                add(ychunk, t0, &part[..g.mg * tl])?;
             }
         }
         return Ok(());
