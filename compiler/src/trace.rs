@@ -48,7 +48,9 @@ use ampoule_host::ScalarValue;
 use ampoule_kernels::{AttrValue, Attrs, DType, Registry, Tensor, TensorMeta};
 
 use crate::hash::program_hash;
-use crate::ir::{attrs, BuildError, GlobalDef, GlobalSource, Graph, Op, ValueId, MAX_REGION_DEPTH};
+use crate::ir::{
+    attrs, BuildError, GlobalDef, GlobalSource, Graph, InputDef, Op, ValueId, MAX_REGION_DEPTH,
+};
 
 /// A traced value: a cheap handle to a value of the graph being traced, or
 /// of a region being traced inside it ([`Tracer::cond`],
@@ -428,7 +430,7 @@ macro_rules! binary_ops {
     )*};
 }
 
-impl Tracer<'_> {
+impl<'a> Tracer<'a> {
     /// The graph recorded so far.
     pub fn graph(&self) -> &Graph {
         &self.graph
@@ -916,13 +918,11 @@ impl Tracer<'_> {
         Ok(())
     }
 
-    /// Reads rank-0 input `index` at trace time. The entry is specialized on
-    /// the value (a `ScalarValue` guard) and the input is a scalar in the
-    /// signature.
-    pub fn scalar_input(&mut self, index: usize) -> Result<ScalarValue, TraceError> {
+    /// Input `index`'s example and its declaration in the function's graph.
+    fn input_slot(&mut self, index: usize) -> Result<(&'a Example, &mut InputDef), TraceError> {
         let count = self.examples.len();
-        let ex = self
-            .examples
+        let examples: &'a [Example] = self.examples;
+        let ex = examples
             .get(index)
             .ok_or(TraceError::NoSuchInput { index, count })?;
         let def = self
@@ -930,6 +930,14 @@ impl Tracer<'_> {
             .inputs
             .get_mut(index)
             .ok_or(TraceError::NoSuchInput { index, count })?;
+        Ok((ex, def))
+    }
+
+    /// Reads rank-0 input `index` at trace time. The entry is specialized on
+    /// the value (a `ScalarValue` guard) and the input is a scalar in the
+    /// signature.
+    pub fn scalar_input(&mut self, index: usize) -> Result<ScalarValue, TraceError> {
+        let (ex, def) = self.input_slot(index)?;
         match (ex.meta.shape.is_empty(), ex.value) {
             (true, Some(v)) => {
                 def.specialized = Some(v);
@@ -970,16 +978,7 @@ impl Tracer<'_> {
     /// needs as a compile-time value (ONNX axes, sizes or pads fed as graph
     /// inputs).
     pub fn input_values(&mut self, index: usize) -> Result<Vec<ScalarValue>, TraceError> {
-        let count = self.examples.len();
-        let ex = self
-            .examples
-            .get(index)
-            .ok_or(TraceError::NoSuchInput { index, count })?;
-        let def = self
-            .root_mut()
-            .inputs
-            .get_mut(index)
-            .ok_or(TraceError::NoSuchInput { index, count })?;
+        let (ex, def) = self.input_slot(index)?;
         match (&ex.values, ex.meta.shape.is_empty()) {
             (Some(v), false) => {
                 def.values = Some(v.clone());

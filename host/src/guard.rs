@@ -133,14 +133,7 @@ impl ScalarValue {
         if tensor.numel() != 1 {
             return None;
         }
-        Some(match tensor.dtype() {
-            DType::F32 => ScalarValue::Float(f64::from(tensor.data::<f32>().ok()?[0])),
-            DType::F64 => ScalarValue::Float(tensor.data::<f64>().ok()?[0]),
-            DType::I8 => ScalarValue::Int(i64::from(tensor.data::<i8>().ok()?[0])),
-            DType::U8 | DType::Bool => ScalarValue::Int(i64::from(tensor.bytes()[0])),
-            DType::I32 => ScalarValue::Int(i64::from(tensor.data::<i32>().ok()?[0])),
-            DType::I64 => ScalarValue::Int(tensor.data::<i64>().ok()?[0]),
-        })
+        ScalarValue::all(tensor)?.first().copied()
     }
 
     /// Exact equality; floats compare bit for bit (so `-0.0 != 0.0`),
