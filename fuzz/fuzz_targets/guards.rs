@@ -242,6 +242,9 @@ fn round_trip(guards: &[Guard]) {
                 Guard::ScalarValue { input: i, value: ScalarValue::Float(x) },
                 Guard::ScalarValue { input: j, value: ScalarValue::Float(y) },
             ) => i == j && ((x.is_nan() && y.is_nan()) || x.to_bits() == y.to_bits()),
+            (Guard::InputValues { input: i, values: x }, Guard::InputValues { input: j, values: y }) => {
+                i == j && x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.same(*b))
+            }
             _ => a == b,
         };
         assert!(same, "{a:?} reads back as {b:?} from {}", String::from_utf8_lossy(&json));
