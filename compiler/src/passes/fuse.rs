@@ -31,19 +31,13 @@ use crate::ir::{attrs, Graph, Op, ValueId};
 const MAX_INPUTS: usize = 5;
 const MAX_INSTRUCTIONS: usize = 32;
 
-/// A group under construction: its nodes in graph order; the last one is
-/// its result.
-struct Group {
-    nodes: Vec<usize>,
-}
-
-/// The fusable op of node `n`: its `op` name and operand count.
+/// The `op` name of node `n`, if it is fusable.
 fn fusable(
     graph: &Graph,
     n: usize,
     registry: &Registry,
     accepted: &mut HashMap<String, bool>,
-) -> Option<(String, usize)> {
+) -> Option<String> {
     let node = &graph.nodes[n];
     let Op::Kernel { kernel, attrs } = &node.op else {
         return None;
@@ -73,7 +67,7 @@ fn fusable(
         };
         registry.bind("fused@1", &fused_attrs(1, &token)).is_ok()
     });
-    ok.then(|| (op.clone(), arity))
+    ok.then(|| op.clone())
 }
 
 fn fused_attrs(inputs: usize, program: &str) -> ampoule_kernels::Attrs {
@@ -108,8 +102,10 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
     let uses = graph.use_counts();
     let producers = graph.producers();
     let mut accepted = HashMap::new();
-    let mut ops: Vec<Option<(String, usize)>> = vec![None; graph.nodes.len()];
-    let mut groups: Vec<Option<Group>> = Vec::new();
+    let mut ops: Vec<Option<String>> = vec![None; graph.nodes.len()];
+    // Groups under construction: their nodes in graph order, the last one
+    // the group's result; `None` once merged into a later group.
+    let mut groups: Vec<Option<Vec<usize>>> = Vec::new();
     let mut group_of: Vec<Option<usize>> = vec![None; graph.nodes.len()];
     for n in prefix..graph.nodes.len() {
         let Some(op) = fusable(graph, n, registry, &mut accepted) else {
@@ -124,13 +120,13 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
             };
             let Some(g) = group_of[p] else { continue };
             let Some(group) = &groups[g] else { continue };
-            let joins = group.nodes.last() == Some(&p)
+            let joins = group.last() == Some(&p)
                 && uses[v.index()] == 1
                 && graph.meta(v) == graph.meta(out);
             if !joins {
                 continue;
             }
-            let mut merged: Vec<usize> = nodes.iter().chain(&group.nodes).copied().collect();
+            let mut merged: Vec<usize> = nodes.iter().chain(group).copied().collect();
             merged.sort_unstable();
             if merged.len() <= MAX_INSTRUCTIONS
                 && external_inputs(graph, &merged).len() <= MAX_INPUTS
@@ -142,21 +138,21 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
         for &m in &nodes {
             group_of[m] = Some(groups.len());
         }
-        groups.push(Some(Group { nodes }));
+        groups.push(Some(nodes));
     }
 
     let mut keep = vec![true; graph.nodes.len()];
     let mut removed = 0;
     for group in groups.into_iter().flatten() {
-        if group.nodes.len() < 2 {
+        if group.len() < 2 {
             continue;
         }
-        let ext = external_inputs(graph, &group.nodes);
+        let ext = external_inputs(graph, &group);
         let mut reg: HashMap<ValueId, usize> =
             ext.iter().enumerate().map(|(i, &v)| (v, i)).collect();
-        let mut program = Vec::with_capacity(group.nodes.len());
-        for (i, &m) in group.nodes.iter().enumerate() {
-            let Some((op, _)) = &ops[m] else { continue };
+        let mut program = Vec::with_capacity(group.len());
+        for (i, &m) in group.iter().enumerate() {
+            let Some(op) = &ops[m] else { continue };
             let node = &graph.nodes[m];
             let operands: Vec<String> = node
                 .inputs
@@ -169,7 +165,7 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
         let fused = fused_attrs(ext.len(), &program.join(" "));
         // The kernel has the last word on what it runs (and on the output
         // type, which must be the chain's).
-        let Some(&root) = group.nodes.last() else {
+        let Some(&root) = group.last() else {
             continue;
         };
         let out_meta = graph.meta(graph.nodes[root].outputs[0]).clone();
@@ -186,7 +182,7 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
             attrs: fused,
         };
         graph.nodes[root].inputs = ext;
-        for &m in &group.nodes[..group.nodes.len() - 1] {
+        for &m in &group[..group.len() - 1] {
             keep[m] = false;
             removed += 1;
         }
