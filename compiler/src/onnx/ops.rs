@@ -1727,20 +1727,25 @@ impl Builder<'_, '_> {
         self.kernel("pool@1", a, &[x])
     }
 
+    /// Resize as one `resize@1` launch: sizes, scales, `axes`, the
+    /// keep-aspect-ratio policies and the tf_crop_and_resize `roi` are all
+    /// resolved here, at compile time, into the kernel's per-axis `sizes`,
+    /// `scales` and `roi`.
     fn resize(&mut self) -> R<Val> {
         let n = self.node;
         let x = self.input(0)?;
         let shape = self.shape(&x);
         let rank = shape.len();
         let mode = self.string("mode", "nearest")?;
-        if mode != "nearest" && mode != "linear" {
+        if !matches!(mode.as_str(), "nearest" | "linear" | "cubic") {
             return Err(format!(
-                "mode `{mode}` is not supported (nearest or linear)"
+                "mode `{mode}` is not supported (nearest, linear or cubic)"
             ));
         }
         let coord = self.string("coordinate_transformation_mode", "half_pixel")?;
         let known_coord = match coord.as_str() {
-            "half_pixel" | "pytorch_half_pixel" | "align_corners" | "asymmetric" => true,
+            "half_pixel" | "pytorch_half_pixel" | "align_corners" | "asymmetric"
+            | "tf_crop_and_resize" => true,
             "half_pixel_symmetric" => n.opset >= 19,
             _ => false,
         };
@@ -1749,16 +1754,21 @@ impl Builder<'_, '_> {
                 "coordinate_transformation_mode `{coord}` is not supported"
             ));
         }
-        if n.opset >= 18 {
-            if self.int("antialias", 0)? != 0 {
-                return Err("antialias = 1 is not supported".into());
-            }
-            let policy = self.string("keep_aspect_ratio_policy", "stretch")?;
-            if policy != "stretch" {
-                return Err(format!(
-                    "keep_aspect_ratio_policy `{policy}` is not supported (only `stretch`)"
-                ));
-            }
+        let (antialias, policy) = if n.opset >= 18 {
+            (
+                self.int("antialias", 0)? != 0,
+                self.string("keep_aspect_ratio_policy", "stretch")?,
+            )
+        } else {
+            (false, "stretch".to_string())
+        };
+        if antialias && mode == "nearest" {
+            return Err("antialias = 1 applies to mode linear or cubic, not nearest".into());
+        }
+        if !matches!(policy.as_str(), "stretch" | "not_larger" | "not_smaller") {
+            return Err(format!(
+                "keep_aspect_ratio_policy `{policy}` is not supported (stretch, not_larger or not_smaller)"
+            ));
         }
         let axes: Vec<usize> = match self.ints("axes")? {
             Some(a) if n.opset >= 18 => a
@@ -1767,6 +1777,9 @@ impl Builder<'_, '_> {
                 .collect::<R<Vec<_>>>()?,
             _ => (0..rank).collect(),
         };
+        if (1..axes.len()).any(|i| axes[..i].contains(&axes[i])) {
+            return Err(format!("axes {axes:?} name an axis twice"));
+        }
         let sizes = match self.opt_input(3)? {
             Some(v) => Some(self.known_ints(&v, "the sizes input")?),
             None => None,
@@ -1774,27 +1787,54 @@ impl Builder<'_, '_> {
         .filter(|v| !v.is_empty());
         let scales = match self.opt_input(2)? {
             Some(Val::Known { t, .. }) if t.numel() == 0 => None,
-            Some(v) => {
-                let Some(t) = self.content(&v) else {
-                    return Err("the scales input must be known at compile time".into());
-                };
-                let c = self.cast(&known(t), DType::F64)?;
-                let Val::Known { t, .. } = c else {
-                    return Err("the scales input must be known at compile time".into());
-                };
-                Some(t.to_vec::<f64>().map_err(e)?)
-            }
+            Some(v) => Some(self.known_floats(&v, "the scales input")?),
             None => None,
         };
         let mut out = shape.clone();
         let mut a = attrs([
-            ("mode", AttrValue::Str(mode)),
-            ("coordinate_transformation_mode", AttrValue::Str(coord)),
+            ("mode", AttrValue::Str(mode.clone())),
             (
                 "nearest_mode",
                 AttrValue::Str(self.string("nearest_mode", "round_prefer_floor")?),
             ),
         ]);
+        if mode == "cubic" {
+            let ca = f64::from(self.float("cubic_coeff_a", -0.75)?);
+            a.insert("cubic_coeff_a".into(), AttrValue::Float(ca));
+        }
+        if self.int("exclude_outside", 0)? != 0 {
+            a.insert("exclude_outside".into(), AttrValue::Int(1));
+        }
+        if antialias {
+            a.insert("antialias".into(), AttrValue::Int(1));
+        }
+        if coord == "tf_crop_and_resize" {
+            let roi = match self.opt_input(1)? {
+                Some(v) => self.known_floats(&v, "the roi input")?,
+                None => Vec::new(),
+            };
+            let k = axes.len();
+            if roi.len() != 2 * k || roi.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "tf_crop_and_resize needs the roi input: {} finite numbers (the crop starts, \
+                     then the crop ends, one per resized axis), got {roi:?}",
+                    2 * k
+                ));
+            }
+            let mut full = vec![0.0; rank];
+            full.resize(2 * rank, 1.0);
+            for (i, &ax) in axes.iter().enumerate() {
+                full[ax] = roi[i];
+                full[rank + ax] = roi[k + i];
+            }
+            a.insert("roi".into(), AttrValue::Floats(full));
+            let ev = f64::from(self.float("extrapolation_value", 0.0)?);
+            a.insert("extrapolation_value".into(), AttrValue::Float(ev));
+        }
+        a.insert(
+            "coordinate_transformation_mode".into(),
+            AttrValue::Str(coord),
+        );
         match (sizes, scales) {
             (Some(sz), _) => {
                 if sz.len() != axes.len() {
@@ -1803,9 +1843,23 @@ impl Builder<'_, '_> {
                         axes.len()
                     ));
                 }
-                for (&ax, &v) in axes.iter().zip(&sz) {
-                    out[ax] = usize::try_from(v)
-                        .map_err(|_| format!("sizes {sz:?} has a negative entry"))?;
+                let sz = sz
+                    .iter()
+                    .map(|&v| usize::try_from(v))
+                    .collect::<Result<Vec<usize>, _>>()
+                    .map_err(|_| format!("sizes {sz:?} has a negative entry"))?;
+                if policy == "stretch" {
+                    for (&ax, &v) in axes.iter().zip(&sz) {
+                        out[ax] = v;
+                    }
+                } else {
+                    let (scale, kept) = Self::keep_aspect_ratio(&policy, &axes, &shape, &sz)?;
+                    out = kept;
+                    let mut full = vec![1.0f64; rank];
+                    for &ax in &axes {
+                        full[ax] = scale;
+                    }
+                    a.insert("scales".into(), AttrValue::Floats(full));
                 }
             }
             (None, Some(sc)) => {
@@ -1839,6 +1893,66 @@ impl Builder<'_, '_> {
         let sizes: Vec<i64> = out.iter().map(|&d| d as i64).collect();
         a.insert("sizes".into(), AttrValue::Ints(sizes));
         self.kernel("resize@1", a, &[x])
+    }
+
+    /// The content of a known float (or integer) tensor as f64, for
+    /// Resize's scales and roi.
+    fn known_floats(&mut self, v: &Val, what: &str) -> R<Vec<f64>> {
+        let Some(t) = self.content(v) else {
+            return Err(format!("{what} must be known at compile time"));
+        };
+        let Val::Known { t, .. } = self.cast(&known(t), DType::F64)? else {
+            return Err(format!("{what} must be known at compile time"));
+        };
+        t.to_vec::<f64>().map_err(e)
+    }
+
+    /// Resize's `keep_aspect_ratio_policy` (`not_larger` or `not_smaller`) for
+    /// `sizes` given on `axes` of an input of shape `shape`: the one scale every
+    /// resized axis takes (the smallest, or the largest, of `sizes[i] / D`), and
+    /// the output shape, each resized axis `round_half_up(scale * D)` as the
+    /// spec rounds it.
+    fn keep_aspect_ratio(
+        policy: &str,
+        axes: &[usize],
+        shape: &[usize],
+        sizes: &[usize],
+    ) -> R<(f64, Vec<usize>)> {
+        let mut scale: Option<f64> = None;
+        for (&ax, &o) in axes.iter().zip(sizes) {
+            let d = shape[ax];
+            if d == 0 {
+                return Err(format!(
+                    "keep_aspect_ratio_policy `{policy}` cannot scale axis {ax}, which is empty"
+                ));
+            }
+            let r = o as f64 / d as f64;
+            scale = Some(match (scale, policy) {
+                (None, _) => r,
+                (Some(s), "not_larger") => s.min(r),
+                (Some(s), _) => s.max(r),
+            });
+        }
+        let Some(scale) = scale else {
+            return Ok((1.0, shape.to_vec()));
+        };
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(format!(
+                "sizes {sizes:?} with keep_aspect_ratio_policy `{policy}` give scale {scale}; \
+                 every resized axis needs a positive size"
+            ));
+        }
+        let mut out = shape.to_vec();
+        for &ax in axes {
+            let o = (scale * shape[ax] as f64 + 0.5).floor();
+            if o > MAX_CREATED as f64 {
+                return Err(format!(
+                    "resizing axis {ax} to {o} elements exceeds the limit of {MAX_CREATED}"
+                ));
+            }
+            out[ax] = o as usize;
+        }
+        Ok((scale, out))
     }
 
     /// Inference-mode batch normalization as `x * s + t` with per-channel

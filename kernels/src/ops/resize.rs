@@ -1,35 +1,70 @@
-//! `resize@1`: nearest and (multi)linear resampling of every axis to the
-//! output shape `sizes`, with ONNX `Resize`'s coordinate rules.
+//! `resize@1`: nearest, (multi)linear and cubic resampling of every axis to
+//! the output shape `sizes`, with ONNX `Resize`'s coordinate rules.
 //!
-//! Attributes: `sizes` (required, one output size per axis), `scales`
-//! (one positive finite scale per axis; default `sizes[a] / D[a]`; the
-//! scale enters the coordinate transform, as ONNX's does when the model
-//! gives scales), `mode` (`nearest` or `linear`, default `nearest`),
-//! `coordinate_transformation_mode` (`half_pixel` (default),
-//! `pytorch_half_pixel`, `align_corners`, `asymmetric`,
-//! `half_pixel_symmetric`), `nearest_mode` (`round_prefer_floor`
-//! (default), `round_prefer_ceil`, `floor`, `ceil`).
+//! Attributes (all but `sizes` optional; the defaults keep the meaning of
+//! packages written before the later ones existed):
+//! - `sizes`: one output size per axis;
+//! - `scales`: one positive finite scale per axis, default `sizes[a] / D[a]`;
+//!   the scale enters the coordinate transform and the antialias filter
+//!   width, as ONNX's does when the model gives scales;
+//! - `mode`: `nearest` (default), `linear` or `cubic`;
+//! - `coordinate_transformation_mode`: `half_pixel` (default),
+//!   `pytorch_half_pixel`, `align_corners`, `asymmetric`,
+//!   `half_pixel_symmetric` or `tf_crop_and_resize`;
+//! - `nearest_mode`: `round_prefer_floor` (default), `round_prefer_ceil`,
+//!   `floor` or `ceil`;
+//! - `cubic_coeff_a`: the cubic kernel's `A`, finite, default -0.75;
+//! - `exclude_outside` (0 or 1, default 0): linear and cubic drop the taps
+//!   that fall outside the input and renormalize the others;
+//! - `antialias` (0 or 1, default 0; linear and cubic only): when an axis
+//!   shrinks, its filter is stretched by `1 / scale` and normalized;
+//! - `roi`: `2 * rank` finite numbers, the crop starts then the crop ends as
+//!   fractions of `D - 1`; required by `tf_crop_and_resize`, refused with
+//!   any other coordinate mode;
+//! - `extrapolation_value` (default 0): what `tf_crop_and_resize` writes
+//!   where the crop reaches outside the input.
 //!
 //! Output coordinate `x` on an axis of input size `D`, output size `O` and
 //! scale `s` maps to input coordinate `x'`:
 //! - half_pixel: `(x + 0.5) / s - 0.5`; pytorch_half_pixel: the same when
 //!   `L > 1`, else 0; align_corners: `x (D - 1) / (L - 1)` (0 when
 //!   `L = 1`); asymmetric: `x / s`; half_pixel_symmetric: half_pixel
-//!   shifted by `D/2 (1 - O / (s D))`; where the resized length `L` is
-//!   `s D` (not rounded, as in ONNX) when `scales` is given, else `O`.
+//!   shifted by `D/2 (1 - O / (s D))`; tf_crop_and_resize:
+//!   `r0 (D - 1) + x (r1 - r0) (D - 1) / (L - 1)` when `L > 1`, else
+//!   `(r0 + r1) (D - 1) / 2`, with `r0`, `r1` the axis's `roi` start and
+//!   end; where the resized length `L` is `s D` (not rounded, as in ONNX)
+//!   when `scales` is given, else `O`.
+//! - tf_crop_and_resize: an output element whose `x'` lies outside
+//!   `[0, D - 1]` on any axis is `extrapolation_value`.
 //! - nearest rounds `x'` by `nearest_mode` and clamps it to `[0, D - 1]`;
 //! - linear blends `floor(x')` and `floor(x') + 1` (each clamped) with
 //!   weights `1 - w` and `w`, `w = x' - floor(x')`; a zero weight drops its
-//!   term, so an axis sampled at whole coordinates copies exactly.
+//!   term, so an axis sampled at whole coordinates copies exactly;
+//! - cubic, and linear with `antialias`, are filters: input element `i`
+//!   weighs `k(f (i - x'))`, where `k` is the tent `max(0, 1 - |t|)` or
+//!   Keys' cubic (`(A+2)|t|^3 - (A+3)|t|^2 + 1` for `|t| <= 1`,
+//!   `A|t|^3 - 5A|t|^2 + 8A|t| - 4A` for `1 < |t| < 2`, else 0), and `f`
+//!   is `min(s, 1)` with `antialias`, else 1. Taps outside `[0, D - 1]`
+//!   read the edge element, or with `exclude_outside` are dropped; the
+//!   weights are divided by their sum with `antialias` or `exclude_outside`
+//!   (as ONNX's reference does). An output whose taps are all dropped reads
+//!   the edge element nearest to `x'`.
 //!
-//! `nearest` moves elements of any dtype; `linear` takes f32 or f64. An
-//! axis of input size 0 must have output size 0.
+//! `nearest` moves elements of any dtype; `linear`, `cubic` and
+//! `tf_crop_and_resize` (whose fill is a float) take f32 or f64. An axis of
+//! input size 0 must have output size 0. A filter axis wider than 4 taps
+//! (antialias) may hold at most [`MAX_FILTER_TAPS`] taps over all its
+//! outputs, which only a `scales` entry far below `sizes / D` exceeds.
 //!
-//! The reference computes each output element directly (the weighted sum
-//! over the corners of its cell). The optimized implementation resamples
-//! one axis at a time, shrinking axes first so that no intermediate is
-//! larger than the input or the output, and skips axes it would copy; for
-//! `linear` the summation order differs, so the two agree to rounding.
+//! Both implementations first list, per axis, the `(input index, weight)`
+//! taps of every output coordinate (none for an extrapolated one). The
+//! reference computes each output element directly, as the sum over the
+//! product of its axes' taps with the product of their weights. The
+//! optimized implementation resamples one axis at a time, shrinking axes
+//! first so that no intermediate is larger than the input or the output,
+//! skips axes it would copy, and writes the extrapolated elements last.
+//! `nearest` agrees bit for bit; for the weighted modes the summation order
+//! differs, so the two agree to rounding.
 
 use std::sync::Arc;
 
@@ -37,7 +72,28 @@ use super::attrs::AttrReader;
 use super::num::Float;
 use super::shape::{numel, strides};
 use super::{bound, data, data_mut, operands, raw, raw_mut, Op};
-use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
+use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
+
+/// The most taps one filter axis may list over all its outputs, when each
+/// output reads more than 4 (only antialiasing does).
+pub const MAX_FILTER_TAPS: usize = 1 << 24;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Nearest => "nearest",
+            Mode::Linear => "linear",
+            Mode::Cubic => "cubic",
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Coord {
@@ -46,6 +102,7 @@ enum Coord {
     AlignCorners,
     Asymmetric,
     HalfPixelSymmetric,
+    TfCropAndResize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -73,12 +130,16 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
             "attribute `scales` {scales:?} must hold one positive finite scale per entry of `sizes`"
         )));
     }
-    let linear = opt_choice(
+    let mode = opt_choice(
         &mut r,
         attrs,
         "mode",
-        &[("nearest", false), ("linear", true)],
-        false,
+        &[
+            ("nearest", Mode::Nearest),
+            ("linear", Mode::Linear),
+            ("cubic", Mode::Cubic),
+        ],
+        Mode::Nearest,
     )?;
     let coord = opt_choice(
         &mut r,
@@ -90,6 +151,7 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
             ("align_corners", Coord::AlignCorners),
             ("asymmetric", Coord::Asymmetric),
             ("half_pixel_symmetric", Coord::HalfPixelSymmetric),
+            ("tf_crop_and_resize", Coord::TfCropAndResize),
         ],
         Coord::HalfPixel,
     )?;
@@ -105,14 +167,49 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
         ],
         Round::PreferFloor,
     )?;
+    let cubic_a = r.float("cubic_coeff_a", -0.75)?;
+    if !cubic_a.is_finite() {
+        return Err(r.error(format!(
+            "attribute `cubic_coeff_a` must be finite, got {cubic_a}"
+        )));
+    }
+    let exclude_outside = r.flag("exclude_outside", false)?;
+    let antialias = r.flag("antialias", false)?;
+    if antialias && mode == Mode::Nearest {
+        return Err(r.error(
+            "attribute `antialias` = 1 needs mode `linear` or `cubic` (nearest does not filter)"
+                .to_string(),
+        ));
+    }
+    let roi = r.floats("roi", Vec::new())?;
+    if coord == Coord::TfCropAndResize {
+        if roi.len() != 2 * sizes.len() || roi.iter().any(|v| !v.is_finite()) {
+            return Err(r.error(format!(
+                "attribute `roi` {roi:?} must hold {} finite numbers (the crop starts, then \
+                 the crop ends, one per entry of `sizes`) for tf_crop_and_resize",
+                2 * sizes.len()
+            )));
+        }
+    } else if !roi.is_empty() {
+        return Err(r.error(format!(
+            "attribute `roi` {roi:?} only applies to coordinate_transformation_mode \
+             `tf_crop_and_resize`; drop it"
+        )));
+    }
+    let extrapolation = r.float("extrapolation_value", 0.0)?;
     r.finish()?;
     Ok(bound(Resize {
-        label: format!("resize@1 ({})", if linear { "linear" } else { "nearest" }),
+        label: format!("resize@1 ({})", mode.name()),
         sizes,
         scales,
-        linear,
+        mode,
         coord,
         round,
+        cubic_a,
+        exclude_outside,
+        antialias,
+        roi,
+        extrapolation,
     }))
 }
 
@@ -135,74 +232,229 @@ struct Resize {
     label: String,
     sizes: Vec<usize>,
     scales: Vec<f64>,
-    linear: bool,
+    mode: Mode,
     coord: Coord,
     round: Round,
+    cubic_a: f64,
+    exclude_outside: bool,
+    antialias: bool,
+    roi: Vec<f64>,
+    extrapolation: f64,
 }
 
-/// One output coordinate's source: `(i0, i1, w)` reads
-/// `(1 - w) x[i0] + w x[i1]`; nearest has `w = 0`.
-type Tap = (usize, usize, f64);
+/// One tap: input index along the axis, and its weight.
+type Tap = (usize, f64);
+
+/// The taps of every output coordinate of one axis: output `j` reads
+/// `taps[bounds[j]..bounds[j + 1]]`; an empty range marks an extrapolated
+/// coordinate.
+struct AxisTaps {
+    bounds: Vec<usize>,
+    taps: Vec<Tap>,
+}
+
+impl AxisTaps {
+    fn len(&self) -> usize {
+        self.bounds.len().saturating_sub(1)
+    }
+
+    fn get(&self, j: usize) -> &[Tap] {
+        match (self.bounds.get(j), self.bounds.get(j + 1)) {
+            (Some(&a), Some(&b)) => self.taps.get(a..b).unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// Whether output `j` is input `j` for every `j < d`, unweighted.
+    fn is_copy(&self, d: usize) -> bool {
+        self.len() == d && (0..d).all(|j| self.get(j) == [(j, 1.0)])
+    }
+}
+
+/// A filter's extent: `f` scales distances from `x'`, and the candidate
+/// taps are `floor(x') + first + k` for `k < count`.
+struct Window {
+    f: f64,
+    first: f64,
+    count: usize,
+}
 
 impl Resize {
-    /// The taps of every output coordinate of axis `a` (input size `d`).
-    fn taps(&self, a: usize, d: usize) -> Vec<Tap> {
-        let o = self.sizes[a];
-        let scale = self
-            .scales
+    /// Whether `mode` computes weights with a filter (rather than nearest
+    /// or plain two-tap linear).
+    fn filters(&self) -> bool {
+        self.mode == Mode::Cubic || (self.mode == Mode::Linear && self.antialias)
+    }
+
+    fn scale(&self, a: usize, d: usize, o: usize) -> f64 {
+        self.scales
             .get(a)
             .copied()
-            .unwrap_or(o as f64 / d.max(1) as f64);
+            .unwrap_or(o as f64 / d.max(1) as f64)
+    }
+
+    /// The filter window of axis `a` at scale `scale` for `o` outputs,
+    /// refused past [`MAX_FILTER_TAPS`].
+    fn window(&self, a: usize, scale: f64, o: usize) -> Result<Window, String> {
+        let radius = if self.mode == Mode::Cubic { 2.0 } else { 1.0 };
+        let f = if self.antialias { scale.min(1.0) } else { 1.0 };
+        // The taps `i` with `|i - x'| f < radius`, and one zero-weight
+        // candidate at an edge (as ONNX enumerates them). `count` is
+        // infinite only for a subnormal scale, and then over the limit.
+        let first = (-radius / f).floor() + 1.0;
+        let count = 2.0 - 2.0 * first;
+        if o > 0 && count > 4.0 && count * o as f64 > MAX_FILTER_TAPS as f64 {
+            return Err(format!(
+                "axis {a}: antialiasing at scale {scale} reads {count} input positions per \
+                 output, more than {MAX_FILTER_TAPS} taps for {o} outputs; give a scale \
+                 close to the output size over the input size"
+            ));
+        }
+        Ok(Window {
+            f,
+            first,
+            count: count as usize,
+        })
+    }
+
+    /// The filter's weight at (scaled) distance `t`.
+    fn weight(&self, t: f64) -> f64 {
+        let t = t.abs();
+        match self.mode {
+            Mode::Cubic => {
+                let a = self.cubic_a;
+                if t <= 1.0 {
+                    ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+                } else if t < 2.0 {
+                    ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a
+                } else {
+                    0.0
+                }
+            }
+            // `max` drops a NaN distance to weight 0.
+            _ => (1.0 - t).max(0.0),
+        }
+    }
+
+    /// The input coordinate that output coordinate `x` of axis `a` maps to.
+    fn source(&self, a: usize, x: usize, d: usize, o: usize, scale: f64) -> Result<f64, String> {
+        let (xf, df) = (x as f64, d as f64);
         // The resized length the coordinate rules use: `scale * D` when
         // scales are given (unrounded, as in ONNX), else the output size.
-        let df = d as f64;
         let of = if self.scales.is_empty() {
             o as f64
         } else {
             scale * df
         };
-        let last = d.saturating_sub(1);
-        (0..o)
-            .map(|x| {
-                let xf = x as f64;
-                let src = match self.coord {
-                    Coord::HalfPixel => (xf + 0.5) / scale - 0.5,
-                    Coord::PytorchHalfPixel if of > 1.0 => (xf + 0.5) / scale - 0.5,
-                    Coord::PytorchHalfPixel => 0.0,
-                    Coord::AlignCorners if of != 1.0 => xf * (df - 1.0) / (of - 1.0),
-                    Coord::AlignCorners => 0.0,
-                    Coord::Asymmetric => xf / scale,
-                    Coord::HalfPixelSymmetric => {
-                        let adj = o as f64 / (scale * df);
-                        df / 2.0 * (1.0 - adj) + (xf + 0.5) / scale - 0.5
-                    }
+        Ok(match self.coord {
+            Coord::HalfPixel => (xf + 0.5) / scale - 0.5,
+            Coord::PytorchHalfPixel if of > 1.0 => (xf + 0.5) / scale - 0.5,
+            Coord::PytorchHalfPixel => 0.0,
+            Coord::AlignCorners if of != 1.0 => xf * (df - 1.0) / (of - 1.0),
+            Coord::AlignCorners => 0.0,
+            Coord::Asymmetric => xf / scale,
+            Coord::HalfPixelSymmetric => {
+                let adj = o as f64 / (scale * df);
+                df / 2.0 * (1.0 - adj) + (xf + 0.5) / scale - 0.5
+            }
+            Coord::TfCropAndResize => {
+                let (Some(&r0), Some(&r1)) = (self.roi.get(a), self.roi.get(self.sizes.len() + a))
+                else {
+                    return Err(format!("internal: resize has no roi for axis {a}"));
                 };
-                // `as usize` saturates: NaN and negatives become 0.
-                let clamp = |v: f64| (v.max(0.0) as usize).min(last);
-                if self.linear {
-                    let f = src.floor();
-                    let w = src - f;
-                    let (i0, i1) = (clamp(f), clamp(f + 1.0));
-                    if i0 == i1 || w.is_nan() || w <= 0.0 {
-                        (i0, i0, 0.0)
-                    } else {
-                        (i0, i1, w)
-                    }
+                // ONNX's operation order, so the inside/outside test agrees.
+                let span = if of > 1.0 {
+                    xf * (r1 - r0) * (df - 1.0) / (of - 1.0)
                 } else {
-                    let f = src.floor();
-                    let frac = src - f;
-                    let r = match self.round {
-                        Round::Floor => f,
-                        Round::Ceil => src.ceil(),
-                        Round::PreferFloor if frac == 0.5 => f,
-                        Round::PreferCeil if frac == 0.5 => f + 1.0,
-                        _ => src.round(),
-                    };
-                    let i = clamp(r);
-                    (i, i, 0.0)
+                    (r1 - r0) * (df - 1.0) / 2.0
+                };
+                span + r0 * (df - 1.0)
+            }
+        })
+    }
+
+    /// The taps of every output coordinate of axis `a` (input size `d`).
+    fn axis_taps(&self, a: usize, d: usize) -> Result<AxisTaps, String> {
+        let o = *self
+            .sizes
+            .get(a)
+            .ok_or_else(|| format!("internal: resize has no size for axis {a}"))?;
+        let scale = self.scale(a, d, o);
+        let window = if self.filters() {
+            Some(self.window(a, scale, o)?)
+        } else {
+            None
+        };
+        let last = d.saturating_sub(1);
+        // `as usize` saturates: NaN and negatives become 0.
+        let clamp = |v: f64| (v.max(0.0) as usize).min(last);
+        let mut t = AxisTaps {
+            bounds: Vec::with_capacity(o + 1),
+            taps: Vec::with_capacity(o),
+        };
+        t.bounds.push(0);
+        for x in 0..o {
+            let src = self.source(a, x, d, o, scale)?;
+            let outside =
+                self.coord == Coord::TfCropAndResize && !(src >= 0.0 && src <= last as f64);
+            if outside {
+                // No taps: extrapolated.
+            } else if let Some(w) = &window {
+                self.filter_taps(src, last, w, &mut t.taps);
+            } else if self.mode == Mode::Linear {
+                let f = src.floor();
+                let w = src - f;
+                let (i0, i1) = (clamp(f), clamp(f + 1.0));
+                if i0 == i1 || w.is_nan() || w <= 0.0 {
+                    t.taps.push((i0, 1.0));
+                } else {
+                    t.taps.extend([(i0, 1.0 - w), (i1, w)]);
                 }
-            })
-            .collect()
+            } else {
+                let f = src.floor();
+                let frac = src - f;
+                let r = match self.round {
+                    Round::Floor => f,
+                    Round::Ceil => src.ceil(),
+                    Round::PreferFloor if frac == 0.5 => f,
+                    Round::PreferCeil if frac == 0.5 => f + 1.0,
+                    _ => src.round(),
+                };
+                t.taps.push((clamp(r), 1.0));
+            }
+            t.bounds.push(t.taps.len());
+        }
+        Ok(t)
+    }
+
+    /// Appends the filter taps of source coordinate `src` on an axis whose
+    /// last index is `last`: clamped indices that coincide merge, zero
+    /// weights are dropped.
+    fn filter_taps(&self, src: f64, last: usize, w: &Window, taps: &mut Vec<Tap>) {
+        let from = taps.len();
+        let base = src.floor() + w.first;
+        let mut total = 0.0;
+        for k in 0..w.count {
+            let i = base + k as f64;
+            let weight = self.weight((i - src) * w.f);
+            let inside = i >= 0.0 && i <= last as f64;
+            if weight == 0.0 || (self.exclude_outside && !inside) {
+                continue;
+            }
+            total += weight;
+            let idx = (i.max(0.0) as usize).min(last);
+            match taps[from..].last_mut() {
+                Some(t) if t.0 == idx => t.1 += weight,
+                _ => taps.push((idx, weight)),
+            }
+        }
+        if taps.len() == from {
+            taps.push(((src.round().max(0.0) as usize).min(last), 1.0));
+        } else if self.antialias || self.exclude_outside {
+            for t in &mut taps[from..] {
+                t.1 /= total;
+            }
+        }
     }
 }
 
@@ -217,12 +469,22 @@ impl Op for Resize {
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
         let [x] = operands(inputs)?;
-        if self.linear && !x.dtype.is_float() {
-            return Err(format!(
-                "{}: linear mode needs f32 or f64, got {}",
-                self.input(0),
-                x.dtype
-            ));
+        if !x.dtype.is_float() {
+            let needs_float = match (self.mode, self.coord) {
+                (Mode::Nearest, Coord::TfCropAndResize) => {
+                    Some("tf_crop_and_resize (its extrapolation value is a float)")
+                }
+                (Mode::Nearest, _) => None,
+                (Mode::Linear, _) => Some("linear mode"),
+                (Mode::Cubic, _) => Some("cubic mode"),
+            };
+            if let Some(what) = needs_float {
+                return Err(format!(
+                    "{}: {what} needs f32 or f64, got {}",
+                    self.input(0),
+                    x.dtype
+                ));
+            }
         }
         if x.shape.len() != self.sizes.len() {
             return Err(format!(
@@ -241,6 +503,9 @@ impl Op for Resize {
                     self.input(0)
                 ));
             }
+            if self.filters() {
+                self.window(a, self.scale(a, d, o), o)?;
+            }
         }
         Ok(TensorMeta::new(x.dtype, self.sizes.clone()))
     }
@@ -250,92 +515,139 @@ impl Op for Resize {
         if out.numel() == 0 {
             return Ok(());
         }
-        let taps: Vec<Vec<Tap>> = x
+        let taps: Vec<AxisTaps> = x
             .shape()
             .iter()
             .enumerate()
-            .map(|(a, &d)| self.taps(a, d))
-            .collect();
-        match (imp, self.linear) {
-            (Impl::Reference, true) => {
-                super::with_float!(x.dtype(), T => linear_direct::<T>(x, &taps, out))
+            .map(|(a, &d)| self.axis_taps(a, d))
+            .collect::<Result<_, _>>()?;
+        let ev = self.extrapolation;
+        let dtype = x.dtype();
+        match (imp, self.mode) {
+            (Impl::Reference, Mode::Nearest) => {
+                super::with_width!(dtype, T => nearest_direct::<T>(x, &taps, fill_word(dtype, ev), out))
             }
-            (Impl::Reference, false) => {
-                super::with_width!(x.dtype(), T => nearest_direct::<T>(x, &taps, out))
+            (Impl::Reference, _) => {
+                super::with_float!(dtype, T => weighted_direct::<T>(x, &taps, T::from_f64(ev), out))
             }
-            (Impl::Optimized, linear) => {
-                let order = pass_order(x.shape(), &self.sizes, &taps);
-                if linear {
-                    super::with_float!(x.dtype(), T => separable::<T>(x, &taps, &order, out, blend::<T>))
-                } else {
-                    super::with_width!(x.dtype(), T => separable::<T>(x, &taps, &order, out, pick::<T>))
+            (Impl::Optimized, Mode::Nearest) => {
+                super::with_width!(dtype, T => separable::<T>(x, &taps, fill_word(dtype, ev), out, pick::<T>))
+            }
+            (Impl::Optimized, _) => {
+                super::with_float!(dtype, T => separable::<T>(x, &taps, T::from_f64(ev), out, weigh::<T>))
+            }
+        }
+    }
+}
+
+/// `value` as a word of `dtype`'s width (zero for non-float dtypes, which
+/// never extrapolate: `infer` refuses them with tf_crop_and_resize).
+fn fill_word<T: bytemuck::Pod>(dtype: DType, value: f64) -> T {
+    let bytes = match dtype {
+        DType::F32 => (value as f32).to_ne_bytes().to_vec(),
+        DType::F64 => value.to_ne_bytes().to_vec(),
+        _ => Vec::new(),
+    };
+    bytemuck::try_pod_read_unaligned(&bytes).unwrap_or_else(|_| T::zeroed())
+}
+
+/// The axes to resample, shrinking ones first; axes whose taps copy are
+/// left out.
+fn pass_order(shape: &[usize], taps: &[AxisTaps]) -> Vec<usize> {
+    let mut axes: Vec<usize> = shape
+        .iter()
+        .zip(taps)
+        .enumerate()
+        .filter(|(_, (&d, t))| !t.is_copy(d))
+        .map(|(a, _)| a)
+        .collect();
+    axes.sort_by_key(|&a| {
+        taps.get(a).map_or(0, AxisTaps::len) > shape.get(a).copied().unwrap_or(0)
+    });
+    axes
+}
+
+fn pick<T: Copy>(src: &[T], taps: &[Tap], inner: usize, dst: &mut [T]) {
+    if let [(i, _)] = taps {
+        if let Some(s) = src.get(i * inner..(i + 1) * inner) {
+            dst.copy_from_slice(s);
+        }
+    }
+}
+
+/// One output row as the weighted sum of its taps' rows, in tap order; an
+/// extrapolated row is left for [`fill_outside`].
+fn weigh<T: Float>(src: &[T], taps: &[Tap], inner: usize, dst: &mut [T]) {
+    let row = |i: usize| src.get(i * inner..(i + 1) * inner);
+    match *taps {
+        [] => {}
+        [(i, w)] => {
+            let Some(a) = row(i) else { return };
+            if w == 1.0 {
+                dst.copy_from_slice(a);
+            } else {
+                let w = T::from_f64(w);
+                for (d, &u) in dst.iter_mut().zip(a) {
+                    *d = u * w;
+                }
+            }
+        }
+        // The common linear case in one sweep; the same sums as the loop
+        // below.
+        [(i0, w0), (i1, w1)] => {
+            let (Some(a), Some(b)) = (row(i0), row(i1)) else {
+                return;
+            };
+            let (w0, w1) = (T::from_f64(w0), T::from_f64(w1));
+            for ((d, &u), &v) in dst.iter_mut().zip(a).zip(b) {
+                *d = u * w0 + v * w1;
+            }
+        }
+        [(i0, w0), ref rest @ ..] => {
+            let Some(a) = row(i0) else { return };
+            let w0 = T::from_f64(w0);
+            for (d, &u) in dst.iter_mut().zip(a) {
+                *d = u * w0;
+            }
+            for &(i, w) in rest {
+                let Some(b) = row(i) else { return };
+                let w = T::from_f64(w);
+                for (d, &v) in dst.iter_mut().zip(b) {
+                    *d = *d + v * w;
                 }
             }
         }
     }
 }
 
-/// The axes to resample, shrinking ones first; axes whose taps copy are
-/// left out.
-fn pass_order(shape: &[usize], sizes: &[usize], taps: &[Vec<Tap>]) -> Vec<usize> {
-    let mut axes: Vec<usize> = (0..shape.len())
-        .filter(|&a| {
-            shape[a] != sizes[a]
-                || taps[a]
-                    .iter()
-                    .enumerate()
-                    .any(|(j, &(i0, _, w))| i0 != j || w != 0.0)
-        })
-        .collect();
-    axes.sort_by_key(|&a| sizes[a] > shape[a]);
-    axes
-}
+type Row<T> = fn(&[T], &[Tap], usize, &mut [T]);
 
-fn pick<T: Copy>(src: &[T], i0: usize, _: usize, _: f64, inner: usize, dst: &mut [T]) {
-    if let Some(s) = src.get(i0 * inner..(i0 + 1) * inner) {
-        dst.copy_from_slice(s);
-    }
-}
-
-fn blend<T: Float>(src: &[T], i0: usize, i1: usize, w: f64, inner: usize, dst: &mut [T]) {
-    let (Some(a), Some(b)) = (
-        src.get(i0 * inner..(i0 + 1) * inner),
-        src.get(i1 * inner..(i1 + 1) * inner),
-    ) else {
-        return;
-    };
-    if w == 0.0 {
-        dst.copy_from_slice(a);
-        return;
-    }
-    let (w0, w1) = (T::from_f64(1.0 - w), T::from_f64(w));
-    for ((d, &u), &v) in dst.iter_mut().zip(a).zip(b) {
-        *d = u * w0 + v * w1;
-    }
-}
-
-type Row<T> = fn(&[T], usize, usize, f64, usize, &mut [T]);
-
+/// Resamples one axis at a time in [`pass_order`], then fills the
+/// extrapolated elements.
 fn separable<T: bytemuck::Pod>(
     x: &Tensor,
-    taps: &[Vec<Tap>],
-    order: &[usize],
+    taps: &[AxisTaps],
+    fill: T,
     out: &mut Tensor,
     row: Row<T>,
 ) -> Result<(), String> {
     let mut shape = x.shape().to_vec();
     let mut cur: Vec<T> = raw::<T>(x, "input 0 (x)")?.to_vec();
-    for &a in order {
+    for a in pass_order(x.shape(), taps) {
+        let t = taps.get(a).ok_or("internal: resize axis without taps")?;
         let (outer, d, inner) = (
             numel(&shape[..a], "outer dims")?,
             shape[a],
             numel(&shape[a + 1..], "inner dims")?,
         );
-        let o = taps[a].len();
+        let o = t.len();
+        if d * inner == 0 || o * inner == 0 {
+            return Err("internal: resize pass over an empty axis".to_string());
+        }
         let mut next = vec![T::zeroed(); outer * o * inner];
         for (src, dst) in cur.chunks(d * inner).zip(next.chunks_mut(o * inner)) {
-            for (&(i0, i1, w), d_row) in taps[a].iter().zip(dst.chunks_mut(inner)) {
-                row(src, i0, i1, w, inner, d_row);
+            for (j, d_row) in dst.chunks_mut(inner).enumerate() {
+                row(src, t.get(j), inner, d_row);
             }
         }
         shape[a] = o;
@@ -346,62 +658,113 @@ fn separable<T: bytemuck::Pod>(
         return Err("internal: resize passes do not reach the output shape".to_string());
     }
     y.copy_from_slice(&cur);
+    fill_outside(y, taps, fill);
     Ok(())
+}
+
+/// Writes `fill` over every output element that is extrapolated on some
+/// axis.
+fn fill_outside<T: Copy>(y: &mut [T], taps: &[AxisTaps], fill: T) {
+    let dims: Vec<usize> = taps.iter().map(AxisTaps::len).collect();
+    for (a, t) in taps.iter().enumerate() {
+        let outside: Vec<usize> = (0..t.len()).filter(|&j| t.get(j).is_empty()).collect();
+        if outside.is_empty() {
+            continue;
+        }
+        // Bounded by `y.len()`, the product of `dims`.
+        let inner: usize = dims[a + 1..].iter().product();
+        let block = t.len() * inner;
+        if block == 0 {
+            continue;
+        }
+        for b in y.chunks_mut(block) {
+            for &j in &outside {
+                if let Some(r) = b.get_mut(j * inner..(j + 1) * inner) {
+                    r.fill(fill);
+                }
+            }
+        }
+    }
+}
+
+/// Steps `idx` through `dims` row-major; false once it wraps to all zeros.
+fn step(idx: &mut [usize], dims: &[usize]) -> bool {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < dims[d] {
+            return true;
+        }
+        idx[d] = 0;
+    }
+    false
 }
 
 fn nearest_direct<T: bytemuck::Pod>(
     x: &Tensor,
-    taps: &[Vec<Tap>],
+    taps: &[AxisTaps],
+    fill: T,
     out: &mut Tensor,
 ) -> Result<(), String> {
     let xs = strides(x.shape());
     let src = raw::<T>(x, "input 0 (x)")?;
-    let dims: Vec<usize> = taps.iter().map(Vec::len).collect();
+    let dims: Vec<usize> = taps.iter().map(AxisTaps::len).collect();
     let y = raw_mut::<T>(out)?;
     let mut c = vec![0usize; dims.len()];
-    for slot in y.iter_mut() {
-        let off: usize = c
-            .iter()
-            .zip(taps)
-            .zip(&xs)
-            .map(|((&j, t), &s)| t[j].0 * s)
-            .sum();
+    'out: for slot in y.iter_mut() {
+        let mut off = 0usize;
+        for ((&j, t), &s) in c.iter().zip(taps).zip(&xs) {
+            match t.get(j) {
+                [(i, _)] => off += i * s,
+                _ => {
+                    *slot = fill;
+                    step(&mut c, &dims);
+                    continue 'out;
+                }
+            }
+        }
         *slot = *src.get(off).ok_or("internal: resize read outside x")?;
-        super::conv::advance(&mut c, &dims);
+        step(&mut c, &dims);
     }
     Ok(())
 }
 
-fn linear_direct<T: Float>(x: &Tensor, taps: &[Vec<Tap>], out: &mut Tensor) -> Result<(), String> {
+fn weighted_direct<T: Float>(
+    x: &Tensor,
+    taps: &[AxisTaps],
+    fill: T,
+    out: &mut Tensor,
+) -> Result<(), String> {
     let xs = strides(x.shape());
     let src = data::<T>(x, "input 0 (x)")?;
-    let dims: Vec<usize> = taps.iter().map(Vec::len).collect();
+    let dims: Vec<usize> = taps.iter().map(AxisTaps::len).collect();
     let y = data_mut::<T>(out)?;
     let mut c = vec![0usize; dims.len()];
+    let mut k = vec![0usize; dims.len()];
     for slot in y.iter_mut() {
-        let cell: Vec<Tap> = c.iter().zip(taps).map(|(&j, t)| t[j]).collect();
-        // Only axes with a non-zero weight contribute a second corner.
-        let blended: Vec<usize> = (0..cell.len()).filter(|&a| cell[a].2 != 0.0).collect();
-        let mut acc = T::ZERO;
-        for corner in 0..1usize << blended.len() {
-            let mut off = 0usize;
-            let mut weight = 1.0f64;
-            let mut bit = 0;
-            for (a, &(i0, i1, w)) in cell.iter().enumerate() {
-                if w != 0.0 {
-                    let hi = corner >> bit & 1 == 1;
-                    bit += 1;
-                    weight *= if hi { w } else { 1.0 - w };
-                    off += if hi { i1 } else { i0 } * xs[a];
-                } else {
-                    off += i0 * xs[a];
+        let cell: Vec<&[Tap]> = c.iter().zip(taps).map(|(&j, t)| t.get(j)).collect();
+        if cell.iter().any(|t| t.is_empty()) {
+            *slot = fill;
+        } else {
+            let lens: Vec<usize> = cell.iter().map(|t| t.len()).collect();
+            k.fill(0);
+            let mut acc = T::ZERO;
+            loop {
+                let mut off = 0usize;
+                let mut weight = 1.0f64;
+                for ((t, &kk), &s) in cell.iter().zip(&k).zip(&xs) {
+                    let &(i, w) = t.get(kk).ok_or("internal: resize tap out of range")?;
+                    off += i * s;
+                    weight *= w;
+                }
+                acc = acc
+                    + *src.get(off).ok_or("internal: resize read outside x")? * T::from_f64(weight);
+                if !step(&mut k, &lens) {
+                    break;
                 }
             }
-            acc =
-                acc + *src.get(off).ok_or("internal: resize read outside x")? * T::from_f64(weight);
+            *slot = acc;
         }
-        *slot = acc;
-        super::conv::advance(&mut c, &dims);
+        step(&mut c, &dims);
     }
     Ok(())
 }
@@ -417,6 +780,232 @@ mod tests {
         let r = launch("resize@1", &attrs(at), &[x], Impl::Reference).unwrap();
         let o = launch("resize@1", &attrs(at), &[x], Impl::Optimized).unwrap();
         (r, o)
+    }
+
+    /// The settings of [`onnx_nd`], ONNX's reference `Resize`.
+    struct Spec {
+        mode: &'static str,
+        coord: &'static str,
+        a: f64,
+        exclude_outside: bool,
+        antialias: bool,
+        /// Per axis: crop start, crop end.
+        roi: Vec<(f64, f64)>,
+        extrapolation: f64,
+    }
+
+    /// ONNX's `_cubic_coeffs`, `_cubic_coeffs_antialias`, `_linear_coeffs`
+    /// and `_linear_coeffs_antialias` (`onnx/reference/ops/op_resize.py`),
+    /// transcribed: the weights of the taps around `x'` for
+    /// `ratio = x' - (ceil(x') - 1)`, in `(0, 1]`.
+    fn coeffs(p: &Spec, ratio: f64, scale: f64) -> Vec<f64> {
+        let a = p.a;
+        match (p.mode, p.antialias) {
+            ("cubic", false) => vec![
+                ((a * (ratio + 1.0) - 5.0 * a) * (ratio + 1.0) + 8.0 * a) * (ratio + 1.0) - 4.0 * a,
+                ((a + 2.0) * ratio - (a + 3.0)) * ratio * ratio + 1.0,
+                ((a + 2.0) * (1.0 - ratio) - (a + 3.0)) * (1.0 - ratio) * (1.0 - ratio) + 1.0,
+                ((a * ((1.0 - ratio) + 1.0) - 5.0 * a) * ((1.0 - ratio) + 1.0) + 8.0 * a)
+                    * ((1.0 - ratio) + 1.0)
+                    - 4.0 * a,
+            ],
+            ("cubic", true) => {
+                let s = scale.min(1.0);
+                let coeff = |x: f64| {
+                    let x = x.abs();
+                    let (x2, x3) = (x * x, x * x * x);
+                    if x <= 1.0 {
+                        (a + 2.0) * x3 - (a + 3.0) * x2 + 1.0
+                    } else if x < 2.0 {
+                        a * x3 - 5.0 * a * x2 + 8.0 * a * x - 4.0 * a
+                    } else {
+                        0.0
+                    }
+                };
+                let start = (-2.0 / s).floor() as i64 + 1;
+                let c: Vec<f64> = (start..2 - start)
+                    .map(|i| coeff(s * (i as f64 - ratio)))
+                    .collect();
+                let sum: f64 = c.iter().sum();
+                c.iter().map(|v| v / sum).collect()
+            }
+            ("linear", false) => vec![1.0 - ratio, ratio],
+            ("linear", true) => {
+                let s = scale.min(1.0);
+                let start = (-1.0 / s).floor() as i64 + 1;
+                let c: Vec<f64> = (start..2 - start)
+                    .map(|i| (1.0 - ((i as f64 - ratio) * s).abs()).clamp(0.0, 1.0))
+                    .collect();
+                let sum: f64 = c.iter().sum();
+                c.iter().map(|v| v / sum).collect()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// ONNX's `_interpolate_1d_with_x`, transcribed: output coordinate `x`
+    /// of a 1-D resize of `data` at scale `scale` to `out` elements.
+    /// pytorch_half_pixel with a resized length of 1 maps to 0 as the spec
+    /// says (the Python reference's -0.5 disagrees with it).
+    fn onnx_1d(data: &[f64], scale: f64, out: usize, x: f64, roi: (f64, f64), p: &Spec) -> f64 {
+        let n = data.len() as f64;
+        let ow = scale * n;
+        let x_ori = match p.coord {
+            "align_corners" if ow == 1.0 => 0.0,
+            "align_corners" => x * (n - 1.0) / (ow - 1.0),
+            "asymmetric" => x / scale,
+            "tf_crop_and_resize" => {
+                let v = if ow == 1.0 {
+                    (roi.1 - roi.0) * (n - 1.0) / 2.0
+                } else {
+                    x * (roi.1 - roi.0) * (n - 1.0) / (ow - 1.0)
+                } + roi.0 * (n - 1.0);
+                if v < 0.0 || v > n - 1.0 {
+                    return p.extrapolation;
+                }
+                v
+            }
+            "pytorch_half_pixel" if ow == 1.0 => 0.0,
+            "pytorch_half_pixel" | "half_pixel" => (x + 0.5) / scale - 0.5,
+            "half_pixel_symmetric" => {
+                let adjustment = out as f64 / ow;
+                n / 2.0 * (1.0 - adjustment) + (x + 0.5) / scale - 0.5
+            }
+            other => unreachable!("{other}"),
+        };
+        let ratio = if x_ori == x_ori.floor() {
+            1.0
+        } else {
+            x_ori - x_ori.floor()
+        };
+        let mut c = coeffs(p, ratio, scale);
+        // `_get_neighbor`: pad `data` by its edges, then take the `c.len()`
+        // indexes nearest to `x'`, preferring the smaller ones.
+        let pad = c.len().div_ceil(2);
+        let len = data.len() as i64;
+        let padded: Vec<f64> = (0..len + 2 * pad as i64)
+            .map(|k| data[(k - pad as i64).clamp(0, len - 1) as usize])
+            .collect();
+        let xp = x_ori + pad as f64;
+        let mut idx: Vec<usize> = (0..padded.len()).collect();
+        idx.sort_by(|&u, &v| {
+            ((xp - u as f64).abs(), u)
+                .partial_cmp(&((xp - v as f64).abs(), v))
+                .unwrap()
+        });
+        idx.truncate(c.len());
+        idx.sort();
+        if p.exclude_outside {
+            for (k, &i) in idx.iter().enumerate() {
+                let orig = i as i64 - pad as i64;
+                if orig < 0 || orig >= len {
+                    c[k] = 0.0;
+                }
+            }
+            let sum: f64 = c.iter().sum();
+            c.iter_mut().for_each(|v| *v /= sum);
+        }
+        c.iter().zip(&idx).map(|(w, &i)| w * padded[i]).sum()
+    }
+
+    /// ONNX's `_interpolate_nd_with_x`: the inner axes first, then axis 0
+    /// over their results.
+    fn onnx_nd(
+        data: &[f64],
+        shape: &[usize],
+        scales: &[f64],
+        outs: &[usize],
+        x: &[usize],
+        p: &Spec,
+        axis: usize,
+    ) -> f64 {
+        let roi = p.roi.get(axis).copied().unwrap_or((0.0, 1.0));
+        if shape.len() == 1 {
+            return onnx_1d(data, scales[0], outs[0], x[0] as f64, roi, p);
+        }
+        let inner: usize = shape[1..].iter().product();
+        let rows: Vec<f64> = (0..shape[0])
+            .map(|i| {
+                onnx_nd(
+                    &data[i * inner..(i + 1) * inner],
+                    &shape[1..],
+                    &scales[1..],
+                    &outs[1..],
+                    &x[1..],
+                    p,
+                    axis + 1,
+                )
+            })
+            .collect();
+        onnx_1d(&rows, scales[0], outs[0], x[0] as f64, roi, p)
+    }
+
+    /// Every element of the resize of `x` to `outs` by [`onnx_nd`].
+    fn onnx_resize(x: &Tensor, scales: &[f64], outs: &[usize], p: &Spec) -> Tensor {
+        let data = f64s(x);
+        let n: usize = outs.iter().product();
+        let mut c = vec![0usize; outs.len()];
+        let mut y = Vec::with_capacity(n);
+        for _ in 0..n {
+            y.push(onnx_nd(&data, x.shape(), scales, outs, &c, p, 0));
+            super::step(&mut c, outs);
+        }
+        Tensor::from_vec(outs, y).unwrap()
+    }
+
+    /// The kernel attributes for `p`.
+    fn spec_attrs(
+        p: &Spec,
+        sizes: &[usize],
+        scales: Option<&[f64]>,
+    ) -> Vec<(&'static str, AttrValue)> {
+        let sizes: Vec<i64> = sizes.iter().map(|&v| v as i64).collect();
+        let mut at = vec![
+            ("sizes", ints(&sizes)),
+            ("mode", s(p.mode)),
+            ("coordinate_transformation_mode", s(p.coord)),
+            ("cubic_coeff_a", AttrValue::Float(p.a)),
+            ("exclude_outside", i(i64::from(p.exclude_outside))),
+            ("antialias", i(i64::from(p.antialias))),
+            ("extrapolation_value", AttrValue::Float(p.extrapolation)),
+        ];
+        if p.coord == "tf_crop_and_resize" {
+            let roi = p.roi.iter().map(|r| r.0).chain(p.roi.iter().map(|r| r.1));
+            at.push(("roi", AttrValue::Floats(roi.collect())));
+        }
+        if let Some(sc) = scales {
+            at.push(("scales", AttrValue::Floats(sc.to_vec())));
+        }
+        at
+    }
+
+    /// Both implementations against [`onnx_resize`], f64 throughout.
+    fn check_against_onnx(x: &Tensor, sizes: &[usize], scales: Option<&[f64]>, p: &Spec) {
+        let (r, o) = resize(x, &spec_attrs(p, sizes, scales));
+        let sc: Vec<f64> = match scales {
+            Some(sc) => sc.to_vec(),
+            None => x
+                .shape()
+                .iter()
+                .zip(sizes)
+                .map(|(&d, &o)| o as f64 / d as f64)
+                .collect(),
+        };
+        let want = onnx_resize(x, &sc, sizes, p);
+        assert_close(&want, &r, 1e-10, 1e-10);
+        assert_close(&want, &o, 1e-10, 1e-10);
+    }
+
+    fn spec(mode: &'static str, coord: &'static str) -> Spec {
+        Spec {
+            mode,
+            coord,
+            a: -0.75,
+            exclude_outside: false,
+            antialias: false,
+            roi: Vec::new(),
+            extrapolation: 0.0,
+        }
     }
 
     #[test]
@@ -478,7 +1067,128 @@ mod tests {
     }
 
     #[test]
+    fn cubic_by_hand() {
+        // Doubling [0, 0, 1, 0, 0] with half_pixel: output 4 sits at
+        // x' = 4.5 / 2 - 0.5 = 1.75, so its taps are inputs 0..=3 at
+        // distances 1.75, 0.75, 0.25, 1.25, and only input 2 is non-zero:
+        // Keys' cubic at 0.25 with A = -0.75.
+        let x = Tensor::from_vec(&[5], vec![0.0f64, 0.0, 1.0, 0.0, 0.0]).unwrap();
+        let (r, o) = resize(&x, &[("sizes", ints(&[10])), ("mode", s("cubic"))]);
+        let (a, t) = (-0.75f64, 0.25f64);
+        let want = (a + 2.0) * t.powi(3) - (a + 3.0) * t * t + 1.0;
+        assert!((r.to_vec::<f64>().unwrap()[4] - want).abs() < 1e-15);
+        assert_close(&r, &o, 1e-14, 1e-14);
+        // A whole-coordinate sample copies: asymmetric doubling maps even
+        // outputs to inputs.
+        let (r, o) = resize(
+            &x,
+            &[
+                ("sizes", ints(&[10])),
+                ("mode", s("cubic")),
+                ("coordinate_transformation_mode", s("asymmetric")),
+            ],
+        );
+        let r = r.to_vec::<f64>().unwrap();
+        assert_eq!([r[0], r[2], r[4], r[6], r[8]], [0.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(r, o.to_vec::<f64>().unwrap());
+    }
+
+    #[test]
+    fn cubic_matches_onnx() {
+        for (a, exclude) in [(-0.75, false), (-0.5, true), (-0.5, false), (-0.75, true)] {
+            for coord in [
+                "half_pixel",
+                "pytorch_half_pixel",
+                "align_corners",
+                "asymmetric",
+                "half_pixel_symmetric",
+            ] {
+                let p = Spec {
+                    a,
+                    exclude_outside: exclude,
+                    ..spec("cubic", coord)
+                };
+                let x = float_tensor::<f64>(&[1, 2, 4, 5], 7, false);
+                // ONNX's cubic cases: scales 2 and 0.8, and sizes.
+                check_against_onnx(&x, &[1, 2, 8, 10], Some(&[1.0, 1.0, 2.0, 2.0]), &p);
+                check_against_onnx(&x, &[1, 2, 3, 4], Some(&[1.0, 1.0, 0.8, 0.8]), &p);
+                check_against_onnx(&x, &[1, 2, 9, 3], None, &p);
+            }
+        }
+    }
+
+    #[test]
+    fn antialias_matches_onnx() {
+        for mode in ["linear", "cubic"] {
+            for exclude in [false, true] {
+                let p = Spec {
+                    antialias: true,
+                    exclude_outside: exclude,
+                    ..spec(mode, "half_pixel")
+                };
+                let x = float_tensor::<f64>(&[6, 9], 11, false);
+                check_against_onnx(&x, &[3, 3], Some(&[0.6, 0.4]), &p);
+                check_against_onnx(&x, &[2, 4], None, &p);
+                // Upsampling: antialias leaves the filter as it is.
+                check_against_onnx(&x, &[7, 20], None, &p);
+            }
+        }
+        // A 1/3 tent sums 5 inputs with weights 1/9 (1, 2, 3, 2, 1) / ...:
+        // output 1 of 9 -> 3 sits at x' = 1.5 * 3 - 0.5 = 4 exactly.
+        let x = Tensor::from_vec(&[9], (0..9).map(|v| (v * v) as f64).collect()).unwrap();
+        let (r, o) = resize(
+            &x,
+            &[
+                ("sizes", ints(&[3])),
+                ("mode", s("linear")),
+                ("antialias", i(1)),
+            ],
+        );
+        let w = [1.0, 2.0, 3.0, 2.0, 1.0];
+        let want: f64 = (2..=6).map(|v| (v * v) as f64 * w[v - 2]).sum::<f64>() / 9.0;
+        assert!((r.to_vec::<f64>().unwrap()[1] - want).abs() < 1e-12);
+        assert_close(&r, &o, 1e-14, 1e-14);
+    }
+
+    #[test]
+    fn tf_crop_and_resize_extrapolates() {
+        for mode in ["nearest", "linear", "cubic"] {
+            let p = Spec {
+                roi: vec![(0.0, 1.0), (0.4, 1.2), (0.6, 1.7)],
+                extrapolation: 10.0,
+                ..spec(mode, "tf_crop_and_resize")
+            };
+            let x = float_tensor::<f64>(&[2, 4, 4], 5, false);
+            if mode != "nearest" {
+                check_against_onnx(&x, &[2, 3, 3], None, &p);
+                check_against_onnx(&x, &[2, 5, 7], None, &p);
+            }
+            // Output (., 2, 2) samples x' = 0.4 * 3 + 2 * 0.8 * 3 / 2 = 3.6
+            // on axis 1: outside, so every mode writes the fill there.
+            let (r, o) = resize(&x, &spec_attrs(&p, &[2, 3, 3], None));
+            assert_eq!(r.to_vec::<f64>().unwrap()[8], 10.0);
+            assert_eq!(o.to_vec::<f64>().unwrap()[8], 10.0);
+            if mode == "nearest" {
+                assert_same_bits(&r, &o);
+            }
+        }
+        // Integer tensors cannot take the float fill.
+        let k = bind(
+            "resize@1",
+            &attrs(&[
+                ("sizes", ints(&[3])),
+                ("coordinate_transformation_mode", s("tf_crop_and_resize")),
+                ("roi", AttrValue::Floats(vec![0.0, 1.0])),
+            ]),
+        )
+        .unwrap();
+        assert!(k.check(&[&TensorMeta::new(DType::I32, [2])]).is_err());
+        assert!(k.check(&[&TensorMeta::new(DType::F32, [2])]).is_ok());
+    }
+
+    #[test]
     fn attribute_errors() {
+        let roi = |v: &[f64]| AttrValue::Floats(v.to_vec());
         for bad in [
             attrs(&[]),
             attrs(&[("sizes", ints(&[-1]))]),
@@ -490,8 +1200,35 @@ mod tests {
                 ("sizes", ints(&[2])),
                 ("scales", AttrValue::Floats(vec![1.0, 1.0])),
             ]),
-            attrs(&[("sizes", ints(&[2])), ("mode", s("cubic"))]),
+            attrs(&[("sizes", ints(&[2])), ("mode", s("bicubic"))]),
             attrs(&[("sizes", ints(&[2])), ("nearest_mode", s("up"))]),
+            attrs(&[("sizes", ints(&[2])), ("antialias", i(1))]),
+            attrs(&[
+                ("sizes", ints(&[2])),
+                ("antialias", i(2)),
+                ("mode", s("linear")),
+            ]),
+            attrs(&[("sizes", ints(&[2])), ("exclude_outside", i(-1))]),
+            attrs(&[
+                ("sizes", ints(&[2])),
+                ("cubic_coeff_a", AttrValue::Float(f64::NAN)),
+            ]),
+            attrs(&[
+                ("sizes", ints(&[2])),
+                ("coordinate_transformation_mode", s("tf_crop_and_resize")),
+            ]),
+            attrs(&[
+                ("sizes", ints(&[2])),
+                ("coordinate_transformation_mode", s("tf_crop_and_resize")),
+                ("roi", roi(&[0.0])),
+            ]),
+            attrs(&[
+                ("sizes", ints(&[2])),
+                ("coordinate_transformation_mode", s("tf_crop_and_resize")),
+                ("roi", roi(&[0.0, f64::INFINITY])),
+            ]),
+            attrs(&[("sizes", ints(&[2])), ("roi", roi(&[0.0, 1.0]))]),
+            attrs(&[("sizes", ints(&[2])), ("extrapolation_value", s("x"))]),
         ] {
             assert!(bind("resize@1", &bad).is_err(), "{bad:?}");
         }
@@ -506,6 +1243,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("axis 0 is empty"));
+        // A tiny scale with antialias would read the whole input (and far
+        // beyond) for each of many outputs: refused before any work.
+        let k = bind(
+            "resize@1",
+            &attrs(&[
+                ("sizes", ints(&[1000])),
+                ("scales", AttrValue::Floats(vec![1e-9])),
+                ("mode", s("cubic")),
+                ("antialias", i(1)),
+            ]),
+        )
+        .unwrap();
+        let err = k
+            .check(&[&TensorMeta::new(DType::F32, [4])])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("antialiasing at scale"), "{err}");
     }
 
     proptest! {
@@ -514,38 +1268,89 @@ mod tests {
         #[test]
         fn optimized_matches_reference(
             dims in prop::collection::vec((1usize..=5, 0usize..=7), 1..=4),
-            linear in any::<bool>(),
-            coord in 0usize..5,
+            mode in 0usize..3,
+            coord in 0usize..6,
             round in 0usize..4,
+            filter in (any::<bool>(), any::<bool>(), prop::sample::select(vec![-0.75, -0.5])),
             with_scales in any::<bool>(),
+            roi_bits in any::<u64>(),
             seed in any::<u64>(),
         ) {
+            let (antialias, exclude, a) = filter;
             let shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
             let sizes: Vec<i64> = dims.iter().map(|d| d.1 as i64).collect();
             let x = float_tensor::<f64>(&shape, seed, false);
-            let coords = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric"];
+            let modes = ["nearest", "linear", "cubic"];
+            let coords = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric", "tf_crop_and_resize"];
             let rounds = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"];
             let mut at = vec![
                 ("sizes", ints(&sizes)),
-                ("mode", s(if linear { "linear" } else { "nearest" })),
+                ("mode", s(modes[mode])),
                 ("coordinate_transformation_mode", s(coords[coord])),
                 ("nearest_mode", s(rounds[round])),
+                ("cubic_coeff_a", AttrValue::Float(a)),
+                ("exclude_outside", i(i64::from(exclude))),
+                ("antialias", i(i64::from(antialias && mode > 0))),
+                ("extrapolation_value", AttrValue::Float(-3.5)),
             ];
             if with_scales {
                 let sc = shape.iter().zip(&sizes).map(|(&d, &o)| (o.max(1) as f64 + 0.3) / d as f64).collect();
                 at.push(("scales", AttrValue::Floats(sc)));
             }
+            if coord == 5 {
+                // Crop boxes from -0.5 to 1.5 of the input, some reaching out.
+                let roi = (0..2 * shape.len()).map(|k| (roi_bits >> (4 * k) & 15) as f64 / 7.5 - 0.5).collect();
+                at.push(("roi", AttrValue::Floats(roi)));
+            }
             let (r, o) = resize(&x, &at);
-            if linear {
-                assert_close(&r, &o, 0.0, 1e-12);
-            } else {
+            if mode == 0 {
                 assert_same_bits(&r, &o);
+            } else {
+                assert_close(&r, &o, 1e-12, 1e-12);
             }
         }
 
         #[test]
-        fn check_never_panics(a in adversarial_meta(), n in 0usize..4) {
-            let at = attrs(&[("sizes", ints(&vec![3; n])), ("mode", s("linear"))]);
+        fn filters_match_onnx(
+            dims in prop::collection::vec((1usize..=5, 1usize..=7), 1..=3),
+            cubic in any::<bool>(),
+            coord in 0usize..6,
+            filter in (any::<bool>(), any::<bool>(), prop::sample::select(vec![-0.75, -0.5])),
+            with_scales in any::<bool>(),
+            roi_bits in any::<u64>(),
+            seed in any::<u64>(),
+        ) {
+            let (antialias, exclude, a) = filter;
+            let shape: Vec<usize> = dims.iter().map(|d| d.0).collect();
+            let coords = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric", "tf_crop_and_resize"];
+            let x = float_tensor::<f64>(&shape, seed, false);
+            let p = Spec {
+                a,
+                exclude_outside: exclude,
+                antialias,
+                roi: (0..shape.len())
+                    .map(|k| {
+                        let v = |b: usize| (roi_bits >> (8 * k + b) & 15) as f64 / 7.5 - 0.5;
+                        (v(0), v(4))
+                    })
+                    .collect(),
+                extrapolation: 2.5,
+                ..spec(if cubic { "cubic" } else { "linear" }, coords[coord])
+            };
+            if with_scales {
+                let sc: Vec<f64> = dims.iter().map(|&(d, o)| (o as f64 + 0.25) / d as f64).collect();
+                let sizes: Vec<usize> = shape.iter().zip(&sc).map(|(&d, s)| (d as f64 * s).floor() as usize).collect();
+                check_against_onnx(&x, &sizes, Some(&sc), &p);
+            } else {
+                let sizes: Vec<usize> = dims.iter().map(|d| d.1).collect();
+                check_against_onnx(&x, &sizes, None, &p);
+            }
+        }
+
+        #[test]
+        fn check_never_panics(a in adversarial_meta(), n in 0usize..4, mode in 0usize..3) {
+            let modes = ["nearest", "linear", "cubic"];
+            let at = attrs(&[("sizes", ints(&vec![3; n])), ("mode", s(modes[mode]))]);
             check_is_consistent(&*bind("resize@1", &at).unwrap(), &[&a]);
         }
     }
