@@ -252,25 +252,30 @@ fn floats(t: &Tensor) -> Option<Vec<f64>> {
     })
 }
 
-fn ints(t: &Tensor) -> Option<Vec<i64>> {
-    Some(match t.dtype() {
-        DType::I8 => t.data::<i8>().ok()?.iter().map(|&x| i64::from(x)).collect(),
-        DType::U8 => t.data::<u8>().ok()?.iter().map(|&x| i64::from(x)).collect(),
-        DType::I32 => t
-            .data::<i32>()
-            .ok()?
-            .iter()
-            .map(|&x| i64::from(x))
-            .collect(),
-        DType::I64 => t.data::<i64>().ok()?.to_vec(),
-        DType::Bool => t
-            .data::<Bool8>()
-            .ok()?
-            .iter()
-            .map(|x| i64::from(x.0))
-            .collect(),
-        _ => return None,
-    })
+/// The elements of an integer or bool tensor (i128 holds every i64 and
+/// u64 value).
+fn ints(t: &Tensor) -> Option<Vec<i128>> {
+    fn widened<T: ampoule::kernels::Element + Into<i128>>(t: &Tensor) -> Option<Vec<i128>> {
+        Some(t.data::<T>().ok()?.iter().map(|&x| x.into()).collect())
+    }
+    match t.dtype() {
+        DType::I8 => widened::<i8>(t),
+        DType::U8 => widened::<u8>(t),
+        DType::I16 => widened::<i16>(t),
+        DType::U16 => widened::<u16>(t),
+        DType::I32 => widened::<i32>(t),
+        DType::U32 => widened::<u32>(t),
+        DType::I64 => widened::<i64>(t),
+        DType::U64 => widened::<u64>(t),
+        DType::Bool => Some(
+            t.data::<Bool8>()
+                .ok()?
+                .iter()
+                .map(|x| i128::from(x.0))
+                .collect(),
+        ),
+        DType::F32 | DType::F64 => None,
+    }
 }
 
 /// Compares `got` with `want`: same dtype and shape, floats within `tol`

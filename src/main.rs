@@ -898,8 +898,12 @@ fn sample_inputs(
                     DType::I8 => bytes.extend_from_slice(&(i as i8).to_le_bytes()),
                     DType::U8 => bytes.push(i as u8),
                     DType::Bool => bytes.push(u8::from(i % 2 == 1)),
+                    DType::I16 => bytes.extend_from_slice(&(i as i16).to_le_bytes()),
+                    DType::U16 => bytes.extend_from_slice(&(i as u16).to_le_bytes()),
                     DType::I32 => bytes.extend_from_slice(&(i as i32).to_le_bytes()),
+                    DType::U32 => bytes.extend_from_slice(&(i as u32).to_le_bytes()),
                     DType::I64 => bytes.extend_from_slice(&i.to_le_bytes()),
+                    DType::U64 => bytes.extend_from_slice(&(i as u64).to_le_bytes()),
                 }
             }
             Ok(Tensor::from_bytes(dtype, &ex.meta.shape, &bytes)?)

@@ -36,10 +36,14 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor> {
         (TypeChar::Float, 8) => DType::F64,
         (TypeChar::Int, 1) => DType::I8,
         (TypeChar::Uint, 1) => DType::U8,
+        (TypeChar::Int, 2) => DType::I16,
+        (TypeChar::Uint, 2) => DType::U16,
         (TypeChar::Int, 4) => DType::I32,
+        (TypeChar::Uint, 4) => DType::U32,
         (TypeChar::Int, 8) => DType::I64,
+        (TypeChar::Uint, 8) => DType::U64,
         (TypeChar::Bool, 1) => DType::Bool,
-        _ => bail!("dtype `{ts}` is not supported (use float32, float64, int8, uint8, int32, int64 or bool)"),
+        _ => bail!("dtype `{ts}` is not supported (use float32, float64, int8, uint8, int16, uint16, int32, uint32, int64, uint64 or bool)"),
     };
     Ok(match dtype {
         DType::F32 => Tensor::from_vec(&shape, npy.into_vec::<f32>()?)?,
@@ -48,6 +52,10 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Tensor> {
         DType::U8 => Tensor::from_vec(&shape, npy.into_vec::<u8>()?)?,
         DType::I32 => Tensor::from_vec(&shape, npy.into_vec::<i32>()?)?,
         DType::I64 => Tensor::from_vec(&shape, npy.into_vec::<i64>()?)?,
+        DType::I16 => Tensor::from_vec(&shape, npy.into_vec::<i16>()?)?,
+        DType::U16 => Tensor::from_vec(&shape, npy.into_vec::<u16>()?)?,
+        DType::U32 => Tensor::from_vec(&shape, npy.into_vec::<u32>()?)?,
+        DType::U64 => Tensor::from_vec(&shape, npy.into_vec::<u64>()?)?,
         DType::Bool => {
             let v: Vec<Bool8> = npy
                 .into_vec::<bool>()?
@@ -84,6 +92,10 @@ pub fn to_bytes(t: &Tensor) -> Result<Vec<u8>> {
         DType::U8 => put(&mut out, &shape, t.data::<u8>()?)?,
         DType::I32 => put(&mut out, &shape, t.data::<i32>()?)?,
         DType::I64 => put(&mut out, &shape, t.data::<i64>()?)?,
+        DType::I16 => put(&mut out, &shape, t.data::<i16>()?)?,
+        DType::U16 => put(&mut out, &shape, t.data::<u16>()?)?,
+        DType::U32 => put(&mut out, &shape, t.data::<u32>()?)?,
+        DType::U64 => put(&mut out, &shape, t.data::<u64>()?)?,
         DType::Bool => {
             let v: Vec<bool> = t.bytes().iter().map(|&b| b != 0).collect();
             put(&mut out, &shape, &v)?
@@ -115,6 +127,10 @@ mod tests {
             Tensor::from_vec(&[1], vec![-7i32]).unwrap(),
             Tensor::from_vec(&[2], vec![255u8, 0]).unwrap(),
             Tensor::from_vec(&[2], vec![-128i8, 5]).unwrap(),
+            Tensor::from_vec(&[3], vec![i16::MIN, -1, i16::MAX]).unwrap(),
+            Tensor::from_vec(&[2], vec![0u16, u16::MAX]).unwrap(),
+            Tensor::from_vec(&[2], vec![3_000_000_000u32, 1]).unwrap(),
+            Tensor::from_vec(&[2], vec![u64::MAX, 1 << 63]).unwrap(),
             Tensor::from_vec(&[3], vec![Bool8(1), Bool8(0), Bool8(1)]).unwrap(),
             Tensor::from_vec::<f32>(&[0, 4], vec![]).unwrap(),
             Tensor::scalar(2.5f32),
@@ -129,16 +145,15 @@ mod tests {
     #[test]
     fn rejects_garbage_and_unsupported_dtypes() {
         assert!(from_bytes(b"not an npy file").is_err());
-        let mut u16s = Vec::new();
-        let mut w = npyz::WriteOptions::new()
-            .default_dtype()
-            .shape(&[2])
-            .writer(&mut u16s)
-            .begin_nd()
-            .unwrap();
-        w.extend([1u16, 2]).unwrap();
-        w.finish().unwrap();
-        let err = from_bytes(&u16s).unwrap_err().to_string();
-        assert!(err.contains("not supported"), "{err}");
+        // A float16 array (`<f2`), written by hand: version 1.0, then the
+        // header length and a header padded so the data is 64-byte aligned.
+        let header = "{'descr': '<f2', 'fortran_order': False, 'shape': (2,), }";
+        let padded = format!("{header:<width$}\n", width = 64 - 10 - 1);
+        let mut f16s = b"\x93NUMPY\x01\x00".to_vec();
+        f16s.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+        f16s.extend_from_slice(padded.as_bytes());
+        f16s.extend_from_slice(&[0, 0x3c, 0, 0x40]);
+        let err = from_bytes(&f16s).unwrap_err().to_string();
+        assert!(err.contains("`<f2` is not supported"), "{err}");
     }
 }

@@ -149,8 +149,12 @@ impl TensorSpec {
                 DType::F64 => bytes.extend_from_slice(&v.to_le_bytes()),
                 DType::I8 => bytes.extend_from_slice(&(v as i8).to_le_bytes()),
                 DType::U8 | DType::Bool => bytes.push(v as u8),
+                DType::I16 => bytes.extend_from_slice(&(v as i16).to_le_bytes()),
+                DType::U16 => bytes.extend_from_slice(&(v as u16).to_le_bytes()),
                 DType::I32 => bytes.extend_from_slice(&(v as i32).to_le_bytes()),
+                DType::U32 => bytes.extend_from_slice(&(v as u32).to_le_bytes()),
                 DType::I64 => bytes.extend_from_slice(&(v as i64).to_le_bytes()),
+                DType::U64 => bytes.extend_from_slice(&(v as u64).to_le_bytes()),
             }
         }
         Tensor::from_bytes(self.dtype, &self.shape, &bytes).map_err(|e| e.to_string())

@@ -205,9 +205,7 @@ fn truth(t: &Tensor) -> Result<bool, String> {
     let b = t.bytes();
     let n = t.dtype().size();
     match (t.dtype(), b.get(..n)) {
-        (DType::Bool | DType::I8 | DType::U8 | DType::I32 | DType::I64, Some(x)) => {
-            Ok(x.iter().any(|&byte| byte != 0))
-        }
+        (d, Some(x)) if d == DType::Bool || d.is_int() => Ok(x.iter().any(|&byte| byte != 0)),
         _ => Err(format!(
             "a condition must be a non-empty bool or integer tensor, got {}",
             t.meta()

@@ -181,8 +181,12 @@ fn to_safetensors_dtype(d: DType) -> safetensors::Dtype {
         DType::F64 => S::F64,
         DType::I8 => S::I8,
         DType::U8 => S::U8,
+        DType::I16 => S::I16,
+        DType::U16 => S::U16,
         DType::I32 => S::I32,
+        DType::U32 => S::U32,
         DType::I64 => S::I64,
+        DType::U64 => S::U64,
         DType::Bool => S::BOOL,
     }
 }

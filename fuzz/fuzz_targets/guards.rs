@@ -23,7 +23,12 @@ use ampoule_kernels::{DType, Tensor};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-const DTYPES: [DType; 7] = DType::ALL;
+/// The first dtypes, in their original order: a byte below 224 picks
+/// `DTYPES[b % 7]` as it always has, so saved inputs (regressions/) keep
+/// their dtypes; the bytes from 224 pick the dtypes added later.
+const DTYPES: [DType; 7] =
+    [DType::F32, DType::F64, DType::I8, DType::U8, DType::I32, DType::I64, DType::Bool];
+const LATER_DTYPES: [DType; 4] = [DType::I16, DType::U16, DType::U32, DType::U64];
 
 #[derive(Arbitrary, Debug)]
 enum G {
@@ -65,7 +70,11 @@ struct Case {
 }
 
 fn dtype(b: u8) -> DType {
-    DTYPES[b as usize % DTYPES.len()]
+    if b < 224 {
+        DTYPES[b as usize % DTYPES.len()]
+    } else {
+        LATER_DTYPES[b as usize % LATER_DTYPES.len()]
+    }
 }
 
 /// A small tensor: rank <= 8, dims <= 4, contents from `bytes` (cycled).

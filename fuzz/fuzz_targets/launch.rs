@@ -327,8 +327,12 @@ fn values(u: &mut Unstructured, meta: &TensorMeta, data: Data, specials: bool, s
                     DType::F64 => out.extend_from_slice(&f.to_le_bytes()),
                     DType::I8 => out.extend_from_slice(&(k as i8).to_le_bytes()),
                     DType::U8 => out.push((b % 11) as u8),
+                    DType::I16 => out.extend_from_slice(&(k as i16).to_le_bytes()),
+                    DType::U16 => out.extend_from_slice(&u16::from(b % 11).to_le_bytes()),
                     DType::I32 => out.extend_from_slice(&(k as i32).to_le_bytes()),
+                    DType::U32 => out.extend_from_slice(&u32::from(b % 11).to_le_bytes()),
                     DType::I64 => out.extend_from_slice(&k.to_le_bytes()),
+                    DType::U64 => out.extend_from_slice(&u64::from(b % 11).to_le_bytes()),
                     DType::Bool => out.push(b & 1),
                 }
             }

@@ -104,8 +104,12 @@ pub fn pattern(dtype: DType, shape: &[usize], seed: u8) -> Option<Tensor> {
             DType::I8 => bytes.push(k as i8 as u8),
             DType::U8 => bytes.push(k.unsigned_abs() as u8),
             DType::Bool => bytes.push((k & 1) as u8),
+            DType::I16 => bytes.extend_from_slice(&(k as i16).to_le_bytes()),
+            DType::U16 => bytes.extend_from_slice(&(k.unsigned_abs() as u16).to_le_bytes()),
             DType::I32 => bytes.extend_from_slice(&(k as i32).to_le_bytes()),
+            DType::U32 => bytes.extend_from_slice(&(k.unsigned_abs() as u32).to_le_bytes()),
             DType::I64 => bytes.extend_from_slice(&k.to_le_bytes()),
+            DType::U64 => bytes.extend_from_slice(&k.unsigned_abs().to_le_bytes()),
         }
     }
     Tensor::from_bytes(dtype, shape, &bytes).ok()
@@ -168,8 +172,12 @@ fn scalar_tensor(dtype: DType, v: ScalarValue) -> Tensor {
         DType::I8 => Tensor::scalar(i as i8),
         DType::U8 => Tensor::scalar(i as u8),
         DType::Bool => Tensor::from_bytes(DType::Bool, &[], &[i as u8]).expect("one byte"),
+        DType::I16 => Tensor::scalar(i as i16),
+        DType::U16 => Tensor::scalar(i as u16),
         DType::I32 => Tensor::scalar(i as i32),
+        DType::U32 => Tensor::scalar(i as u32),
         DType::I64 => Tensor::scalar(i),
+        DType::U64 => Tensor::scalar(i as u64),
     }
 }
 

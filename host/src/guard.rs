@@ -90,10 +90,14 @@ pub const MAX_INPUT_VALUES: usize = 64;
 
 impl ScalarValue {
     /// Every element of a tensor of at most [`MAX_INPUT_VALUES`] elements,
-    /// row-major.
+    /// row-major. `None` for a larger tensor, and for a u64 tensor holding a
+    /// value above `i64::MAX` (an `Int` holds its value exactly).
     pub fn all(tensor: &Tensor) -> Option<Vec<ScalarValue>> {
         if tensor.numel() > MAX_INPUT_VALUES {
             return None;
+        }
+        fn widened<T: ampoule_kernels::Element + Into<i64>>(t: &Tensor) -> Option<Vec<i64>> {
+            Some(t.data::<T>().ok()?.iter().map(|&v| v.into()).collect())
         }
         let ints = |v: Vec<i64>| v.into_iter().map(ScalarValue::Int).collect();
         let floats = |v: Vec<f64>| v.into_iter().map(ScalarValue::Float).collect();
@@ -125,6 +129,17 @@ impl ScalarValue {
                     .collect(),
             ),
             DType::I64 => ints(tensor.data::<i64>().ok()?.to_vec()),
+            DType::I16 => ints(widened::<i16>(tensor)?),
+            DType::U16 => ints(widened::<u16>(tensor)?),
+            DType::U32 => ints(widened::<u32>(tensor)?),
+            DType::U64 => ints(
+                tensor
+                    .data::<u64>()
+                    .ok()?
+                    .iter()
+                    .map(|&v| i64::try_from(v).ok())
+                    .collect::<Option<Vec<i64>>>()?,
+            ),
         })
     }
 
@@ -738,6 +753,43 @@ mod tests {
         );
         let back: Guard = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
         assert_eq!(back, g);
+    }
+
+    #[test]
+    fn sixteen_bit_and_unsigned_inputs_read_as_their_values() {
+        let g = Guard::InputValues {
+            input: 0,
+            values: vec![ScalarValue::Int(65_535), ScalarValue::Int(7)],
+        };
+        let check = |t: &Tensor| {
+            g.check(&CallView {
+                names: None,
+                inputs: &[t],
+            })
+        };
+        assert!(check(&Tensor::from_vec(&[2], vec![u16::MAX, 7]).unwrap()).is_ok());
+        assert!(check(&Tensor::from_vec(&[2], vec![65_535u32, 7]).unwrap()).is_ok());
+        assert!(check(&Tensor::from_vec(&[2], vec![65_535u64, 7]).unwrap()).is_ok());
+        // The same bits as i16 are -1.
+        assert_eq!(
+            check(&Tensor::from_vec(&[2], vec![-1i16, 7]).unwrap()),
+            Err("[-1, 7]".into())
+        );
+        assert_eq!(
+            ScalarValue::of(&Tensor::scalar(u32::MAX)),
+            Some(ScalarValue::Int(i64::from(u32::MAX)))
+        );
+        // A u64 above i64::MAX has no exact `Int`: no value, so the guard
+        // misses rather than matching a wrapped one.
+        assert_eq!(
+            ScalarValue::of(&Tensor::scalar(i64::MAX as u64)),
+            Some(ScalarValue::Int(i64::MAX))
+        );
+        assert_eq!(ScalarValue::of(&Tensor::scalar(u64::MAX)), None);
+        assert_eq!(
+            check(&Tensor::from_vec(&[2], vec![u64::MAX, 7]).unwrap()),
+            Err("a tensor of 2 elements".into())
+        );
     }
 
     #[test]

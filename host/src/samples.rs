@@ -99,7 +99,8 @@ impl std::fmt::Display for OutputReport {
 #[derive(Clone, Copy)]
 enum Num {
     F(f64),
-    I(i64),
+    /// Any integer element (i128 holds both i64 and u64 exactly).
+    I(i128),
 }
 
 /// The elements of `t`, decoded from its little-endian bytes.
@@ -114,10 +115,14 @@ fn elements(t: &Tensor) -> Vec<Num> {
             match d {
                 DType::F32 => Num::F(f64::from(f32::from_le_bytes([a[0], a[1], a[2], a[3]]))),
                 DType::F64 => Num::F(f64::from_le_bytes(a)),
-                DType::I8 => Num::I(i64::from(a[0] as i8)),
-                DType::U8 | DType::Bool => Num::I(i64::from(a[0])),
-                DType::I32 => Num::I(i64::from(i32::from_le_bytes([a[0], a[1], a[2], a[3]]))),
-                DType::I64 => Num::I(i64::from_le_bytes(a)),
+                DType::I8 => Num::I(i128::from(a[0] as i8)),
+                DType::U8 | DType::Bool => Num::I(i128::from(a[0])),
+                DType::I16 => Num::I(i128::from(i16::from_le_bytes([a[0], a[1]]))),
+                DType::U16 => Num::I(i128::from(u16::from_le_bytes([a[0], a[1]]))),
+                DType::I32 => Num::I(i128::from(i32::from_le_bytes([a[0], a[1], a[2], a[3]]))),
+                DType::U32 => Num::I(i128::from(u32::from_le_bytes([a[0], a[1], a[2], a[3]]))),
+                DType::I64 => Num::I(i128::from(i64::from_le_bytes(a))),
+                DType::U64 => Num::I(i128::from(u64::from_le_bytes(a))),
             }
         })
         .collect()
@@ -139,10 +144,7 @@ fn error(got: Num, want: Num) -> (f64, f64) {
             };
             (err, w.abs())
         }
-        (Num::I(g), Num::I(w)) => (
-            (i128::from(g) - i128::from(w)).unsigned_abs() as f64,
-            (w as f64).abs(),
-        ),
+        (Num::I(g), Num::I(w)) => ((g - w).unsigned_abs() as f64, (w as f64).abs()),
         // Same dtype on both sides (checked by `compare`).
         _ => (f64::INFINITY, 0.0),
     }
@@ -338,5 +340,31 @@ mod tests {
         let c = compare(&got, &want, Tolerance::EXACT);
         assert_eq!(c.failures, 1);
         assert!(c.max_abs > 1e19);
+        // u64 values above i64::MAX are themselves, not negative numbers.
+        let want = Tensor::from_vec(&[2], vec![u64::MAX, 1]).unwrap();
+        assert!(compare(&want, &want, Tolerance::EXACT).passed());
+        let got = Tensor::from_vec(&[2], vec![u64::MAX - 1, 1]).unwrap();
+        let c = compare(&got, &want, Tolerance::EXACT);
+        assert_eq!((c.failures, c.max_abs), (1, 1.0));
+        for (got, want, diff) in [
+            (
+                Tensor::from_vec(&[2], vec![i16::MIN, 3]).unwrap(),
+                Tensor::from_vec(&[2], vec![i16::MAX, 3]).unwrap(),
+                f64::from(i16::MAX) - f64::from(i16::MIN),
+            ),
+            (
+                Tensor::from_vec(&[2], vec![0u16, 3]).unwrap(),
+                Tensor::from_vec(&[2], vec![u16::MAX, 3]).unwrap(),
+                f64::from(u16::MAX),
+            ),
+            (
+                Tensor::from_vec(&[2], vec![0u32, 3]).unwrap(),
+                Tensor::from_vec(&[2], vec![u32::MAX, 3]).unwrap(),
+                f64::from(u32::MAX),
+            ),
+        ] {
+            let c = compare(&got, &want, Tolerance::EXACT);
+            assert_eq!((c.failures, c.max_abs), (1, diff), "{}", want.dtype());
+        }
     }
 }

@@ -97,8 +97,12 @@ pub fn safetensors_dtype(d: safetensors::Dtype) -> Option<DType> {
         S::F64 => DType::F64,
         S::I8 => DType::I8,
         S::U8 => DType::U8,
+        S::I16 => DType::I16,
+        S::U16 => DType::U16,
         S::I32 => DType::I32,
+        S::U32 => DType::U32,
         S::I64 => DType::I64,
+        S::U64 => DType::U64,
         S::BOOL => DType::Bool,
         _ => return None,
     })

@@ -23,29 +23,39 @@ pub enum DType {
     I32,
     I64,
     Bool,
+    I16,
+    U16,
+    U32,
+    U64,
 }
 
 impl DType {
-    pub const ALL: [DType; 7] = [
+    pub const ALL: [DType; 11] = [
         DType::F32,
         DType::F64,
         DType::I8,
         DType::U8,
+        DType::I16,
+        DType::U16,
         DType::I32,
+        DType::U32,
         DType::I64,
+        DType::U64,
         DType::Bool,
     ];
 
     /// Size of one element in bytes.
     pub fn size(self) -> usize {
         match self {
-            DType::F32 | DType::I32 => 4,
-            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
         }
     }
 
-    /// Stable numeric code used across the wrapper ABI.
+    /// Stable numeric code used across the wrapper ABI. Codes are never
+    /// renumbered; a new dtype takes the next free code.
     pub fn code(self) -> u32 {
         match self {
             DType::F32 => 1,
@@ -55,6 +65,10 @@ impl DType {
             DType::I32 => 5,
             DType::I64 => 6,
             DType::Bool => 7,
+            DType::I16 => 8,
+            DType::U16 => 9,
+            DType::U32 => 10,
+            DType::U64 => 11,
         }
     }
 
@@ -71,6 +85,10 @@ impl DType {
             DType::I32 => "i32",
             DType::I64 => "i64",
             DType::Bool => "bool",
+            DType::I16 => "i16",
+            DType::U16 => "u16",
+            DType::U32 => "u32",
+            DType::U64 => "u64",
         }
     }
 
@@ -79,7 +97,17 @@ impl DType {
     }
 
     pub fn is_int(self) -> bool {
-        matches!(self, DType::I8 | DType::U8 | DType::I32 | DType::I64)
+        matches!(
+            self,
+            DType::I8
+                | DType::U8
+                | DType::I16
+                | DType::U16
+                | DType::I32
+                | DType::U32
+                | DType::I64
+                | DType::U64
+        )
     }
 }
 
@@ -430,6 +458,18 @@ impl Element for i32 {
 }
 impl Element for i64 {
     const DTYPE: DType = DType::I64;
+}
+impl Element for i16 {
+    const DTYPE: DType = DType::I16;
+}
+impl Element for u16 {
+    const DTYPE: DType = DType::U16;
+}
+impl Element for u32 {
+    const DTYPE: DType = DType::U32;
+}
+impl Element for u64 {
+    const DTYPE: DType = DType::U64;
 }
 
 /// Bool tensors store one byte per element, 0 or 1.

@@ -171,7 +171,7 @@ impl InputSpec {
             Some((d, t)) => (
                 d,
                 Some(parse_dtype(t).ok_or_else(|| {
-                    format!("`{s}`: unknown dtype `{t}` (use f32, f64, i8, u8, i32, i64 or bool)")
+                    format!("`{s}`: unknown dtype `{t}` (use f32, f64, i8, u8, i16, u16, i32, u32, i64, u64 or bool)")
                 })?),
             ),
             None => (rest, None),
@@ -200,8 +200,12 @@ fn parse_dtype(s: &str) -> Option<DType> {
         "f64" | "float64" | "double" => DType::F64,
         "i8" | "int8" => DType::I8,
         "u8" | "uint8" => DType::U8,
+        "i16" | "int16" => DType::I16,
+        "u16" | "uint16" => DType::U16,
         "i32" | "int32" => DType::I32,
+        "u32" | "uint32" => DType::U32,
         "i64" | "int64" => DType::I64,
+        "u64" | "uint64" => DType::U64,
         "bool" => DType::Bool,
         _ => return None,
     })

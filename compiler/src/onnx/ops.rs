@@ -278,6 +278,9 @@ pub(crate) fn trace_model(
         let val = match value {
             Some(n) => known(match meta.dtype {
                 DType::I64 => Tensor::scalar(n),
+                // A u64 input's value is non-negative (`ScalarValue` holds
+                // it exactly only up to i64::MAX).
+                DType::U64 => Tensor::scalar(n as u64),
                 // Narrower integers hold their value exactly in f64.
                 d => scalar(n as f64, d),
             }),
@@ -442,8 +445,12 @@ fn scalar(v: f64, dtype: DType) -> Tensor {
         DType::F64 => Tensor::scalar(v),
         DType::I8 => Tensor::scalar(v as i8),
         DType::U8 => Tensor::scalar(v as u8),
+        DType::I16 => Tensor::scalar(v as i16),
+        DType::U16 => Tensor::scalar(v as u16),
         DType::I32 => Tensor::scalar(v as i32),
+        DType::U32 => Tensor::scalar(v as u32),
         DType::I64 => Tensor::scalar(v as i64),
+        DType::U64 => Tensor::scalar(v as u64),
         DType::Bool => Tensor::scalar(Bool8(u8::from(v != 0.0))),
     }
 }
@@ -628,6 +635,18 @@ impl Builder<'_, '_> {
                     .collect();
                 Tensor::from_vec(&meta.shape, v).ok()?
             }
+            // So does u64 for the values `ScalarValue` reads (at most
+            // i64::MAX; a negative `Int` cannot come from a u64 input).
+            DType::U64 => {
+                let v = values
+                    .iter()
+                    .map(|v| match *v {
+                        ampoule_host::ScalarValue::Int(n) => u64::try_from(n).ok(),
+                        ampoule_host::ScalarValue::Float(_) => None,
+                    })
+                    .collect::<Option<Vec<u64>>>()?;
+                Tensor::from_vec(&meta.shape, v).ok()?
+            }
             d => {
                 let parts: Vec<Tensor> = values.iter().map(|v| scalar(as_f64(v), d)).collect();
                 let bytes: Vec<u8> = parts.iter().flat_map(|t| t.bytes().to_vec()).collect();
@@ -669,8 +688,12 @@ impl Builder<'_, '_> {
             DType::F64 => t.data::<f64>().map_err(e)?[0],
             DType::I8 => f64::from(t.data::<i8>().map_err(e)?[0]),
             DType::U8 => f64::from(t.data::<u8>().map_err(e)?[0]),
+            DType::I16 => f64::from(t.data::<i16>().map_err(e)?[0]),
+            DType::U16 => f64::from(t.data::<u16>().map_err(e)?[0]),
             DType::I32 => f64::from(t.data::<i32>().map_err(e)?[0]),
+            DType::U32 => f64::from(t.data::<u32>().map_err(e)?[0]),
             DType::I64 => t.data::<i64>().map_err(e)?[0] as f64,
+            DType::U64 => t.data::<u64>().map_err(e)?[0] as f64,
             DType::Bool => f64::from(t.data::<Bool8>().map_err(e)?[0].0),
         })
     }

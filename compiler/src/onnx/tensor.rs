@@ -7,11 +7,13 @@
 //!   or a typed field) holds exactly that many elements. A tensor can never
 //!   be larger than the bytes it was decoded from.
 //! - Only the dtypes ampoule has are accepted (FLOAT, DOUBLE, INT8, UINT8,
-//!   INT32, INT64, BOOL); anything else is an error naming the data type.
+//!   INT16, UINT16, INT32, UINT32, INT64, UINT64, BOOL); anything else is an
+//!   error naming the data type.
 //! - External data and segments are refused: a model never makes the
 //!   importer open a file it was not given.
-//! - Integers stored widened (`int32_data` for INT8, UINT8 and BOOL) must
-//!   fit their type; BOOL values are normalized to 0 or 1.
+//! - Integers stored widened (`int32_data` for INT8, UINT8, INT16, UINT16
+//!   and BOOL; `uint64_data` for UINT32) must fit their type; BOOL values are
+//!   normalized to 0 or 1.
 
 use ampoule_kernels::{checked_numel, Bool8, DType, Tensor, MAX_RANK};
 
@@ -24,8 +26,12 @@ pub fn dtype_of(t: i32) -> Option<DType> {
         data_type::DOUBLE => DType::F64,
         data_type::INT8 => DType::I8,
         data_type::UINT8 => DType::U8,
+        data_type::INT16 => DType::I16,
+        data_type::UINT16 => DType::U16,
         data_type::INT32 => DType::I32,
+        data_type::UINT32 => DType::U32,
         data_type::INT64 => DType::I64,
+        data_type::UINT64 => DType::U64,
         data_type::BOOL => DType::Bool,
         _ => return None,
     })
@@ -38,8 +44,12 @@ pub fn onnx_type(d: DType) -> i32 {
         DType::F64 => data_type::DOUBLE,
         DType::I8 => data_type::INT8,
         DType::U8 => data_type::UINT8,
+        DType::I16 => data_type::INT16,
+        DType::U16 => data_type::UINT16,
         DType::I32 => data_type::INT32,
+        DType::U32 => data_type::UINT32,
         DType::I64 => data_type::INT64,
+        DType::U64 => data_type::UINT64,
         DType::Bool => data_type::BOOL,
     }
 }
@@ -48,7 +58,7 @@ pub fn onnx_type(d: DType) -> i32 {
 pub fn require_dtype(t: i32) -> Result<DType, String> {
     dtype_of(t).ok_or_else(|| {
         format!(
-            "data type {} ({t}) is not supported (use FLOAT, DOUBLE, INT8, UINT8, INT32, INT64 or BOOL)",
+            "data type {} ({t}) is not supported (use FLOAT, DOUBLE, INT8, UINT8, INT16, UINT16, INT32, UINT32, INT64, UINT64 or BOOL)",
             data_type::name(t)
         )
     })
@@ -116,10 +126,14 @@ pub fn from_proto(p: &TensorProto) -> Result<Tensor, String> {
             Err(err(field, v.len()))
         }
     }
-    fn narrow<T: TryFrom<i32>>(v: &[i32], dtype: DType) -> Result<Vec<T>, String> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        v: &[S],
+        field: &str,
+        dtype: DType,
+    ) -> Result<Vec<T>, String> {
         v.iter()
             .map(|&x| {
-                T::try_from(x).map_err(|_| format!("`int32_data` value {x} does not fit {dtype}"))
+                T::try_from(x).map_err(|_| format!("`{field}` value {x} does not fit {dtype}"))
             })
             .collect()
     }
@@ -140,11 +154,22 @@ pub fn from_proto(p: &TensorProto) -> Result<Tensor, String> {
             &shape,
             exact(&p.int32_data, numel, "int32_data", &count_err)?,
         ),
-        DType::I8 | DType::U8 | DType::Bool => {
+        DType::U64 => Tensor::from_vec(
+            &shape,
+            exact(&p.uint64_data, numel, "uint64_data", &count_err)?,
+        ),
+        DType::U32 => {
+            let v = exact(&p.uint64_data, numel, "uint64_data", &count_err)?;
+            Tensor::from_vec(&shape, narrow::<u64, u32>(&v, "uint64_data", dtype)?)
+        }
+        DType::I8 | DType::U8 | DType::I16 | DType::U16 | DType::Bool => {
             let v = exact(&p.int32_data, numel, "int32_data", &count_err)?;
+            let f = "int32_data";
             match dtype {
-                DType::I8 => Tensor::from_vec(&shape, narrow::<i8>(&v, dtype)?),
-                DType::U8 => Tensor::from_vec(&shape, narrow::<u8>(&v, dtype)?),
+                DType::I8 => Tensor::from_vec(&shape, narrow::<i32, i8>(&v, f, dtype)?),
+                DType::U8 => Tensor::from_vec(&shape, narrow::<i32, u8>(&v, f, dtype)?),
+                DType::I16 => Tensor::from_vec(&shape, narrow::<i32, i16>(&v, f, dtype)?),
+                DType::U16 => Tensor::from_vec(&shape, narrow::<i32, u16>(&v, f, dtype)?),
                 _ => Tensor::from_vec(&shape, v.iter().map(|&b| Bool8(u8::from(b != 0))).collect()),
             }
         }
@@ -205,6 +230,109 @@ mod tests {
         );
         use prost::Message;
         assert_eq!(decode(&p.encode_to_vec()).unwrap().shape(), [2, 2]);
+    }
+
+    #[test]
+    fn sixteen_bit_and_unsigned_types_decode_from_typed_and_raw_data() {
+        let typed = |data_type: i32, int32_data: Vec<i32>, uint64_data: Vec<u64>| TensorProto {
+            dims: vec![3],
+            data_type,
+            int32_data,
+            uint64_data,
+            ..Default::default()
+        };
+        let raw = |data_type: i32, raw_data: Vec<u8>| TensorProto {
+            dims: vec![3],
+            data_type,
+            raw_data,
+            ..Default::default()
+        };
+        let le = |v: &[u64], width: usize| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| x.to_le_bytes()[..width].to_vec())
+                .collect()
+        };
+
+        // INT16 and UINT16 widen into `int32_data`.
+        let i16s = [i16::MIN, -1, i16::MAX];
+        let t = from_proto(&typed(
+            data_type::INT16,
+            i16s.iter().map(|&v| i32::from(v)).collect(),
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(t.dtype(), DType::I16);
+        assert_eq!(t.to_vec::<i16>().unwrap(), i16s);
+        let t = from_proto(&raw(
+            data_type::INT16,
+            i16s.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
+        .unwrap();
+        assert_eq!(t.to_vec::<i16>().unwrap(), i16s);
+
+        let u16s = [0u16, 40_000, u16::MAX];
+        let t = from_proto(&typed(
+            data_type::UINT16,
+            u16s.iter().map(|&v| i32::from(v)).collect(),
+            vec![],
+        ))
+        .unwrap();
+        assert_eq!(t.dtype(), DType::U16);
+        assert_eq!(t.to_vec::<u16>().unwrap(), u16s);
+        let wide: Vec<u64> = u16s.iter().map(|&v| u64::from(v)).collect();
+        let t = from_proto(&raw(data_type::UINT16, le(&wide, 2))).unwrap();
+        assert_eq!(t.to_vec::<u16>().unwrap(), u16s);
+
+        // UINT32 and UINT64 live in `uint64_data`.
+        let u32s = [0u32, 3_000_000_000, u32::MAX];
+        let wide: Vec<u64> = u32s.iter().map(|&v| u64::from(v)).collect();
+        let t = from_proto(&typed(data_type::UINT32, vec![], wide.clone())).unwrap();
+        assert_eq!(t.dtype(), DType::U32);
+        assert_eq!(t.to_vec::<u32>().unwrap(), u32s);
+        let t = from_proto(&raw(data_type::UINT32, le(&wide, 4))).unwrap();
+        assert_eq!(t.to_vec::<u32>().unwrap(), u32s);
+
+        let u64s = [0u64, 1 << 63, u64::MAX];
+        let t = from_proto(&typed(data_type::UINT64, vec![], u64s.to_vec())).unwrap();
+        assert_eq!(t.dtype(), DType::U64);
+        assert_eq!(t.to_vec::<u64>().unwrap(), u64s);
+        let t = from_proto(&raw(data_type::UINT64, le(&u64s, 8))).unwrap();
+        assert_eq!(t.to_vec::<u64>().unwrap(), u64s);
+
+        // Each type survives a round trip through `to_proto`.
+        for t in [
+            Tensor::from_vec(&[3], i16s.to_vec()).unwrap(),
+            Tensor::from_vec(&[3], u16s.to_vec()).unwrap(),
+            Tensor::from_vec(&[3], u32s.to_vec()).unwrap(),
+            Tensor::from_vec(&[3], u64s.to_vec()).unwrap(),
+        ] {
+            let back = from_proto(&to_proto("t", &t)).unwrap();
+            assert_eq!((back.meta(), back.bytes()), (t.meta(), t.bytes()));
+        }
+
+        // Widened values must fit.
+        for (p, needle) in [
+            (
+                typed(data_type::INT16, vec![0, 40_000, 0], vec![]),
+                "40000 does not fit i16",
+            ),
+            (
+                typed(data_type::UINT16, vec![0, -1, 0], vec![]),
+                "-1 does not fit u16",
+            ),
+            (
+                typed(data_type::UINT32, vec![], vec![0, 1 << 32, 0]),
+                "`uint64_data` value 4294967296 does not fit u32",
+            ),
+            (
+                typed(data_type::UINT64, vec![], vec![1]),
+                "`uint64_data` holds 1",
+            ),
+            (raw(data_type::UINT16, vec![0; 5]), "need 6 bytes"),
+        ] {
+            let e = from_proto(&p).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `cast@1`: converts every element to the dtype named by `to` (any dtype
-//! name: `f32`, `f64`, `i8`, `u8`, `i32`, `i64`, `bool`).
+//! name: `f32`, `f64`, `i8`, `u8`, `i16`, `u16`, `i32`, `u32`, `i64`, `u64`,
+//! `bool`).
 //!
 //! Conversions are Rust's `as`: float to int truncates toward zero and
 //! saturates at the type's bounds, NaN becomes 0; int to int wraps; to a
@@ -65,6 +66,10 @@ trait Scalar: Element {
     fn to_u8(self) -> u8;
     fn to_i32(self) -> i32;
     fn to_i64(self) -> i64;
+    fn to_i16(self) -> i16;
+    fn to_u16(self) -> u16;
+    fn to_u32(self) -> u32;
+    fn to_u64(self) -> u64;
     fn nonzero(self) -> bool;
     fn from_scalar<S: Scalar>(s: S) -> Self;
 }
@@ -90,6 +95,18 @@ macro_rules! impl_scalar {
             fn to_i64(self) -> i64 {
                 self as i64
             }
+            fn to_i16(self) -> i16 {
+                self as i16
+            }
+            fn to_u16(self) -> u16 {
+                self as u16
+            }
+            fn to_u32(self) -> u32 {
+                self as u32
+            }
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
             fn nonzero(self) -> bool {
                 self != $zero
             }
@@ -106,6 +123,10 @@ impl_scalar!(i8, to_i8, 0);
 impl_scalar!(u8, to_u8, 0);
 impl_scalar!(i32, to_i32, 0);
 impl_scalar!(i64, to_i64, 0);
+impl_scalar!(i16, to_i16, 0);
+impl_scalar!(u16, to_u16, 0);
+impl_scalar!(u32, to_u32, 0);
+impl_scalar!(u64, to_u64, 0);
 
 impl Scalar for Bool8 {
     fn to_f32(self) -> f32 {
@@ -125,6 +146,18 @@ impl Scalar for Bool8 {
     }
     fn to_i64(self) -> i64 {
         i64::from(self.to_u8())
+    }
+    fn to_i16(self) -> i16 {
+        i16::from(self.to_u8())
+    }
+    fn to_u16(self) -> u16 {
+        u16::from(self.to_u8())
+    }
+    fn to_u32(self) -> u32 {
+        u32::from(self.to_u8())
+    }
+    fn to_u64(self) -> u64 {
+        u64::from(self.to_u8())
     }
     fn nonzero(self) -> bool {
         self.0 != 0
@@ -203,6 +236,215 @@ mod tests {
         );
     }
 
+    /// Runs `$body` with `$T` bound to the Rust type of an integer dtype.
+    macro_rules! with_int {
+        ($d:expr, $T:ident => $body:expr) => {
+            match $d {
+                DType::I8 => {
+                    type $T = i8;
+                    $body
+                }
+                DType::U8 => {
+                    type $T = u8;
+                    $body
+                }
+                DType::I16 => {
+                    type $T = i16;
+                    $body
+                }
+                DType::U16 => {
+                    type $T = u16;
+                    $body
+                }
+                DType::I32 => {
+                    type $T = i32;
+                    $body
+                }
+                DType::U32 => {
+                    type $T = u32;
+                    $body
+                }
+                DType::I64 => {
+                    type $T = i64;
+                    $body
+                }
+                DType::U64 => {
+                    type $T = u64;
+                    $body
+                }
+                d => panic!("{d} is not an integer dtype"),
+            }
+        };
+    }
+
+    fn int_dtypes() -> Vec<DType> {
+        DType::ALL.into_iter().filter(|d| d.is_int()).collect()
+    }
+
+    /// The elements of an integer or bool tensor, exactly.
+    fn wide(t: &Tensor) -> Vec<i128> {
+        if t.dtype() == DType::Bool {
+            return t
+                .to_vec::<Bool8>()
+                .unwrap()
+                .iter()
+                .map(|b| i128::from(b.0))
+                .collect();
+        }
+        with_int!(t.dtype(), T => t.to_vec::<T>().unwrap().into_iter().map(i128::from).collect())
+    }
+
+    /// The values of `vals` that `d` holds, as a tensor of `d`.
+    fn fitting(d: DType, vals: &[i128]) -> Tensor {
+        with_int!(d, T => {
+            let v: Vec<T> = vals.iter().filter_map(|&x| T::try_from(x).ok()).collect();
+            Tensor::from_vec(&[v.len()], v).unwrap()
+        })
+    }
+
+    /// `v` reduced modulo 2^bits into the range of `d` (C's and numpy's
+    /// integer conversion).
+    fn wrap(v: i128, d: DType) -> i128 {
+        let bits = 8 * d.size() as u32;
+        let m = v.rem_euclid(1i128 << bits);
+        let signed = with_int!(d, T => T::MIN != 0);
+        if signed && m >= 1i128 << (bits - 1) {
+            m - (1i128 << bits)
+        } else {
+            m
+        }
+    }
+
+    fn bounds(d: DType) -> (i128, i128) {
+        with_int!(d, T => (i128::from(T::MIN), i128::from(T::MAX)))
+    }
+
+    const INT_EDGES: [i128; 24] = [
+        i64::MIN as i128,
+        -(1 << 31) - 1,
+        -(1 << 31),
+        -32769,
+        -32768,
+        -129,
+        -128,
+        -1,
+        0,
+        1,
+        127,
+        128,
+        255,
+        256,
+        32767,
+        32768,
+        65535,
+        65536,
+        i32::MAX as i128,
+        1 << 31,
+        u32::MAX as i128,
+        1 << 32,
+        i64::MAX as i128,
+        u64::MAX as i128,
+    ];
+
+    #[test]
+    fn every_int_pair_wraps_modulo_the_target_width() {
+        for from in int_dtypes() {
+            let x = fitting(from, &INT_EDGES);
+            let xs = wide(&x);
+            assert!(xs.len() >= 5, "{from} holds at least the 8-bit edges");
+            for to in int_dtypes() {
+                let y = cast(&x, to.name());
+                assert_eq!(y.dtype(), to);
+                let want: Vec<i128> = xs.iter().map(|&v| wrap(v, to)).collect();
+                assert_eq!(wide(&y), want, "{from} -> {to}");
+            }
+            let b = cast(&x, "bool");
+            assert_eq!(
+                wide(&b),
+                xs.iter().map(|&v| i128::from(v != 0)).collect::<Vec<_>>()
+            );
+            // To a float: the nearest value (i128 to f64/f32 rounds once).
+            let f = cast(&x, "f64").to_vec::<f64>().unwrap();
+            assert_eq!(
+                f,
+                xs.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+                "{from} -> f64"
+            );
+            let f = cast(&x, "f32").to_vec::<f32>().unwrap();
+            assert_eq!(
+                f,
+                xs.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                "{from} -> f32"
+            );
+        }
+        // Bool to each new type is 0 or 1.
+        let b = Tensor::from_vec(&[3], vec![Bool8(0), Bool8(1), Bool8(200)]).unwrap();
+        for to in [DType::I16, DType::U16, DType::U32, DType::U64] {
+            assert_eq!(wide(&cast(&b, to.name())), vec![0, 1, 1], "bool -> {to}");
+        }
+    }
+
+    #[test]
+    fn float_to_new_ints_truncates_and_saturates() {
+        let vals = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            1.9,
+            -1.9,
+            -32768.9,
+            32767.9,
+            65535.7,
+            65536.0,
+            3.0e9,
+            -3.0e9,
+            1.8e19,
+            2.0e19,
+            -1.0e30,
+        ];
+        let x64 = Tensor::from_vec(&[vals.len()], vals.to_vec()).unwrap();
+        let x32 =
+            Tensor::from_vec(&[vals.len()], vals.iter().map(|&v| v as f32).collect()).unwrap();
+        for (x, xs) in [
+            (&x64, vals.to_vec()),
+            (
+                &x32,
+                vals.iter()
+                    .map(|&v| f64::from(v as f32))
+                    .collect::<Vec<f64>>(),
+            ),
+        ] {
+            for to in [DType::I16, DType::U16, DType::U32, DType::U64] {
+                let (lo, hi) = bounds(to);
+                // Truncate toward zero, then clamp; NaN is 0.
+                let want: Vec<i128> = xs
+                    .iter()
+                    .map(|&v| {
+                        let t = v.trunc();
+                        if v.is_nan() {
+                            0
+                        } else if t <= lo as f64 {
+                            lo
+                        } else if t >= hi as f64 {
+                            hi
+                        } else {
+                            t as i128
+                        }
+                    })
+                    .collect();
+                assert_eq!(wide(&cast(x, to.name())), want, "{} -> {to}", x.dtype());
+            }
+        }
+        // Spelled out: the u64 case above i64::MAX, and saturation.
+        assert_eq!(
+            cast(&x64, "u64").to_vec::<u64>().unwrap()[12],
+            18_000_000_000_000_000_000
+        );
+        assert_eq!(cast(&x64, "u16").to_vec::<u16>().unwrap()[9], u16::MAX);
+        assert_eq!(cast(&x64, "i16").to_vec::<i16>().unwrap()[6], i16::MIN);
+    }
+
     #[test]
     fn signature() {
         let k = bind("cast@1", &attrs(&[("to", s("i64"))])).unwrap();
@@ -213,7 +455,7 @@ mod tests {
         );
         let err = bind("cast@1", &attrs(&[("to", s("f16"))])).err().unwrap();
         assert!(
-            matches!(&err, KernelError::Attrs { message, .. } if message.contains("one of: f32, f64, i8, u8, i32, i64, bool; got `f16`")),
+            matches!(&err, KernelError::Attrs { message, .. } if message.contains("one of: f32, f64, i8, u8, i16, u16, i32, u32, i64, u64, bool; got `f16`")),
             "{err}"
         );
     }
@@ -236,6 +478,10 @@ mod tests {
             match to {
                 DType::I32 => prop_assert_eq!(r.to_vec::<i32>().unwrap(), xs.iter().map(|&v| v as i32).collect::<Vec<_>>()),
                 DType::U8 => prop_assert_eq!(r.to_vec::<u8>().unwrap(), xs.iter().map(|&v| v as u8).collect::<Vec<_>>()),
+                DType::I16 => prop_assert_eq!(r.to_vec::<i16>().unwrap(), xs.iter().map(|&v| v as i16).collect::<Vec<_>>()),
+                DType::U16 => prop_assert_eq!(r.to_vec::<u16>().unwrap(), xs.iter().map(|&v| v as u16).collect::<Vec<_>>()),
+                DType::U32 => prop_assert_eq!(r.to_vec::<u32>().unwrap(), xs.iter().map(|&v| v as u32).collect::<Vec<_>>()),
+                DType::U64 => prop_assert_eq!(r.to_vec::<u64>().unwrap(), xs.iter().map(|&v| v as u64).collect::<Vec<_>>()),
                 DType::Bool => prop_assert_eq!(
                     r.to_vec::<Bool8>().unwrap(),
                     xs.iter().map(|&v| Bool8(u8::from(v != 0.0))).collect::<Vec<_>>()

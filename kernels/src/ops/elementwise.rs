@@ -221,7 +221,7 @@ macro_rules! ordered_as_self {
         }
     )*};
 }
-ordered_as_self!(f32, f64, i8, u8, i32, i64);
+ordered_as_self!(f32, f64, i8, u8, i16, u16, i32, u32, i64, u64);
 
 impl Ordered for Bool8 {
     type Key = bool;
@@ -576,6 +576,158 @@ mod tests {
             assert_eq!(
                 binary("add", &u, &u, imp).unwrap().to_vec::<u8>().unwrap(),
                 vec![144, 6]
+            );
+        }
+    }
+
+    /// Edge values of an integer type followed by seeded random ones
+    /// (full-width bit patterns, so u64 values above `i64::MAX` are common).
+    macro_rules! int_values {
+        ($t:ty, $seed:expr) => {{
+            let mut v: Vec<$t> = vec![
+                <$t>::MIN,
+                <$t>::MAX,
+                0,
+                1,
+                <$t>::MAX - 1,
+                <$t>::MIN.wrapping_add(1),
+                (<$t>::MAX / 2).wrapping_add(1),
+                (<$t>::MAX / 2),
+            ];
+            let mut g = Gen($seed);
+            v.extend((0..56).map(|_| g.next() as $t));
+            v
+        }};
+    }
+
+    /// `binary@1` and `compare@1` on every pair of `a` and `b` (same shape,
+    /// and `b`'s element 1 broadcast as a scalar), both impls, against the
+    /// operation computed in i128 and truncated back to the type (which is
+    /// wrapping arithmetic; i128 division truncates toward zero).
+    macro_rules! check_int_type {
+        ($t:ty) => {{
+            let a: Vec<$t> = int_values!($t, 11);
+            let mut b: Vec<$t> = int_values!($t, 12);
+            b.rotate_left(3);
+            let n = a.len();
+            let nonzero: Vec<$t> = b.iter().map(|&x| if x == 0 { 1 } else { x }).collect();
+            let wide = |x: $t| x as i128;
+            let arith = |op: &str, x: $t, y: $t| -> $t {
+                match op {
+                    "add" => (wide(x) + wide(y)) as $t,
+                    "sub" => (wide(x) - wide(y)) as $t,
+                    "mul" => wide(x).wrapping_mul(wide(y)) as $t,
+                    "div" => (wide(x) / wide(y)) as $t,
+                    "max" => {
+                        if wide(x) >= wide(y) {
+                            x
+                        } else {
+                            y
+                        }
+                    }
+                    "min" => {
+                        if wide(x) <= wide(y) {
+                            x
+                        } else {
+                            y
+                        }
+                    }
+                    _ => unreachable!(),
+                }
+            };
+            let order = |op: &str, x: $t, y: $t| -> bool {
+                match op {
+                    "eq" => wide(x) == wide(y),
+                    "lt" => wide(x) < wide(y),
+                    "le" => wide(x) <= wide(y),
+                    "gt" => wide(x) > wide(y),
+                    "ge" => wide(x) >= wide(y),
+                    _ => unreachable!(),
+                }
+            };
+            let at = Tensor::from_vec(&[n], a.clone()).unwrap();
+            for imp in IMPLS {
+                for rhs in [b.clone(), nonzero.clone(), vec![nonzero[1]]] {
+                    let bt = Tensor::from_vec(&[rhs.len()], rhs.clone()).unwrap();
+                    let pick = |i: usize| rhs[if rhs.len() == 1 { 0 } else { i }];
+                    for op in ["add", "sub", "mul", "div", "max", "min"] {
+                        if op == "div" && rhs.contains(&0) {
+                            continue;
+                        }
+                        let y = binary(op, &at, &bt, imp).unwrap();
+                        assert_eq!(y.dtype(), at.dtype());
+                        let want: Vec<$t> = (0..n).map(|i| arith(op, a[i], pick(i))).collect();
+                        assert_eq!(y.to_vec::<$t>().unwrap(), want, "{op} {imp:?}");
+                    }
+                    for op in ["eq", "lt", "le", "gt", "ge"] {
+                        let y = launch("compare@1", &attrs(&[("op", s(op))]), &[&at, &bt], imp)
+                            .unwrap();
+                        let want: Vec<Bool8> = (0..n)
+                            .map(|i| Bool8(u8::from(order(op, a[i], pick(i)))))
+                            .collect();
+                        assert_eq!(y.to_vec::<Bool8>().unwrap(), want, "{op} {imp:?}");
+                    }
+                }
+                // `where@1` moves 2-, 4- and 8-byte elements unchanged.
+                let cond: Vec<Bool8> = (0..n).map(|i| Bool8((i % 3 == 0) as u8)).collect();
+                let ct = Tensor::from_vec(&[n], cond).unwrap();
+                let bt = Tensor::from_vec(&[n], b.clone()).unwrap();
+                let w = launch("where@1", &attrs(&[]), &[&ct, &at, &bt], imp).unwrap();
+                let want: Vec<$t> = (0..n)
+                    .map(|i| if i % 3 == 0 { a[i] } else { b[i] })
+                    .collect();
+                assert_eq!(w.to_vec::<$t>().unwrap(), want);
+            }
+            // Division by zero is refused for these types too.
+            let zero = Tensor::from_vec(&[1], vec![0 as $t]).unwrap();
+            assert!(binary("div", &at, &zero, Impl::Optimized)
+                .unwrap_err()
+                .to_string()
+                .contains("division by zero"));
+        }};
+    }
+
+    #[test]
+    fn sixteen_bit_and_unsigned_ints_against_direct_computation() {
+        check_int_type!(i16);
+        check_int_type!(u16);
+        check_int_type!(u32);
+        check_int_type!(u64);
+        // The cases the brief names, spelled out.
+        let big = Tensor::from_vec(&[2], vec![u64::MAX, 1u64 << 63]).unwrap();
+        let two = Tensor::scalar(2u64);
+        for imp in IMPLS {
+            assert_eq!(
+                binary("div", &big, &two, imp)
+                    .unwrap()
+                    .to_vec::<u64>()
+                    .unwrap(),
+                vec![u64::MAX / 2, 1 << 62]
+            );
+            let gt = launch("compare@1", &attrs(&[("op", s("gt"))]), &[&big, &two], imp).unwrap();
+            assert_eq!(gt.to_vec::<Bool8>().unwrap(), vec![Bool8(1), Bool8(1)]);
+            let i = Tensor::from_vec(&[2], vec![i16::MAX, i16::MIN]).unwrap();
+            assert_eq!(
+                binary("add", &i, &Tensor::scalar(1i16), imp)
+                    .unwrap()
+                    .to_vec::<i16>()
+                    .unwrap(),
+                vec![i16::MIN, i16::MIN + 1]
+            );
+            let u = Tensor::from_vec(&[2], vec![0u16, 300]).unwrap();
+            assert_eq!(
+                binary("sub", &u, &Tensor::scalar(1u16), imp)
+                    .unwrap()
+                    .to_vec::<u16>()
+                    .unwrap(),
+                vec![u16::MAX, 299]
+            );
+            assert_eq!(
+                binary("mul", &u, &Tensor::scalar(300u16), imp)
+                    .unwrap()
+                    .to_vec::<u16>()
+                    .unwrap(),
+                vec![0, (300u32 * 300 % 65536) as u16]
             );
         }
     }

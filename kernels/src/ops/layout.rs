@@ -712,6 +712,61 @@ mod tests {
         );
     }
 
+    /// The layout kernels move 2-byte elements (i16, u16) through their
+    /// `u16` carrier: each result is checked element by element against the
+    /// index arithmetic of the op.
+    #[test]
+    fn layout_ops_move_two_byte_elements() {
+        let (r, c) = (3usize, 5usize);
+        // Values that fill both bytes, including the sign bit.
+        let v: Vec<i16> = (0..r * c)
+            .map(|k| (k as i16 - 7).wrapping_mul(4099))
+            .collect();
+        let x = Tensor::from_vec(&[r, c], v.clone()).unwrap();
+        let y = run1("transpose@1", &[], &x).unwrap();
+        assert_eq!((y.dtype(), y.shape()), (DType::I16, &[c, r][..]));
+        let yv = y.to_vec::<i16>().unwrap();
+        for (i, j) in (0..r).flat_map(|i| (0..c).map(move |j| (i, j))) {
+            assert_eq!(yv[j * r + i], v[i * c + j]);
+        }
+        let y = run1(
+            "slice@1",
+            &[
+                ("starts", ints(&[0, 4])),
+                ("ends", ints(&[3, 0])),
+                ("steps", ints(&[2, -3])),
+            ],
+            &x,
+        )
+        .unwrap();
+        assert_eq!(
+            y.to_vec::<i16>().unwrap(),
+            vec![v[4], v[1], v[2 * c + 4], v[2 * c + 1]]
+        );
+        let u: Vec<u16> = v.iter().map(|&e| e as u16).collect();
+        let xu = Tensor::from_vec(&[r, c], u.clone()).unwrap();
+        let idx = Tensor::from_vec(&[2], vec![2i64, -3]).unwrap();
+        for imp in IMPLS {
+            let y = launch(
+                "concat@1",
+                &attrs(&[("axis", i(1)), ("n", i(2))]),
+                &[&xu, &xu],
+                imp,
+            )
+            .unwrap();
+            let yv = y.to_vec::<u16>().unwrap();
+            for (i, j) in (0..r).flat_map(|i| (0..2 * c).map(move |j| (i, j))) {
+                assert_eq!(yv[i * 2 * c + j], u[i * c + j % c]);
+            }
+            let y = launch("gather@1", &attrs(&[("axis", i(0))]), &[&xu, &idx], imp).unwrap();
+            let want: Vec<u16> = [2, 0]
+                .iter()
+                .flat_map(|&row| u[row * c..(row + 1) * c].to_vec())
+                .collect();
+            assert_eq!(y.to_vec::<u16>().unwrap(), want);
+        }
+    }
+
     #[test]
     fn copy_copies_any_dtype() {
         for dtype in DType::ALL {

@@ -365,6 +365,22 @@ macro_rules! with_number {
                 type $T = i64;
                 $body
             }
+            $crate::DType::I16 => {
+                type $T = i16;
+                $body
+            }
+            $crate::DType::U16 => {
+                type $T = u16;
+                $body
+            }
+            $crate::DType::U32 => {
+                type $T = u32;
+                $body
+            }
+            $crate::DType::U64 => {
+                type $T = u64;
+                $body
+            }
             other => Err(format!(
                 "dtype {other} is not supported here (expected a float or int dtype)"
             )),
@@ -387,12 +403,16 @@ macro_rules! with_element {
 }
 
 /// Runs `$body` with `$T` bound to a plain carrier type as wide as `$dtype`
-/// (`u8`, `u32` or `u64`), for kernels that only move values.
+/// (`u8`, `u16`, `u32` or `u64`), for kernels that only move values.
 macro_rules! with_width {
     ($dtype:expr, $T:ident => $body:expr) => {
         match $dtype.size() {
             1 => {
                 type $T = u8;
+                $body
+            }
+            2 => {
+                type $T = u16;
                 $body
             }
             4 => {

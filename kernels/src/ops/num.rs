@@ -280,6 +280,10 @@ impl_arith_int!(i8);
 impl_arith_int!(u8);
 impl_arith_int!(i32);
 impl_arith_int!(i64);
+impl_arith_int!(i16);
+impl_arith_int!(u16);
+impl_arith_int!(u32);
+impl_arith_int!(u64);
 
 #[cfg(test)]
 mod tests {
@@ -317,6 +321,31 @@ mod tests {
             .unwrap_err()
             .contains("negative exponent -2"));
         assert!(<u8 as Arith>::check_pow(&[255]).is_ok());
+    }
+
+    #[test]
+    fn sixteen_bit_and_unsigned_arith_wraps_and_orders_unsigned() {
+        assert_eq!(<i16 as Arith>::add(i16::MAX, 1), i16::MIN);
+        assert_eq!(<i16 as Arith>::div(i16::MIN, -1), i16::MIN);
+        assert_eq!(<i16 as Arith>::div(-7, 2), -3);
+        assert_eq!(<u16 as Arith>::sub(0, 1), u16::MAX);
+        assert_eq!(<u16 as Arith>::mul(256, 256), 0);
+        assert_eq!(<u32 as Arith>::pow(2, 32), 0);
+        assert_eq!(<u32 as Arith>::pow(3, 3), 27);
+        // u64 values above i64::MAX stay unsigned: they divide and order as
+        // the numbers they are, not as negative i64s.
+        let big = (1u64 << 63) + 6;
+        assert_eq!(<u64 as Arith>::div(big, 2), (1 << 62) + 3);
+        assert_eq!(<u64 as Arith>::max(big, 1), big);
+        assert_eq!(<u64 as Arith>::min(big, 1), 1);
+        assert_eq!(<u64 as Arith>::add(u64::MAX, 2), 1);
+        assert_eq!(<u64 as Arith>::LOWEST, 0);
+        assert_eq!(<u16 as Arith>::HIGHEST, u16::MAX);
+        assert!(<u64 as Arith>::check_pow(&[u64::MAX]).is_ok());
+        assert!(<i16 as Arith>::check_pow(&[-1]).is_err());
+        assert!(<u32 as Arith>::check_div(&[3, 0])
+            .unwrap_err()
+            .contains("element 1"));
     }
 
     #[test]
