@@ -34,7 +34,7 @@
 //! | `linear@1` | x [..., K], w [K, N] (or [N, K] with `trans_w`=1), bias [N] if `bias`=1 | [..., N] | `trans_w`, `bias` |
 //! | `softmax@1` | x: float | same | `axis` (negative counts from the end) |
 //! | `layer_norm@1` | x, scale, bias: float; scale/bias shape = x.shape[axis..] | same as x | `axis`, `epsilon` |
-//! | `reduce@1` | x: float or int (sum/max/min), float (mean) | reduced shape | `op`: sum, mean, max, min; `axes` (list, negative ok, empty = all); `keepdims` |
+//! | `reduce@1` | x: float or int (sum), float, int or bool (max/min), float (mean) | reduced shape | `op`: sum, mean, max, min; `axes` (list, negative ok, empty = all); `keepdims` |
 //! | `transpose@1` | x: any | permuted shape | `perm` (a permutation of 0..rank) |
 //! | `concat@1` | `n` inputs (1..=5), same dtype and rank, equal except on `axis` | joined | `axis`, `n` |
 //! | `slice@1` | x: any | sliced shape | `starts`, `ends`, `steps` (one per axis; ONNX semantics: negative indices count from the end, out-of-range values clamp, steps non-zero) |
@@ -44,7 +44,7 @@
 //! | `copy@1` | x: any | same | none |
 //! | `conv@1` | x [N, C, D..], w [M, C/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | `group`, `strides`, `dilations`, `pads` (begins then ends), `bias` |
 //! | `conv_transpose@1` | x [N, C, D..], w [C, M/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | as `conv@1` plus `output_padding` |
-//! | `pool@1` | x [N, C, D..]: float | [N, C, O..] | `op`: max, avg; `kernel_shape`, `strides`, `dilations`, `pads`, `ceil_mode`, `count_include_pad` |
+//! | `pool@1` | x [N, C, D..]: float (avg), float or int (max, max_index) | [N, C, O..], same dtype (i64 for max_index) | `op`: max, avg, max_index; `kernel_shape`, `strides`, `dilations`, `pads`, `ceil_mode`, `count_include_pad`; `storage_order` (max_index) |
 //! | `arg_reduce@1` | x: float or int | reduced shape, i64 | `op`: max, min; `axis`, `keepdims`, `select_last_index` |
 //! | `cumsum@1` | x: float or int | same | `axis`, `exclusive`, `reverse` |
 //! | `gather_elements@1` | data: any, indices: i32 or i64, same rank | indices' shape | `axis`; out-of-range indices are a run error |

@@ -1,10 +1,12 @@
 //! `pool@1`: max and average pooling over `[N, C, D1..Ds]` (s >= 1 spatial
-//! axes) on f32 and f64.
+//! axes): `max` on floats and ints, `avg` on floats, and `max_index`, the
+//! position of each max.
 //!
-//! Attributes: `op` (`max` or `avg`), `kernel_shape` (required, one entry
-//! per spatial axis, each in 1..=[`MAX_WINDOW`]), `strides`, `dilations`,
-//! `pads` (as for `conv@1`: absent or empty means 1, 1 and 0), `ceil_mode`
-//! and `count_include_pad` (flags, default 0).
+//! Attributes: `op` (`max`, `avg` or `max_index`), `kernel_shape`
+//! (required, one entry per spatial axis, each in 1..=[`MAX_WINDOW`]),
+//! `strides`, `dilations`, `pads` (as for `conv@1`: absent or empty means 1,
+//! 1 and 0), `ceil_mode` and `count_include_pad` (flags, default 0), and for
+//! `max_index` only `storage_order` (flag, default 0).
 //!
 //! Output size per axis: `(D + pads - span) / stride + 1` with
 //! `span = dilation (K - 1) + 1`, rounded down, or up with `ceil_mode`; in
@@ -14,8 +16,14 @@
 //! `o stride + k dilation` for `k < K`; position `p` is input element
 //! `p - pad_begin`.
 //!
-//! - `max`: the largest input element of the window; NaN propagates; a
-//!   window holding no input element is NaN.
+//! - `max`: the largest input element of the window, scanned in row-major
+//!   kernel order: the first NaN wins, then the first of equal maxima. A
+//!   window holding no input element is NaN (ints: the type's minimum).
+//! - `max_index` (output i64, same shape as `max`'s): the flat index into
+//!   `x` of the element `max` picks, row-major over `[N, C, D..]` (ONNX
+//!   MaxPool's `Indices`); with `storage_order` = 1 the spatial part of the
+//!   index is column-major (`n C + c` planes of `D1..Ds` elements, then
+//!   `d1 + d2 D1 + d3 D1 D2 ..`). A window holding no input element is -1.
 //! - `avg`: the sum of the window's input elements divided by their count,
 //!   or with `count_include_pad` = 1 by the count of window positions inside
 //!   the explicitly padded input `[0, D + pad_begin + pad_end)` (positions a
@@ -27,7 +35,8 @@
 //! window's valid input rows once, then for each kernel row and last-axis
 //! kernel position updates a row of accumulators in a tight strided loop.
 //! Each output element still sees its window's input elements in the same
-//! (row-major kernel) order, so max and sum agree bitwise with the reference.
+//! (row-major kernel) order, so max, its index and sum agree bitwise with
+//! the reference.
 //! The optimized one also spreads the `N·C` planes over rayon's pool when
 //! the output is large.
 
@@ -37,20 +46,27 @@ use rayon::prelude::*;
 
 use super::attrs::AttrReader;
 use super::conv::{advance, window_list, Axes, WindowAttrs, MAX_WINDOW};
-use super::num::Float;
+use super::num::{Arith, Float};
 use super::shape::{numel, strides};
 use super::{bound, check_float, data, data_mut, operands, Op, PAR_MIN};
-use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
+use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Max,
     Avg,
+    MaxIndex,
 }
+
+const KINDS: [(&str, Kind); 3] = [
+    ("max", Kind::Max),
+    ("avg", Kind::Avg),
+    ("max_index", Kind::MaxIndex),
+];
 
 pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     let mut r = AttrReader::new("pool@1", attrs);
-    let kind = r.choice("op", &[("max", Kind::Max), ("avg", Kind::Avg)])?;
+    let kind = r.choice("op", &KINDS)?;
     let kernel = window_list(&mut r, "kernel_shape", 1)?;
     if kernel.is_empty() {
         return Err(r.error(format!(
@@ -60,14 +76,21 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     let window = WindowAttrs::read(&mut r, true)?;
     let ceil_mode = r.flag("ceil_mode", false)?;
     let count_include_pad = r.flag("count_include_pad", false)?;
+    // Only `max_index` reads `storage_order`: `finish` refuses it elsewhere.
+    let column_major = kind == Kind::MaxIndex && r.flag("storage_order", false)?;
     r.finish()?;
+    let name = KINDS
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("?", |(n, _)| *n);
     Ok(bound(Pool {
-        label: format!("pool@1 ({})", if kind == Kind::Max { "max" } else { "avg" }),
+        label: format!("pool@1 ({name})"),
         kind,
         kernel,
         window,
         ceil_mode,
         count_include_pad,
+        column_major,
     }))
 }
 
@@ -78,6 +101,8 @@ struct Pool {
     window: WindowAttrs,
     ceil_mode: bool,
     count_include_pad: bool,
+    /// `max_index` with `storage_order` = 1.
+    column_major: bool,
 }
 
 impl Pool {
@@ -117,49 +142,142 @@ impl Op for Pool {
     }
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
-        check_float(self, inputs, 0)?;
+        if self.kind == Kind::Avg {
+            check_float(self, inputs, 0)?;
+        }
         let [x] = operands(inputs)?;
+        if !(x.dtype.is_float() || x.dtype.is_int()) {
+            return Err(format!(
+                "{}: expected a float or int dtype, got {}",
+                self.input(0),
+                x.dtype
+            ));
+        }
         let (_, out) = self.geometry(&x.shape)?;
         let mut shape = x.shape[..2].to_vec();
         shape.extend(out);
-        Ok(TensorMeta::new(x.dtype, shape))
+        let dtype = match self.kind {
+            Kind::MaxIndex => DType::I64,
+            Kind::Max | Kind::Avg => x.dtype,
+        };
+        Ok(TensorMeta::new(dtype, shape))
     }
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
-        super::with_float!(out.dtype(), T => self.compute_typed::<T>(imp, inputs, out))
+        let [x] = operands(inputs)?;
+        let d = x.dtype();
+        if d.is_float() {
+            super::with_float!(d, T => {
+                let mean: Mean<T> = |sum, n| sum / T::from_usize(n);
+                self.compute_typed::<T>(imp, x, out, T::NAN, Some(mean))
+            })
+        } else {
+            super::with_number!(d, T => self.compute_typed::<T>(imp, x, out, T::LOWEST, None))
+        }
     }
 }
 
+/// `sum / count` for `avg` (floats only).
+type Mean<T> = fn(T, usize) -> T;
+
 impl Pool {
-    fn compute_typed<T: Float>(
+    /// Pools `x` into `out` (the values, or for `max_index` the indices).
+    /// `empty` is the max of a window holding no input element; `mean` is
+    /// `None` for ints, which `infer` refuses for `avg`.
+    fn compute_typed<T: Arith>(
         &self,
         imp: Impl,
-        inputs: &[&Tensor],
+        x: &Tensor,
         out: &mut Tensor,
+        empty: T,
+        mean: Option<Mean<T>>,
     ) -> Result<(), String> {
-        let [x] = operands(inputs)?;
         let (axes, out_sp) = self.geometry(x.shape())?;
         let in_sp = x.shape()[2..].to_vec();
         let xv = data::<T>(x, "input 0 (x)")?;
+        let g = Geometry {
+            axes: &axes,
+            in_sp: &in_sp,
+            out_sp: &out_sp,
+            empty,
+            mean,
+        };
+        if self.kind == Kind::MaxIndex {
+            let idx = data_mut::<i64>(out)?;
+            if idx.is_empty() {
+                return Ok(());
+            }
+            let mut y = vec![empty; idx.len()];
+            let mut offs = vec![NONE; idx.len()];
+            match imp {
+                Impl::Reference => self.reference(&g, xv, &mut y, Some(&mut offs))?,
+                Impl::Optimized => self.optimized(&g, xv, &mut y, Some(&mut offs))?,
+            }
+            return self.indices(&in_sp, &out_sp, &offs, idx);
+        }
         let y = data_mut::<T>(out)?;
         if y.is_empty() {
             return Ok(());
         }
         match imp {
-            Impl::Reference => self.reference(&axes, &in_sp, &out_sp, xv, y),
-            Impl::Optimized => self.optimized(&axes, &in_sp, &out_sp, xv, y),
+            Impl::Reference => self.reference(&g, xv, y, None),
+            Impl::Optimized => self.optimized(&g, xv, y, None),
         }
     }
 
-    /// One output element at a time, one window position at a time.
-    fn reference<T: Float>(
+    /// The flat indices into `x` of the maxima at in-plane (row-major)
+    /// offsets `offs`, one output plane of `out_sp` after another: row-major
+    /// over `[N, C, D..]`, or with `storage_order` = 1 the plane's offset
+    /// plus a column-major offset over the spatial axes; -1 for an empty
+    /// window.
+    fn indices(
         &self,
-        axes: &Axes,
         in_sp: &[usize],
         out_sp: &[usize],
+        offs: &[usize],
+        idx: &mut [i64],
+    ) -> Result<(), String> {
+        let in_len = numel(in_sp, "input spatial dims")?;
+        let out_len = numel(out_sp, "output spatial dims")?;
+        let in_str = strides(in_sp);
+        // Column-major strides of the spatial axes.
+        let mut col_str = Vec::with_capacity(in_sp.len());
+        let mut acc = 1usize;
+        for &d in in_sp {
+            col_str.push(acc);
+            acc = acc.saturating_mul(d);
+        }
+        let overflow = || "internal: a max index overflows i64".to_string();
+        for (q, (slot, &off)) in idx.iter_mut().zip(offs).enumerate() {
+            if off == NONE {
+                *slot = -1;
+                continue;
+            }
+            let inner = if self.column_major {
+                (0..in_sp.len()).fold(0usize, |sum, i| {
+                    sum + (off / in_str[i]) % in_sp[i].max(1) * col_str[i]
+                })
+            } else {
+                off
+            };
+            let flat = (q / out_len.max(1))
+                .checked_mul(in_len)
+                .and_then(|b| b.checked_add(inner))
+                .ok_or_else(overflow)?;
+            *slot = i64::try_from(flat).map_err(|_| overflow())?;
+        }
+        Ok(())
+    }
+
+    /// One output element at a time, one window position at a time.
+    fn reference<T: Arith>(
+        &self,
+        g: &Geometry<'_, T>,
         xv: &[T],
         y: &mut [T],
+        offs: Option<&mut [usize]>,
     ) -> Result<(), String> {
+        let (axes, in_sp, out_sp) = (g.axes, g.in_sp, g.out_sp);
         let in_len = numel(in_sp, "input spatial dims")?;
         let out_len = numel(out_sp, "output spatial dims")?;
         let s = self.kernel.len();
@@ -174,17 +292,14 @@ impl Pool {
             .map(|i| axes.padded(i, in_sp[i]))
             .collect::<Result<_, _>>()?;
         let in_str = strides(in_sp);
-        let plane = |(p, yp): (usize, &mut [T])| -> Result<(), String> {
+        let plane = |p: usize, yp: &mut [T], mut op: Option<&mut [usize]>| -> Result<(), String> {
             let xp = xv
                 .get(p * in_len..(p + 1) * in_len)
                 .ok_or("internal: pool plane outside x")?;
             let mut o = vec![0usize; s];
-            for slot in yp.iter_mut() {
-                let mut acc = if self.kind == Kind::Max {
-                    T::NEG_INFINITY
-                } else {
-                    T::ZERO
-                };
+            for (e, slot) in yp.iter_mut().enumerate() {
+                let mut acc = T::ZERO;
+                let mut best = NONE;
                 let (mut count, mut padded_count) = (0usize, 0usize);
                 for kk in 0..k_len {
                     let k = &kc[kk * s..(kk + 1) * s];
@@ -200,30 +315,38 @@ impl Pool {
                         continue;
                     };
                     let v = *xp.get(off).ok_or("internal: pool window outside x")?;
+                    match self.kind {
+                        Kind::Avg => acc = T::add(acc, v),
+                        Kind::Max | Kind::MaxIndex => {
+                            if count == 0 || takes(acc, v) {
+                                acc = v;
+                                best = off;
+                            }
+                        }
+                    }
                     count += 1;
-                    acc = match self.kind {
-                        Kind::Avg => acc + v,
-                        Kind::Max if acc.is_nan() || !(v.is_nan() || v > acc) => acc,
-                        Kind::Max => v,
-                    };
                 }
                 *slot = match self.kind {
-                    Kind::Max if count == 0 => T::NAN,
-                    Kind::Max => acc,
+                    Kind::Max | Kind::MaxIndex if count == 0 => g.empty,
+                    Kind::Max | Kind::MaxIndex => acc,
                     Kind::Avg => {
                         let n = if self.count_include_pad {
                             padded_count
                         } else {
                             count
                         };
-                        acc / T::from_usize(n)
+                        g.mean.ok_or("internal: avg pooling of a non-float dtype")?(acc, n)
                     }
                 };
+                if let Some(op) = op.as_deref_mut() {
+                    *op.get_mut(e)
+                        .ok_or("internal: pool index outside the plane")? = best;
+                }
                 advance(&mut o, out_sp);
             }
             Ok(())
         };
-        y.chunks_mut(out_len).enumerate().try_for_each(plane)
+        for_planes(false, out_len, y, offs, plane)
     }
 
     /// One output row (all spatial axes but the last fixed) at a time: the
@@ -231,14 +354,14 @@ impl Pool {
     /// last-axis kernel position) pair updates the accumulators of every
     /// output element that reads it, in one strided pass. An element sees
     /// its window in row-major kernel order, as in [`Pool::reference`].
-    fn optimized<T: Float>(
+    fn optimized<T: Arith>(
         &self,
-        axes: &Axes,
-        in_sp: &[usize],
-        out_sp: &[usize],
+        g: &Geometry<'_, T>,
         xv: &[T],
         y: &mut [T],
+        offs: Option<&mut [usize]>,
     ) -> Result<(), String> {
+        let (axes, in_sp, out_sp) = (g.axes, g.in_sp, g.out_sp);
         let in_len = numel(in_sp, "input spatial dims")?;
         let out_len = numel(out_sp, "output spatial dims")?;
         let k_len = numel(&self.kernel, "attribute `kernel_shape`")?;
@@ -258,16 +381,18 @@ impl Pool {
         let taps = (0..kw)
             .map(|k| Tap::new(axes, last, k, ow, in_sp[last]))
             .collect::<Result<Vec<_>, _>>()?;
-        let init = if self.kind == Kind::Max {
-            T::NEG_INFINITY
-        } else {
+        let init = if self.kind == Kind::Avg {
             T::ZERO
+        } else {
+            T::LOWEST
         };
-        let plane = |(p, yp): (usize, &mut [T])| -> Result<(), String> {
+        let plane = |p: usize, yp: &mut [T], op: Option<&mut [usize]>| -> Result<(), String> {
             let xp = xv
                 .get(p * in_len..(p + 1) * in_len)
                 .ok_or("internal: pool plane outside x")?;
             let mut acc = vec![init; ow];
+            let mut best = vec![NONE; if op.is_some() { ow } else { 0 }];
+            let mut op_rows = op.map(|op| op.chunks_mut(ow));
             let (mut rows, mut next) = (Vec::new(), Vec::new());
             let mut o = vec![0usize; last];
             for y_row in yp.chunks_mut(ow) {
@@ -288,6 +413,7 @@ impl Pool {
                     std::mem::swap(&mut rows, &mut next);
                 }
                 acc.fill(init);
+                best.fill(NONE);
                 for &r in &rows {
                     for tap in &taps {
                         let n = tap.end - tap.begin;
@@ -303,41 +429,112 @@ impl Pool {
                             .ok_or("internal: pool tap outside the row")?;
                         match self.kind {
                             Kind::Max => fold_row(dst, src, step, max_step),
-                            Kind::Avg => fold_row(dst, src, step, |a, v| a + v),
+                            Kind::Avg => fold_row(dst, src, step, T::add),
+                            Kind::MaxIndex => {
+                                let bs = best
+                                    .get_mut(tap.begin..tap.end)
+                                    .ok_or("internal: pool tap outside the row")?;
+                                for (j, ((a, b), &v)) in dst
+                                    .iter_mut()
+                                    .zip(bs)
+                                    .zip(src.iter().step_by(step))
+                                    .enumerate()
+                                {
+                                    if *b == NONE || takes(*a, v) {
+                                        *a = v;
+                                        *b = from + j * step;
+                                    }
+                                }
+                            }
                         }
                     }
                 }
                 for ((slot, &a), c) in y_row.iter_mut().zip(&acc).zip(&cols) {
                     let count = rows.len() * c.valid;
                     *slot = match self.kind {
-                        Kind::Max if count == 0 => T::NAN,
-                        Kind::Max => a,
-                        Kind::Avg if self.count_include_pad => {
-                            a / T::from_usize(lead_padded.saturating_mul(c.padded))
+                        Kind::Max | Kind::MaxIndex if count == 0 => g.empty,
+                        Kind::Max | Kind::MaxIndex => a,
+                        Kind::Avg => {
+                            let mean =
+                                g.mean.ok_or("internal: avg pooling of a non-float dtype")?;
+                            if self.count_include_pad {
+                                mean(a, lead_padded.saturating_mul(c.padded))
+                            } else {
+                                mean(a, count)
+                            }
                         }
-                        Kind::Avg => a / T::from_usize(count),
                     };
+                }
+                if let Some(op_row) = op_rows.as_mut().and_then(|it| it.next()) {
+                    op_row.copy_from_slice(&best);
                 }
                 advance(&mut o, &out_sp[..last]);
             }
             Ok(())
         };
         let work = y.len().saturating_mul(k_len);
-        if work >= PAR_MIN {
-            y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
-        } else {
-            y.chunks_mut(out_len).enumerate().try_for_each(plane)
-        }
+        for_planes(work >= PAR_MIN, out_len, y, offs, plane)
     }
 }
 
-/// The max step of both implementations: the first NaN wins, then the
-/// first of equal maxima. Written without branches (`&`, `|`) so that row
-/// loops vectorize; equal to
-/// `if acc.is_nan() || !(v.is_nan() || v > acc) { acc } else { v }`.
+/// "No input element yet" in a window's index of its maximum.
+const NONE: usize = usize::MAX;
+
+/// What both implementations need besides the data.
+struct Geometry<'a, T> {
+    axes: &'a Axes,
+    in_sp: &'a [usize],
+    out_sp: &'a [usize],
+    empty: T,
+    mean: Option<Mean<T>>,
+}
+
+/// Runs `plane(p, y_p, offs_p)` for every output plane `p` (and its slice
+/// of `offs` when given), across rayon's pool when `parallel`.
+fn for_planes<T: Send>(
+    parallel: bool,
+    out_len: usize,
+    y: &mut [T],
+    offs: Option<&mut [usize]>,
+    plane: impl Fn(usize, &mut [T], Option<&mut [usize]>) -> Result<(), String> + Sync + Send,
+) -> Result<(), String> {
+    let n = out_len.max(1);
+    match (offs, parallel) {
+        (Some(offs), true) => y
+            .par_chunks_mut(n)
+            .zip(offs.par_chunks_mut(n))
+            .enumerate()
+            .try_for_each(|(p, (yp, op))| plane(p, yp, Some(op))),
+        (Some(offs), false) => y
+            .chunks_mut(n)
+            .zip(offs.chunks_mut(n))
+            .enumerate()
+            .try_for_each(|(p, (yp, op))| plane(p, yp, Some(op))),
+        (None, true) => y
+            .par_chunks_mut(n)
+            .enumerate()
+            .try_for_each(|(p, yp)| plane(p, yp, None)),
+        (None, false) => y
+            .chunks_mut(n)
+            .enumerate()
+            .try_for_each(|(p, yp)| plane(p, yp, None)),
+    }
+}
+
+/// Whether max pooling replaces its running maximum `acc` by the next
+/// element `v`: the first NaN wins, then the first of equal maxima. Written
+/// without branches (`&`, `|`) so that row loops vectorize; `x != x` is
+/// NaN's test (always false for ints).
 #[inline(always)]
-fn max_step<T: Float>(acc: T, v: T) -> T {
-    if !acc.is_nan() & (v.is_nan() | (v > acc)) {
+#[allow(clippy::eq_op)]
+fn takes<T: Arith>(acc: T, v: T) -> bool {
+    (acc == acc) & ((v != v) | (v > acc))
+}
+
+/// The max step of both implementations (see [`takes`]).
+#[inline(always)]
+fn max_step<T: Arith>(acc: T, v: T) -> T {
+    if takes(acc, v) {
         v
     } else {
         acc
@@ -347,7 +544,7 @@ fn max_step<T: Float>(acc: T, v: T) -> T {
 /// `acc[j] = f(acc[j], src[j * step])` for `src` of at least
 /// `(acc.len() - 1) step + 1` elements.
 #[inline(always)]
-fn fold_row<T: Float>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) -> T) {
+fn fold_row<T: Copy>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) -> T) {
     match step {
         1 => fold_fixed::<T, 1>(acc, src, f),
         2 => fold_fixed::<T, 2>(acc, src, f),
@@ -361,7 +558,7 @@ fn fold_row<T: Float>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) ->
 
 /// [`fold_row`] with a constant step, which lets the loop vectorize.
 #[inline(always)]
-fn fold_fixed<T: Float, const STEP: usize>(acc: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
+fn fold_fixed<T: Copy, const STEP: usize>(acc: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
     let n = acc.len().min(src.len().div_ceil(STEP));
     let (acc, src) = (
         &mut acc[..n],
@@ -585,9 +782,220 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("padded input has only 2"));
+        // Max takes ints; avg only floats; bools neither.
+        assert_eq!(
+            k.check(&[&TensorMeta::new(DType::U8, [1, 1, 5, 5])])
+                .unwrap()[0],
+            TensorMeta::new(DType::U8, [1, 1, 3, 3])
+        );
         assert!(k
+            .check(&[&TensorMeta::new(DType::Bool, [1, 1, 5, 5])])
+            .unwrap_err()
+            .to_string()
+            .contains("expected a float or int dtype, got bool"));
+        let avg = bind(
+            "pool@1",
+            &attrs(&[("op", s("avg")), ("kernel_shape", ints(&[3, 3]))]),
+        )
+        .unwrap();
+        assert!(avg
             .check(&[&TensorMeta::new(DType::I32, [1, 1, 5, 5])])
-            .is_err());
+            .unwrap_err()
+            .to_string()
+            .contains("expected a float dtype"));
+        // max_index gives i64; `storage_order` is a flag, and only for it.
+        let mi = |extra: &[(&str, crate::AttrValue)]| {
+            let mut at = vec![("op", s("max_index")), ("kernel_shape", ints(&[2]))];
+            at.extend(extra.iter().cloned());
+            bind("pool@1", &attrs(&at))
+        };
+        assert_eq!(
+            mi(&[("storage_order", i(1))])
+                .unwrap()
+                .check(&[&TensorMeta::new(DType::U8, [2, 3, 5])])
+                .unwrap()[0],
+            TensorMeta::new(DType::I64, [2, 3, 4])
+        );
+        assert!(mi(&[("storage_order", i(2))]).is_err());
+        assert!(bind(
+            "pool@1",
+            &attrs(&[
+                ("op", s("max")),
+                ("kernel_shape", ints(&[2])),
+                ("storage_order", i(0))
+            ])
+        )
+        .is_err());
+    }
+
+    /// The elements of a u8, i32, i64 or float tensor as f64 (exact for the
+    /// test values).
+    fn values(t: &Tensor) -> Vec<f64> {
+        match t.dtype() {
+            DType::U8 => t
+                .to_vec::<u8>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            DType::I32 => t
+                .to_vec::<i32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+            DType::I64 => t
+                .to_vec::<i64>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as f64)
+                .collect(),
+            _ => f64s(t),
+        }
+    }
+
+    /// Max pooling (values and `max_index`) of a 2-D input, directly: the
+    /// window's elements in row-major kernel order, the first NaN or else
+    /// the first largest wins; its flat index row-major over [N, C, H, W]
+    /// or, with `storage_order`, `plane H W + r + c H`.
+    fn direct_max(
+        xv: &[f64],
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+        k: (usize, usize),
+        st: (usize, usize),
+        dil: (usize, usize),
+        pads: &[usize],
+        column_major: bool,
+    ) -> Vec<Option<(f64, i64)>> {
+        let mut out = Vec::new();
+        for plane in 0..xv.len() / (h * w) {
+            for a in 0..oh {
+                for b in 0..ow {
+                    let mut best: Option<(f64, i64)> = None;
+                    for p in 0..k.0 {
+                        for q in 0..k.1 {
+                            let r = (a * st.0 + p * dil.0) as i64 - pads[0] as i64;
+                            let c = (b * st.1 + q * dil.1) as i64 - pads[1] as i64;
+                            if r < 0 || c < 0 || r >= h as i64 || c >= w as i64 {
+                                continue;
+                            }
+                            let (r, c) = (r as usize, c as usize);
+                            let v = xv[plane * h * w + r * w + c];
+                            let at = if column_major {
+                                plane * h * w + r + c * h
+                            } else {
+                                plane * h * w + r * w + c
+                            };
+                            let take = match best {
+                                None => true,
+                                Some((m, _)) => !m.is_nan() && (v.is_nan() || v > m),
+                            };
+                            if take {
+                                best = Some((v, at as i64));
+                            }
+                        }
+                    }
+                    out.push(best);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn max_index_by_hand() {
+        // 1x1x3x3, ties: the first max in row-major window order wins.
+        //  1 5 5
+        //  5 2 0
+        //  0 9 9
+        let x = Tensor::from_vec(&[1, 1, 3, 3], vec![1u8, 5, 5, 5, 2, 0, 0, 9, 9]).unwrap();
+        let at = |order: i64| {
+            vec![
+                ("op", s("max_index")),
+                ("kernel_shape", ints(&[2, 2])),
+                ("storage_order", i(order)),
+            ]
+        };
+        let y = pool(&x, &at(0));
+        assert_eq!(y.dtype(), DType::I64);
+        assert_eq!(y.to_vec::<i64>().unwrap(), vec![1, 1, 7, 7]);
+        // Column-major: element (r, c) is r + 3 c.
+        let y = pool(&x, &at(1));
+        assert_eq!(y.to_vec::<i64>().unwrap(), vec![3, 3, 5, 5]);
+        let y = pool(&x, &[("op", s("max")), ("kernel_shape", ints(&[2, 2]))]);
+        assert_eq!(y.to_vec::<u8>().unwrap(), vec![5, 5, 9, 9]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Int max pooling and `max_index` (ints and floats with NaN and
+        /// infinities) against [`direct_max`], both implementations.
+        #[test]
+        fn max_and_index_match_direct(
+            h in 1usize..=7, w in 1usize..=7, planes in 1usize..=3,
+            k in (1usize..=3, 1usize..=3),
+            st in (1usize..=3, 1usize..=3),
+            dil in (1usize..=2, 1usize..=2),
+            pads in prop::collection::vec(0usize..=2, 4),
+            ceil in any::<bool>(), column_major in any::<bool>(),
+            dtype in 0u8..4, seed in any::<u64>(),
+        ) {
+            let shape = [1, planes, h, w];
+            let x = match dtype {
+                0 => int_tensor::<u8>(&shape, seed, 0, 4),
+                1 => int_tensor::<i32>(&shape, seed, i64::from(i32::MIN), i64::from(i32::MIN) + 3),
+                2 => int_tensor::<i64>(&shape, seed, -1000, 1000),
+                _ => float_tensor::<f32>(&shape, seed, true),
+            };
+            let xv = values(&x);
+            let geo = |op: &str| {
+                let mut at = vec![
+                    ("op", s(op)),
+                    ("kernel_shape", ints(&[k.0 as i64, k.1 as i64])),
+                    ("strides", ints(&[st.0 as i64, st.1 as i64])),
+                    ("dilations", ints(&[dil.0 as i64, dil.1 as i64])),
+                    ("pads", ints(&pads.iter().map(|&p| p as i64).collect::<Vec<_>>())),
+                    ("ceil_mode", i(i64::from(ceil))),
+                ];
+                if op == "max_index" {
+                    at.push(("storage_order", i(i64::from(column_major))));
+                }
+                attrs(&at)
+            };
+            let Ok(y) = launch("pool@1", &geo("max"), &[&x], Impl::Reference) else {
+                let span = |k: usize, d: usize| d * (k - 1) + 1;
+                prop_assert!(h + pads[0] + pads[2] < span(k.0, dil.0) || w + pads[1] + pads[3] < span(k.1, dil.1));
+                return Ok(());
+            };
+            assert_same_bits(&y, &launch("pool@1", &geo("max"), &[&x], Impl::Optimized).unwrap());
+            let ix = launch("pool@1", &geo("max_index"), &[&x], Impl::Reference).unwrap();
+            assert_same_bits(&ix, &launch("pool@1", &geo("max_index"), &[&x], Impl::Optimized).unwrap());
+            prop_assert_eq!(y.dtype(), x.dtype());
+            let (oh, ow) = (y.shape()[2], y.shape()[3]);
+            let want = direct_max(&xv, (h, w), (oh, ow), k, st, dil, &pads, column_major);
+            let (yv, iv) = (values(&y), ix.to_vec::<i64>().unwrap());
+            for (j, want) in want.iter().enumerate() {
+                match *want {
+                    Some((v, at)) => {
+                        prop_assert!(yv[j] == v || (v.is_nan() && yv[j].is_nan()), "{} vs {}", yv[j], v);
+                        prop_assert_eq!(iv[j], at);
+                    }
+                    None => {
+                        // A window in the padding only.
+                        prop_assert_eq!(iv[j], -1);
+                        let empty = match dtype {
+                            0 => 0.0,
+                            1 => f64::from(i32::MIN),
+                            2 => i64::MIN as f64,
+                            _ => f64::NAN,
+                        };
+                        prop_assert!(yv[j] == empty || (yv[j].is_nan() && empty.is_nan()));
+                    }
+                }
+            }
+        }
     }
 
     /// Per spatial axis: size, kernel, stride, dilation, pad begin, pad end.
@@ -751,5 +1159,16 @@ mod tests {
                 ("strides", ints(&[2, 2])),
             ],
         );
+        for order in [0, 1] {
+            pool(
+                &x,
+                &[
+                    ("op", s("max_index")),
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("pads", ints(&[1, 1, 1, 1])),
+                    ("storage_order", i(order)),
+                ],
+            );
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! Attributes: `op` (required); `axes` (default `[]`, meaning all axes;
 //! negative axes count from the end; duplicates are refused); `keepdims`
 //! (default 0: reduced dims are removed; 1: they stay with size 1).
-//! `sum`, `max` and `min` take floats and ints, `mean` floats. Integer sums
-//! wrap. Float max and min propagate NaN. Reducing an empty set gives the
-//! op's identity, as in ONNX: 0 for sum, `-inf` (or the type's minimum) for
-//! max, `+inf` (or the maximum) for min, and NaN (0/0) for mean.
+//! `sum` takes floats and ints, `max` and `min` floats, ints and bools,
+//! `mean` floats. Integer sums wrap. Float max and min propagate NaN. On
+//! bools `max` is "any" and `min` is "all" (false < true). Reducing an empty
+//! set gives the op's identity, as in ONNX: 0 for sum, `-inf` (or the type's
+//! minimum, `false`) for max, `+inf` (or the maximum, `true`) for min, and
+//! NaN (0/0) for mean.
 //!
 //! The reference accumulates every input element into its output slot, in
 //! input order. The optimized implementation handles the common layouts,
@@ -23,8 +25,8 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::{Arith, Float};
 use super::shape::{normalize_axis, offset_of, strides};
-use super::{bound, data, data_mut, operands, Op, PAR_MIN};
-use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
+use super::{bound, data, data_mut, operands, raw, raw_mut, Op, PAR_MIN};
+use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReduceOp {
@@ -97,13 +99,16 @@ impl Op for Reduce {
         let [x] = operands(inputs)?;
         let ok = match self.op {
             ReduceOp::Mean => x.dtype.is_float(),
-            _ => x.dtype.is_float() || x.dtype.is_int(),
+            ReduceOp::Sum => x.dtype.is_float() || x.dtype.is_int(),
+            ReduceOp::Max | ReduceOp::Min => {
+                x.dtype.is_float() || x.dtype.is_int() || x.dtype == DType::Bool
+            }
         };
         if !ok {
-            let expected = if self.op == ReduceOp::Mean {
-                "a float dtype"
-            } else {
-                "a float or int dtype"
+            let expected = match self.op {
+                ReduceOp::Mean => "a float dtype",
+                ReduceOp::Sum => "a float or int dtype",
+                ReduceOp::Max | ReduceOp::Min => "a float, int or bool dtype",
             };
             return Err(format!(
                 "{}: expected {expected}, got {}",
@@ -128,6 +133,9 @@ impl Op for Reduce {
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
         let [x] = operands(inputs)?;
         let mask = self.reduced(x.shape().len())?;
+        if out.dtype() == DType::Bool {
+            return reduce_bool(self.op, imp, x, &mask, out);
+        }
         super::with_number!(out.dtype(), T => reduce_typed::<T>(self.op, imp, x, &mask, out))?;
         if self.op == ReduceOp::Mean {
             let count: usize = x
@@ -164,6 +172,27 @@ fn reduce_typed<T: Arith>(
         ReduceOp::Sum | ReduceOp::Mean => run(imp, xv, x.shape(), mask, y, T::ZERO, T::add),
         ReduceOp::Max => run(imp, xv, x.shape(), mask, y, T::LOWEST, T::max),
         ReduceOp::Min => run(imp, xv, x.shape(), mask, y, T::HIGHEST, T::min),
+    }
+}
+
+/// Max ("any") and min ("all") of bools, as 0/1 bytes: every nonzero input
+/// byte counts as true, and the output holds only 0 and 1.
+fn reduce_bool(
+    op: ReduceOp,
+    imp: Impl,
+    x: &Tensor,
+    mask: &[bool],
+    out: &mut Tensor,
+) -> Result<(), String> {
+    let xv = raw::<u8>(x, "input 0 (x)")?;
+    let y = raw_mut::<u8>(out)?;
+    let shape = x.shape();
+    match op {
+        ReduceOp::Max => run(imp, xv, shape, mask, y, 0, |a, v| a.max(v.min(1))),
+        ReduceOp::Min => run(imp, xv, shape, mask, y, 1, |a, v| a.min(v.min(1))),
+        ReduceOp::Sum | ReduceOp::Mean => {
+            Err(format!("internal: reduce {op:?} reached the bool path"))
+        }
     }
 }
 
@@ -317,7 +346,7 @@ mod tests {
 
     use super::super::testutil::*;
     use super::adjacent_layout;
-    use crate::{DType, Impl, KernelError, Tensor, TensorMeta};
+    use crate::{Bool8, DType, Impl, KernelError, Tensor, TensorMeta};
 
     fn reduce(
         op: &str,
@@ -394,6 +423,68 @@ mod tests {
                 .to_vec::<f32>()
                 .unwrap()[0]
                 .is_nan());
+        }
+    }
+
+    /// Bool max is "any" and min is "all" over the reduced axes.
+    #[test]
+    fn bool_max_is_any_and_min_is_all() {
+        let bits = [1u8, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0];
+        let x = Tensor::from_vec(&[2, 3, 2], bits.iter().map(|&b| Bool8(b)).collect()).unwrap();
+        let at = |i: usize, j: usize, k: usize| bits[i * 6 + j * 2 + k] == 1;
+        for imp in IMPLS {
+            for axes in [vec![1i64], vec![0, 2], vec![], vec![-1]] {
+                let mask: Vec<bool> = (0..3i64)
+                    .map(|d| axes.is_empty() || axes.iter().any(|&a| (a + 3) % 3 == d))
+                    .collect();
+                for (op, any) in [("max", true), ("min", false)] {
+                    let y = reduce(op, &axes, true, &x, imp).unwrap();
+                    assert_eq!(y.dtype(), DType::Bool);
+                    let dims: Vec<usize> = y.shape().to_vec();
+                    let got = y.to_vec::<Bool8>().unwrap();
+                    let mut want = Vec::new();
+                    for i in 0..dims[0] {
+                        for j in 0..dims[1] {
+                            for k in 0..dims[2] {
+                                let mut vals = Vec::new();
+                                for a in 0..2 {
+                                    for b in 0..3 {
+                                        for c in 0..2 {
+                                            let keep = (mask[0] || a == i)
+                                                && (mask[1] || b == j)
+                                                && (mask[2] || c == k);
+                                            if keep {
+                                                vals.push(at(a, b, c));
+                                            }
+                                        }
+                                    }
+                                }
+                                let v = if any {
+                                    vals.iter().any(|&v| v)
+                                } else {
+                                    vals.iter().all(|&v| v)
+                                };
+                                want.push(Bool8(u8::from(v)));
+                            }
+                        }
+                    }
+                    assert_eq!(got, want, "{op} over {axes:?} ({imp:?})");
+                }
+            }
+            // Empty reductions: max (any) is false, min (all) is true.
+            let e = Tensor::zeros(DType::Bool, &[2, 0]).unwrap();
+            let y = reduce("max", &[1], false, &e, imp).unwrap();
+            assert_eq!(y.to_vec::<Bool8>().unwrap(), vec![Bool8(0); 2]);
+            let y = reduce("min", &[1], false, &e, imp).unwrap();
+            assert_eq!(y.to_vec::<Bool8>().unwrap(), vec![Bool8(1); 2]);
+        }
+        let b = TensorMeta::new(DType::Bool, [2]);
+        for op in ["sum", "mean"] {
+            let err = bind("reduce@1", &attrs(&[("op", s(op))]))
+                .unwrap()
+                .check(&[&b])
+                .unwrap_err();
+            assert!(err.to_string().contains("got bool"), "{err}");
         }
     }
 
