@@ -1189,6 +1189,277 @@ mod tests {
         }
     }
 
+    /// The CenterCropPad expansion on a 2-D input: the pads and the crop
+    /// window are computed from `Shape(x)` and a `shape` graph input through
+    /// Max, Sub, Div, Concat and Add, which the importer evaluates when Pad
+    /// and Slice need them, specializing the entry on `shape`.
+    #[test]
+    fn pads_derived_from_a_graph_input_are_evaluated_and_specialize() {
+        let node =
+            |name: &str, op: &str, ins: &[&str], outs: &[&str]| NodeProto::new(name, op, ins, outs);
+        let mut g = graph(
+            vec![
+                node("xs", "Shape", &["x"], &["xs"]),
+                node("mx", "Max", &["xs", "shape"], &["padded"]),
+                node("amt", "Sub", &["padded", "xs"], &["amt"]),
+                node("left", "Div", &["amt", "two"], &["left"]),
+                node("right", "Sub", &["amt", "left"], &["right"]),
+                node("pads", "Concat", &["left", "right"], &["pads"])
+                    .attr(AttributeProto::int("axis", 0)),
+                node("pad", "Pad", &["x", "pads"], &["p"]),
+                node("ps", "Shape", &["p"], &["ps"]),
+                node("diff", "Sub", &["ps", "shape"], &["diff"]),
+                node("start", "Div", &["diff", "two"], &["start"]),
+                node("end", "Add", &["start", "shape"], &["end"]),
+                node("crop", "Slice", &["p", "start", "end"], &["y"]),
+            ],
+            vec![
+                ValueInfoProto::fixed("x", data_type::FLOAT, &[3, 5]),
+                ValueInfoProto::fixed("shape", data_type::INT64, &[2]),
+            ],
+            &["y"],
+        );
+        g.initializer = vec![ints("two", &[2])];
+        let x = Tensor::from_vec(&[3, 5], (0..15).map(|i| i as f32).collect()).unwrap();
+        let shape = Tensor::from_vec(&[2], vec![6i64, 2]).unwrap();
+        let (out, graph) = run(&model(g, 18), &[x.clone(), shape]);
+        // Directly: rows padded 3 -> 6 (1 before, 2 after), columns cropped
+        // 5 -> 2 starting at (5 - 2) / 2 = 1.
+        let xv = x.to_vec::<f32>().unwrap();
+        let mut want = Vec::new();
+        for r in 0..6usize {
+            for c in 0..2usize {
+                want.push(if (1..4).contains(&r) {
+                    xv[(r - 1) * 5 + c + 1]
+                } else {
+                    0.0
+                });
+            }
+        }
+        assert_eq!(out[0].shape(), [6, 2]);
+        assert_eq!(out[0].to_vec::<f32>().unwrap(), want);
+        assert_eq!(
+            graph.inputs[1].values,
+            Some(vec![
+                ampoule_host::ScalarValue::Int(6),
+                ampoule_host::ScalarValue::Int(2)
+            ])
+        );
+        assert_eq!(graph.inputs[0].values, None);
+    }
+
+    /// A value computed from a small graph input that no op needs as
+    /// content stays traced: the entry is not specialized on the input.
+    #[test]
+    fn derivable_values_nobody_reads_do_not_specialize() {
+        let g = graph(
+            vec![
+                NodeProto::new("xs", "Shape", &["x"], &["xs"]),
+                NodeProto::new("mx", "Max", &["xs", "s"], &["m"]),
+                NodeProto::new("sq", "Mul", &["x", "x"], &["y"]),
+            ],
+            vec![
+                ValueInfoProto::fixed("x", data_type::FLOAT, &[4]),
+                ValueInfoProto::fixed("s", data_type::INT64, &[1]),
+            ],
+            &["m", "y"],
+        );
+        let x = Tensor::from_vec(&[4], vec![1.0f32, -2.0, 3.0, 0.5]).unwrap();
+        let s = Tensor::from_vec(&[1], vec![7i64]).unwrap();
+        let (out, graph) = run(&model(g, 13), &[x, s]);
+        assert_eq!(out[0].to_vec::<i64>().unwrap(), [7]);
+        assert_eq!(out[1].to_vec::<f32>().unwrap(), [1.0, 4.0, 9.0, 0.25]);
+        assert!(graph.inputs.iter().all(|i| i.values.is_none()));
+    }
+
+    /// MaxPool on uint8 with its Indices output, row-major and column-major,
+    /// against a direct computation.
+    #[test]
+    fn max_pool_uint8_with_indices() {
+        let (h, w) = (4usize, 5usize);
+        let xv: Vec<u8> = (0..2 * h * w).map(|i| ((i * 37) % 11) as u8).collect();
+        let x = Tensor::from_vec(&[1, 2, h, w], xv.clone()).unwrap();
+        for order in [0i64, 1] {
+            let outs = one_node(
+                NodeProto::new("mp", "MaxPool", &["x"], &["y", "i"])
+                    .attr(AttributeProto::ints("kernel_shape", &[2, 3]))
+                    .attr(AttributeProto::ints("strides", &[2, 1]))
+                    .attr(AttributeProto::ints("pads", &[0, 1, 1, 0]))
+                    .attr(AttributeProto::int("storage_order", order)),
+                &[("x", x.clone())],
+                &[],
+                12,
+            );
+            let (oh, ow) = ((h + 1 - 2) / 2 + 1, (w + 1 - 3) + 1);
+            assert_eq!(outs[0].shape(), [1, 2, oh, ow]);
+            let (mut want_y, mut want_i) = (Vec::new(), Vec::new());
+            for p in 0..2 {
+                for a in 0..oh {
+                    for b in 0..ow {
+                        let mut best: Option<(u8, usize)> = None;
+                        for kr in 0..2 {
+                            for kc in 0..3 {
+                                let (r, c) = (a * 2 + kr, (b + kc) as i64 - 1);
+                                if r >= h || c < 0 || c >= w as i64 {
+                                    continue;
+                                }
+                                let c = c as usize;
+                                let v = xv[p * h * w + r * w + c];
+                                let at = if order == 1 {
+                                    p * h * w + r + c * h
+                                } else {
+                                    p * h * w + r * w + c
+                                };
+                                if best.is_none_or(|(m, _)| v > m) {
+                                    best = Some((v, at));
+                                }
+                            }
+                        }
+                        let (v, at) = best.unwrap();
+                        want_y.push(v);
+                        want_i.push(at as i64);
+                    }
+                }
+            }
+            assert_eq!(outs[0].to_vec::<u8>().unwrap(), want_y);
+            assert_eq!(outs[1].to_vec::<i64>().unwrap(), want_i, "order {order}");
+        }
+    }
+
+    /// BatchNormalization with training_mode = 1: batch statistics over all
+    /// axes but the channels (population variance) and the running
+    /// statistics, against a direct computation in f64.
+    #[test]
+    fn batch_norm_training_mode() {
+        let (n, c, l) = (2usize, 3usize, 4usize);
+        let xv: Vec<f32> = (0..n * c * l)
+            .map(|i| ((i * 7) % 13) as f32 * 0.5 - 2.0)
+            .collect();
+        let x = Tensor::from_vec(&[n, c, l], xv.clone()).unwrap();
+        let (scale, bias) = ([0.5f32, 1.0, 2.0], [0.0f32, -1.0, 0.25]);
+        let (mean, var) = ([0.1f32, 0.2, 0.3], [1.0f32, 2.0, 0.5]);
+        let (eps, momentum) = (1e-3f32, 0.8f32);
+        let outs = one_node(
+            NodeProto::new(
+                "bn",
+                "BatchNormalization",
+                &["x", "s", "b", "m", "v"],
+                &["y", "rm", "rv"],
+            )
+            .attr(AttributeProto::int("training_mode", 1))
+            .attr(AttributeProto::float("epsilon", eps))
+            .attr(AttributeProto::float("momentum", momentum)),
+            &[("x", x)],
+            &[
+                ("s", f(&[3], &scale)),
+                ("b", f(&[3], &bias)),
+                ("m", f(&[3], &mean)),
+                ("v", f(&[3], &var)),
+            ],
+            15,
+        );
+        let at = |i: usize, ch: usize, j: usize| f64::from(xv[(i * c + ch) * l + j]);
+        let mut want_y = vec![0.0f32; n * c * l];
+        let (mut want_rm, mut want_rv) = (Vec::new(), Vec::new());
+        for ch in 0..c {
+            let vals: Vec<f64> = (0..n)
+                .flat_map(|i| (0..l).map(move |j| (i, j)))
+                .map(|(i, j)| at(i, ch, j))
+                .collect();
+            let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+            let sigma2 = vals.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / vals.len() as f64;
+            for i in 0..n {
+                for j in 0..l {
+                    let norm = (at(i, ch, j) - mu) / (sigma2 + f64::from(eps)).sqrt();
+                    want_y[(i * c + ch) * l + j] =
+                        (norm * f64::from(scale[ch]) + f64::from(bias[ch])) as f32;
+                }
+            }
+            let m = f64::from(momentum);
+            want_rm.push((f64::from(mean[ch]) * m + mu * (1.0 - m)) as f32);
+            want_rv.push((f64::from(var[ch]) * m + sigma2 * (1.0 - m)) as f32);
+        }
+        close(&outs[0], &want_y);
+        close(&outs[1], &want_rm);
+        close(&outs[2], &want_rv);
+    }
+
+    /// Dropout in training mode: ratio 0 is the identity with an all-true
+    /// mask; any other ratio is an error that says why.
+    #[test]
+    fn dropout_training_mode() {
+        let x = f(&[2, 3], &[1.0, -2.0, 3.0, 0.5, 0.0, -1.5]);
+        let node = || NodeProto::new("d", "Dropout", &["x", "r", "t"], &["y", "mask"]);
+        let outs = one_node(
+            node(),
+            &[("x", x.clone())],
+            &[
+                ("r", Tensor::scalar(0.0f32)),
+                ("t", Tensor::scalar(ampoule_kernels::Bool8(1))),
+            ],
+            13,
+        );
+        assert_eq!(outs[0].to_vec::<f32>().unwrap(), x.to_vec::<f32>().unwrap());
+        assert_eq!(
+            outs[1].to_vec::<ampoule_kernels::Bool8>().unwrap(),
+            vec![ampoule_kernels::Bool8(1); 6]
+        );
+        let mut g = graph(
+            vec![node()],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[2, 3])],
+            &["y", "mask"],
+        );
+        g.initializer = vec![
+            tensor::to_proto("r", &Tensor::scalar(0.25f32)),
+            tensor::to_proto("t", &Tensor::scalar(ampoule_kernels::Bool8(1))),
+        ];
+        let err = model(g, 13)
+            .function("f")
+            .trace(&[Example::of(&x)], &Registry::standard(), &BTreeMap::new())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("ratio 0.25") && err.to_string().contains("random mask"),
+            "{err}"
+        );
+    }
+
+    /// ReduceMax / ReduceMin on bool: any / all over the axes.
+    #[test]
+    fn reduce_max_min_on_bool() {
+        let bits = [1u8, 0, 0, 0, 1, 1, 0, 0];
+        let x = Tensor::from_vec(
+            &[2, 4],
+            bits.iter().map(|&b| ampoule_kernels::Bool8(b)).collect(),
+        )
+        .unwrap();
+        for (op, any) in [("ReduceMax", true), ("ReduceMin", false)] {
+            let outs = one_node(
+                NodeProto::new("r", op, &["x"], &["y"])
+                    .attr(AttributeProto::ints("axes", &[1]))
+                    .attr(AttributeProto::int("keepdims", 0)),
+                &[("x", x.clone())],
+                &[],
+                13,
+            );
+            let want: Vec<ampoule_kernels::Bool8> = bits
+                .chunks(4)
+                .map(|row| {
+                    let v = if any {
+                        row.iter().any(|&b| b == 1)
+                    } else {
+                        row.iter().all(|&b| b == 1)
+                    };
+                    ampoule_kernels::Bool8(u8::from(v))
+                })
+                .collect();
+            assert_eq!(
+                outs[0].to_vec::<ampoule_kernels::Bool8>().unwrap(),
+                want,
+                "{op}"
+            );
+        }
+    }
+
     #[test]
     fn elementwise_ops() {
         let x = f(&[4], &[-2.0, -0.5, 0.5, 3.0]);

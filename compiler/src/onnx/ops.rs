@@ -13,6 +13,14 @@
 //!   time on the registry's *reference* kernels — the same kernels and
 //!   implementation the compiler's folding pass uses — and emits nothing.
 //!   Larger known inputs become globals and the op is traced.
+//! - A small traced value computed only from small known values and small
+//!   graph inputs (through kernels, concatenations and reshapes) is
+//!   *derivable*: the importer remembers how it was computed ([`Derived`]),
+//!   and when an op needs its content (a `Pad`'s pads computed from a
+//!   `shape` graph input) evaluates it the same way, reading the graph
+//!   inputs' values from the call being compiled — which specializes the
+//!   entry on those inputs, and only then. A value nothing needs as content
+//!   never specializes anything.
 //! - A known value becomes a global only when a traced op needs it:
 //!   initializers (and `Constant` outputs) of more than [`WEIGHT_MIN`]
 //!   elements as weights named after the ONNX value, everything else as a
@@ -35,6 +43,7 @@
 mod control;
 mod recurrent;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use ampoule_kernels::{
@@ -228,6 +237,47 @@ pub(crate) struct Scope<'p> {
     vals: HashMap<String, Val>,
     inits: &'p HashMap<String, Tensor>,
     parent: Option<&'p Scope<'p>>,
+    /// Shared by every scope of one trace ([`Traced`] handles are unique
+    /// across regions).
+    derived: &'p RefCell<Derived>,
+}
+
+/// The derivable traced values of one trace (see the module doc): how each
+/// was computed, and the content of those evaluated so far.
+#[derive(Default)]
+pub(crate) struct Derived {
+    /// The function's traced inputs.
+    inputs: std::collections::HashSet<Traced>,
+    recipes: HashMap<Traced, Recipe>,
+    values: HashMap<Traced, Tensor>,
+}
+
+/// How a derivable value was computed from its inputs, each a small known
+/// value, a graph input or another derivable value.
+#[derive(Clone)]
+enum Recipe {
+    Kernel {
+        kernel: String,
+        attrs: Attrs,
+        ins: Vec<Val>,
+    },
+    Concat {
+        axis: usize,
+        ins: Vec<Val>,
+    },
+    Reshape {
+        x: Val,
+        dims: Vec<usize>,
+    },
+}
+
+impl Recipe {
+    fn inputs(&self) -> &[Val] {
+        match self {
+            Recipe::Kernel { ins, .. } | Recipe::Concat { ins, .. } => ins,
+            Recipe::Reshape { x, .. } => std::slice::from_ref(x),
+        }
+    }
 }
 
 impl Scope<'_> {
@@ -257,10 +307,15 @@ pub(crate) fn trace_model(
     cx: &mut Tracer<'_>,
     xs: &[Traced],
 ) -> Result<Vec<Traced>, TraceError> {
+    let derived = RefCell::new(Derived {
+        inputs: xs.iter().copied().collect(),
+        ..Derived::default()
+    });
     let mut scope = Scope {
         vals: HashMap::new(),
         inits: &model.initializers,
         parent: None,
+        derived: &derived,
     };
     let deciding = control_inputs(model);
     for (i, (info, &x)) in model.inputs.iter().zip(xs).enumerate() {
@@ -381,6 +436,7 @@ fn trace_subgraph(
         vals: HashMap::new(),
         inits: &g.initializers,
         parent: Some(parent),
+        derived: parent.derived,
     };
     for (name, v) in g.inputs.iter().zip(args) {
         scope.vals.insert(name.clone(), v);
@@ -602,16 +658,88 @@ impl Builder<'_, '_> {
         }
     }
 
-    /// The content of `v` at trace time: a known value, or a graph input
-    /// read directly, whose value in the call being compiled the entry is
-    /// then specialized on (node tests feed axes, sizes and pads as graph
-    /// inputs). `None` for a computed value, or an input whose value the
-    /// compile does not have.
+    /// The content of `v` at trace time: a known value, a graph input read
+    /// directly, or a derivable value computed from such inputs (see the
+    /// module doc); the entry is then specialized on the values of the graph
+    /// inputs read (node tests feed axes, sizes and pads as graph inputs, or
+    /// compute them from one). `None` for any other computed value, or an
+    /// input whose value the compile does not have; an evaluation that fails
+    /// (an integer division by zero) is an error.
+    fn try_content(&mut self, v: &Val) -> R<Option<Tensor>> {
+        match v {
+            Val::Known { t, .. } => Ok(Some(t.clone())),
+            Val::Traced(x) => self.derive(*x),
+        }
+    }
+
+    /// [`Builder::try_content`], with a failed evaluation as `None`.
     fn content(&mut self, v: &Val) -> Option<Tensor> {
-        let x = match v {
-            Val::Known { t, .. } => return Some(t.clone()),
-            Val::Traced(x) => *x,
-        };
+        self.try_content(v).ok().flatten()
+    }
+
+    /// The content of traced value `root`: evaluates its recipe's traced
+    /// inputs first (depth first with an explicit stack, so a long chain
+    /// cannot overflow the call stack), each once.
+    fn derive(&mut self, root: Traced) -> R<Option<Tensor>> {
+        let mut stack = vec![root];
+        while let Some(&x) = stack.last() {
+            let recipe = {
+                let d = self.scope.derived.borrow();
+                if d.values.contains_key(&x) {
+                    stack.pop();
+                    continue;
+                }
+                d.recipes.get(&x).cloned()
+            };
+            let t = match recipe {
+                None => match self.input_content(x) {
+                    Some(t) => t,
+                    None => return Ok(None),
+                },
+                Some(recipe) => {
+                    let (ts, pending) = {
+                        let d = self.scope.derived.borrow();
+                        let mut ts = Vec::new();
+                        let mut pending = Vec::new();
+                        for v in recipe.inputs() {
+                            match v {
+                                Val::Known { t, .. } => ts.push(t.clone()),
+                                Val::Traced(y) => match d.values.get(y) {
+                                    Some(t) => ts.push(t.clone()),
+                                    None => pending.push(*y),
+                                },
+                            }
+                        }
+                        (ts, pending)
+                    };
+                    if !pending.is_empty() {
+                        stack.extend(pending);
+                        continue;
+                    }
+                    let refs: Vec<&Tensor> = ts.iter().collect();
+                    let t = match &recipe {
+                        Recipe::Kernel { kernel, attrs, .. } => {
+                            self.run_folded(kernel, attrs, &refs)?
+                        }
+                        Recipe::Concat { axis, .. } => self.fold_concat(&refs, *axis)?,
+                        Recipe::Reshape { dims, .. } => refs.first().and_then(|t| t.reshaped(dims)),
+                    };
+                    match t {
+                        Some(t) => t,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            self.scope.derived.borrow_mut().values.insert(x, t);
+            stack.pop();
+        }
+        Ok(self.scope.derived.borrow().values.get(&root).cloned())
+    }
+
+    /// The value of graph input `x` in the call being compiled (the entry
+    /// is specialized on it), if `x` is a graph input read directly and the
+    /// compile has its value.
+    fn input_content(&mut self, x: Traced) -> Option<Tensor> {
         let i = self.cx.input_index(x)?;
         let meta = self.cx.meta(x).clone();
         let values = if meta.shape.is_empty() {
@@ -656,9 +784,41 @@ impl Builder<'_, '_> {
         Some(t)
     }
 
+    /// Whether `v` may be an input of a derivable value: small and known, a
+    /// small graph input, or derivable itself.
+    fn derivable(&self, v: &Val) -> bool {
+        match v {
+            Val::Known { t, .. } => t.numel() <= FOLD_LIMIT,
+            Val::Traced(x) => {
+                let d = self.scope.derived.borrow();
+                d.recipes.contains_key(x)
+                    || (d.inputs.contains(x)
+                        && self
+                            .cx
+                            .meta(*x)
+                            .numel()
+                            .is_some_and(|n| n <= ampoule_host::guard::MAX_INPUT_VALUES))
+            }
+        }
+    }
+
+    /// Records `recipe`, how traced value `y` was computed from derivable
+    /// inputs (`None` when they were not), if `y` is small.
+    fn remember(&mut self, y: Traced, recipe: Option<Recipe>) {
+        let small = self.cx.meta(y).numel().is_some_and(|n| n <= FOLD_LIMIT);
+        if let Some(recipe) = recipe.filter(|_| small) {
+            self.scope.derived.borrow_mut().recipes.insert(y, recipe);
+        }
+    }
+
+    /// `make()` when every one of `ins` is derivable.
+    fn recipe(&self, ins: &[Val], make: impl FnOnce() -> Recipe) -> Option<Recipe> {
+        ins.iter().all(|v| self.derivable(v)).then(make)
+    }
+
     /// The content of a known integer tensor (a shape, axes, indices).
     fn known_ints(&mut self, v: &Val, what: &str) -> R<Vec<i64>> {
-        let Some(t) = self.content(v) else {
+        let Some(t) = self.try_content(v)? else {
             return Err(format!(
                 "{what} must be known at compile time (a constant, an initializer, computed from shapes, or a graph input whose value the compile is given)"
             ));
@@ -677,7 +837,7 @@ impl Builder<'_, '_> {
 
     /// A known scalar as f64 (for `Range`, `Clip` bounds).
     fn known_f64(&mut self, v: &Val, what: &str) -> R<f64> {
-        let Some(t) = self.content(v) else {
+        let Some(t) = self.try_content(v)? else {
             return Err(format!("{what} must be known at compile time"));
         };
         if t.numel() != 1 {
@@ -735,6 +895,12 @@ impl Builder<'_, '_> {
         else {
             return Ok(None);
         };
+        self.run_folded(kernel, a, &ts)
+    }
+
+    /// Runs `kernel` on the reference implementation, if its result is
+    /// small; `None` means "too large to fold".
+    fn run_folded(&self, kernel: &str, a: &Attrs, ts: &[&Tensor]) -> R<Option<Tensor>> {
         let bound = self.registry.bind(kernel, a).map_err(e)?;
         let metas: Vec<&TensorMeta> = ts.iter().map(|t| t.meta()).collect();
         let out_metas = bound.check(&metas).map_err(e)?;
@@ -745,7 +911,7 @@ impl Builder<'_, '_> {
             return Ok(None);
         }
         let mut outs = vec![Tensor::zeros(meta.dtype, &meta.shape).map_err(e)?];
-        bound.run(Impl::Reference, &ts, &mut outs).map_err(e)?;
+        bound.run(Impl::Reference, ts, &mut outs).map_err(e)?;
         Ok(outs.pop())
     }
 
@@ -754,12 +920,19 @@ impl Builder<'_, '_> {
         if let Some(t) = self.try_fold(kernel, &a, ins)? {
             return Ok(known(t));
         }
+        let recipe = self.recipe(ins, || Recipe::Kernel {
+            kernel: kernel.to_string(),
+            attrs: a.clone(),
+            ins: ins.to_vec(),
+        });
         let ts = ins.iter().map(|v| self.traced(v)).collect::<R<Vec<_>>>()?;
         let outs = self.cx.kernel(kernel, a, &ts).map_err(e)?;
-        outs.first()
+        let y = outs
+            .first()
             .copied()
-            .map(Val::Traced)
-            .ok_or_else(|| format!("kernel `{kernel}` gave no output"))
+            .ok_or_else(|| format!("kernel `{kernel}` gave no output"))?;
+        self.remember(y, recipe);
+        Ok(Val::Traced(y))
     }
 
     fn binary(&mut self, op: &str, a: &Val, b: &Val) -> R<Val> {
@@ -814,7 +987,13 @@ impl Builder<'_, '_> {
             _ => {
                 let t = self.traced(x)?;
                 let spec: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-                Ok(Val::Traced(self.cx.reshape(t, &spec).map_err(e)?))
+                let recipe = self.recipe(std::slice::from_ref(x), || Recipe::Reshape {
+                    x: x.clone(),
+                    dims: dims.to_vec(),
+                });
+                let y = self.cx.reshape(t, &spec).map_err(e)?;
+                self.remember(y, recipe);
+                Ok(Val::Traced(y))
             }
         }
     }
@@ -832,33 +1011,50 @@ impl Builder<'_, '_> {
         if xs.len() == 1 {
             return Ok(xs[0].clone());
         }
-        if xs.iter().all(|v| Self::small(v).is_some()) {
-            // Fold in chunks of at most five (the kernel's limit).
-            let mut acc: Option<Val> = None;
-            let mut rest = xs;
-            while !rest.is_empty() {
-                let room = if acc.is_some() { 4 } else { 5 };
-                let take = rest.len().min(room);
-                let mut chunk: Vec<Val> = acc.take().into_iter().collect();
-                chunk.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                let a = attrs([
-                    ("axis", AttrValue::Int(axis as i64)),
-                    ("n", AttrValue::Int(chunk.len() as i64)),
-                ]);
-                match self.try_fold("concat@1", &a, &chunk)? {
-                    Some(t) => acc = Some(known(t)),
-                    None => return self.concat_traced(xs, axis),
-                }
+        if let Some(ts) = xs.iter().map(Self::small).collect::<Option<Vec<_>>>() {
+            if let Some(t) = self.fold_concat(&ts, axis)? {
+                return Ok(known(t));
             }
-            return acc.ok_or_else(|| "concat of no inputs".to_string());
         }
         self.concat_traced(xs, axis)
     }
 
+    /// Joins known tensors along `axis` on the reference `concat@1` (in
+    /// chunks of at most five, the kernel's limit), if the result is small.
+    fn fold_concat(&self, ts: &[&Tensor], axis: usize) -> R<Option<Tensor>> {
+        let mut acc: Option<Tensor> = None;
+        let mut rest = ts;
+        while !rest.is_empty() {
+            let room = if acc.is_some() { 4 } else { 5 };
+            let take = rest.len().min(room);
+            let prev = acc.take();
+            let mut chunk: Vec<&Tensor> = prev.iter().collect();
+            chunk.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if chunk.len() == 1 {
+                return Ok(Some(chunk[0].clone()));
+            }
+            let a = attrs([
+                ("axis", AttrValue::Int(axis as i64)),
+                ("n", AttrValue::Int(chunk.len() as i64)),
+            ]);
+            match self.run_folded("concat@1", &a, &chunk)? {
+                Some(t) => acc = Some(t),
+                None => return Ok(None),
+            }
+        }
+        Ok(acc)
+    }
+
     fn concat_traced(&mut self, xs: &[Val], axis: usize) -> R<Val> {
         let ts = xs.iter().map(|v| self.traced(v)).collect::<R<Vec<_>>>()?;
-        Ok(Val::Traced(self.cx.concat(&ts, axis as i64).map_err(e)?))
+        let recipe = self.recipe(xs, || Recipe::Concat {
+            axis,
+            ins: xs.to_vec(),
+        });
+        let y = self.cx.concat(&ts, axis as i64).map_err(e)?;
+        self.remember(y, recipe);
+        Ok(Val::Traced(y))
     }
 
     // ---- the ops ----
@@ -1098,10 +1294,20 @@ impl Builder<'_, '_> {
             "Dropout" => {
                 let x = self.input(0)?;
                 if n.opset >= 12 {
-                    if let Some(mode) = self.opt_input(2)? {
-                        if self.known_flag(&mode)? {
-                            return Err("training_mode is true; only inference is supported".into());
-                        }
+                    let training = match self.opt_input(2)? {
+                        Some(mode) => self.known_flag(&mode)?,
+                        None => false,
+                    };
+                    // Training with ratio 0 keeps every element, as
+                    // inference does; any other ratio draws a random mask.
+                    let ratio = match self.opt_input(1)? {
+                        Some(r) if training => self.known_f64(&r, "ratio")?,
+                        _ => 0.5,
+                    };
+                    if training && ratio != 0.0 {
+                        return Err(format!(
+                            "training_mode is true with ratio {ratio}: the output depends on a random mask, which a compiled package does not draw; export the model for inference (training_mode false) or with ratio 0"
+                        ));
                     }
                 }
                 let mut outs = vec![x.clone()];
@@ -1189,7 +1395,7 @@ impl Builder<'_, '_> {
             "Pad" => self.pad().map(|v| vec![v]),
             "Conv" => self.conv(false).map(|v| vec![v]),
             "ConvTranspose" => self.conv(true).map(|v| vec![v]),
-            "MaxPool" | "AveragePool" => self.pool(op == "MaxPool").map(|v| vec![v]),
+            "MaxPool" | "AveragePool" => self.pool(op == "MaxPool"),
             "GlobalAveragePool" | "GlobalMaxPool" => {
                 let x = self.input(0)?;
                 let rank = self.shape(&x).len();
@@ -1202,7 +1408,7 @@ impl Builder<'_, '_> {
                 let k = if op == "GlobalMaxPool" { "max" } else { "mean" };
                 one(self.reduce(k, &x, &axes, true)?)
             }
-            "BatchNormalization" => self.batch_norm().map(|v| vec![v]),
+            "BatchNormalization" => self.batch_norm(),
             "ArgMax" | "ArgMin" => {
                 let x = self.input(0)?;
                 let a = attrs([
@@ -1703,11 +1909,11 @@ impl Builder<'_, '_> {
         self.kernel(kernel, a, &ins)
     }
 
-    fn pool(&mut self, max: bool) -> R<Val> {
+    /// `MaxPool` (with its optional `Indices`, a second `pool@1` launch of
+    /// `max_index`) and `AveragePool`.
+    fn pool(&mut self, max: bool) -> R<Vec<Val>> {
         let n = self.node;
-        if n.outputs.get(1).is_some_and(|o| !o.is_empty()) {
-            return Err("the Indices output is not supported".into());
-        }
+        let indices = max && n.opset >= 8 && n.outputs.get(1).is_some_and(|o| !o.is_empty());
         let x = self.input(0)?;
         let xs = self.shape(&x);
         if xs.len() < 3 {
@@ -1747,7 +1953,20 @@ impl Builder<'_, '_> {
             let cip = n.opset >= 7 && self.int("count_include_pad", 0)? != 0;
             a.insert("count_include_pad".into(), AttrValue::Int(i64::from(cip)));
         }
-        self.kernel("pool@1", a, &[x])
+        let y = self.kernel("pool@1", a.clone(), std::slice::from_ref(&x))?;
+        if !indices {
+            return Ok(vec![y]);
+        }
+        let order = self.int("storage_order", 0)?;
+        if !(order == 0 || order == 1) {
+            return Err(format!(
+                "attribute `storage_order` is {order}; it must be 0 (row major) or 1 (column major)"
+            ));
+        }
+        a.insert("op".into(), AttrValue::Str("max_index".into()));
+        a.insert("storage_order".into(), AttrValue::Int(order));
+        let idx = self.kernel("pool@1", a, &[x])?;
+        Ok(vec![y, idx])
     }
 
     /// Resize as one `resize@1` launch: sizes, scales, `axes`, the
@@ -1978,19 +2197,28 @@ impl Builder<'_, '_> {
         Ok((scale, out))
     }
 
-    /// Inference-mode batch normalization as `x * s + t` with per-channel
+    /// `BatchNormalization`. Inference: `Y = X s + t` per channel with
     /// `s = scale / sqrt(var + eps)` and `t = B - mean * s`, which fold to
-    /// constants when the statistics are initializers.
-    fn batch_norm(&mut self) -> R<Val> {
+    /// constants when the statistics are initializers. Training (opset 14
+    /// on, `training_mode` = 1): the statistics are the batch's own, the
+    /// mean and population variance over every axis but the channels, and
+    /// the optional outputs are the running statistics
+    /// `input * momentum + batch * (1 - momentum)`.
+    fn batch_norm(&mut self) -> R<Vec<Val>> {
         let n = self.node;
-        if n.opset >= 14 && self.int("training_mode", 0)? != 0 {
-            return Err("training_mode is 1; only inference is supported".into());
-        }
+        let training = n.opset >= 14 && self.int("training_mode", 0)? != 0;
         if n.opset < 9 && self.int("spatial", 1)? != 1 {
             return Err("spatial = 0 is not supported".into());
         }
-        if n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
-            return Err("the running mean/var outputs are not supported (inference only)".into());
+        if !training && n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            return Err(if n.opset >= 14 {
+                "the running mean/var outputs are only computed with training_mode = 1".into()
+            } else {
+                format!(
+                    "the training outputs of opset {} are not supported (inference only; opset 14 on computes the running statistics)",
+                    n.opset
+                )
+            });
         }
         let x = self.input(0)?;
         let xs = self.shape(&x);
@@ -2009,18 +2237,46 @@ impl Builder<'_, '_> {
             }
             params.push(v);
         }
-        let eps = self.scalar_like(f64::from(self.float("epsilon", 1e-5)?), &x);
-        let ve = self.binary("add", &params[3], &eps)?;
-        let sd = self.unary("sqrt", &ve)?;
-        let sc = self.binary("div", &params[0], &sd)?;
-        let ms = self.binary("mul", &params[2], &sc)?;
-        let sh = self.binary("sub", &params[1], &ms)?;
         let mut dims = vec![c];
         dims.resize(xs.len() - 1, 1);
-        let sc = self.reshape(&sc, &dims)?;
-        let sh = self.reshape(&sh, &dims)?;
-        let y = self.binary("mul", &x, &sc)?;
-        self.binary("add", &y, &sh)
+        let eps = self.scalar_like(f64::from(self.float("epsilon", 1e-5)?), &x);
+        if !training {
+            let ve = self.binary("add", &params[3], &eps)?;
+            let sd = self.unary("sqrt", &ve)?;
+            let sc = self.binary("div", &params[0], &sd)?;
+            let ms = self.binary("mul", &params[2], &sc)?;
+            let sh = self.binary("sub", &params[1], &ms)?;
+            let sc = self.reshape(&sc, &dims)?;
+            let sh = self.reshape(&sh, &dims)?;
+            let y = self.binary("mul", &x, &sc)?;
+            return Ok(vec![self.binary("add", &y, &sh)?]);
+        }
+        // The batch statistics, kept as [1, C, 1..] to broadcast against X.
+        let axes: Vec<i64> = (0..xs.len() as i64).filter(|&a| a != 1).collect();
+        let mean = self.reduce("mean", &x, &axes, true)?;
+        let d = self.binary("sub", &x, &mean)?;
+        let d2 = self.binary("mul", &d, &d)?;
+        let var = self.reduce("mean", &d2, &axes, true)?;
+        let ve = self.binary("add", &var, &eps)?;
+        let sd = self.unary("sqrt", &ve)?;
+        let scale = self.reshape(&params[0], &dims)?;
+        let bias = self.reshape(&params[1], &dims)?;
+        let sc = self.binary("div", &scale, &sd)?;
+        let y = self.binary("mul", &d, &sc)?;
+        let y = self.binary("add", &y, &bias)?;
+        let mut outs = vec![y];
+        if n.outputs.iter().skip(1).any(|o| !o.is_empty()) {
+            let momentum = f64::from(self.float("momentum", 0.9)?);
+            for (batch, running) in [(mean, &params[2]), (var, &params[3])] {
+                let batch = self.reshape(&batch, &[c])?;
+                let m = self.scalar_like(momentum, running);
+                let rest = self.scalar_like(1.0 - momentum, &batch);
+                let old = self.binary("mul", running, &m)?;
+                let new = self.binary("mul", &batch, &rest)?;
+                outs.push(self.binary("add", &old, &new)?);
+            }
+        }
+        Ok(outs)
     }
 
     /// A known boolean (or numeric) flag such as Dropout's `training_mode`.
