@@ -5,8 +5,9 @@
 //! compiler bug and is reported with the pass's name and every problem.
 //!
 //! The pipeline, in order:
-//! 1. [`fold::fold_constants`]: nodes whose inputs are all constants run at
-//!    compile time on the reference kernels;
+//! 1. [`fold::fold_constants`]: live nodes whose inputs are all constants
+//!    run at compile time on the reference kernels (dead ones are left for
+//!    step 2, so a dead node that would fail does not fail the compile);
 //! 2. [`dce::eliminate_dead_code`]: nodes no output depends on are removed;
 //! 3. [`outputs::materialize_outputs`]: every output gets storage of its own
 //!    (a `copy@1` where an output is an input, a global, a constant, a view,
@@ -47,9 +48,14 @@ pub enum PassError {
         pass: &'static str,
         errors: VerifyErrors,
     },
-    /// Running a node on constants failed (e.g. a constant index out of
-    /// range in `gather`).
-    #[error("constant folding of node {node} failed: {source}")]
+    /// A live node whose inputs are all constants failed on them (e.g. a
+    /// constant index out of range in `gather`): every call would fail.
+    /// Dead nodes are never folded, so their failures are not errors.
+    #[error(
+        "node {node} of the traced graph reads only constants and an output needs it, \
+         but it fails on them, so every call would fail: {source}; \
+         fix the constant operands (or stop using the node's result)"
+    )]
     Fold {
         node: usize,
         #[source]
