@@ -24,6 +24,7 @@ mod elementwise;
 mod fused;
 mod index;
 mod layout;
+mod math;
 mod matmul;
 mod norm;
 mod num;
@@ -31,7 +32,9 @@ mod pool;
 mod reduce;
 mod resize;
 mod scan;
+mod scratch;
 mod shape;
+mod simd;
 mod unary;
 
 #[cfg(test)]

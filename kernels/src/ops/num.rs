@@ -43,7 +43,7 @@ pub(crate) trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ident, $erf:path) => {
+    ($t:ident, $exp:path, $tanh:path, $erf:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -61,8 +61,9 @@ macro_rules! impl_float {
             fn abs(self) -> Self {
                 $t::abs(self)
             }
+            #[inline(always)]
             fn exp(self) -> Self {
-                $t::exp(self)
+                $exp(self)
             }
             fn ln(self) -> Self {
                 $t::ln(self)
@@ -70,8 +71,9 @@ macro_rules! impl_float {
             fn sqrt(self) -> Self {
                 $t::sqrt(self)
             }
+            #[inline(always)]
             fn tanh(self) -> Self {
-                $t::tanh(self)
+                $tanh(self)
             }
             fn sin(self) -> Self {
                 $t::sin(self)
@@ -85,6 +87,7 @@ macro_rules! impl_float {
             fn ceil(self) -> Self {
                 $t::ceil(self)
             }
+            #[inline(always)]
             fn erf(self) -> Self {
                 $erf(self)
             }
@@ -95,8 +98,10 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, libm::erff);
-impl_float!(f64, libm::erf);
+// f32's transcendental functions are ours (`math`: the same bits on every
+// host, and vectorizable); f64 keeps the platform's.
+impl_float!(f32, super::math::exp, super::math::tanh, super::math::erf);
+impl_float!(f64, f64::exp, f64::tanh, libm::erf);
 
 /// NaN-propagating maximum that orders `-0.0` below `+0.0`.
 #[inline]

@@ -3,8 +3,9 @@
 //! Definitions (x is f32 or f64, computed in its own precision):
 //! `relu(x) = x > 0 ? x : 0` (NaN stays NaN), `gelu(x) = x/2 (1 + erf(x/√2))`,
 //! `gelu_tanh(x) = x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))`,
-//! `sigmoid(x) = 1 / (1 + e^-x)`, `rsqrt(x) = 1/√x`, `recip(x) = 1/x`;
-//! `erf` is libm's.
+//! `sigmoid(x) = 1 / (1 + e^-x)`, `rsqrt(x) = 1/√x`, `recip(x) = 1/x`.
+//! f32 `exp`, `tanh` and `erf` are [`super::math`]'s (the same bits on every
+//! host); the others, and f64's, are the platform's.
 //!
 //! Ops with attributes (absent means the default; floats may be given as
 //! ints; any other attribute is refused):
@@ -234,11 +235,7 @@ fn map<T: Float>(
             }
         }
         Impl::Optimized => {
-            let tight = |(y, x): (&mut [T], &[T])| {
-                for (slot, &v) in y.iter_mut().zip(x) {
-                    *slot = f(v);
-                }
-            };
+            let tight = |(y, x): (&mut [T], &[T])| super::simd::map(y, x, &f);
             if y.len() >= PAR_MIN {
                 y.par_chunks_mut(PIECE)
                     .zip(x.par_chunks(PIECE))
