@@ -52,6 +52,7 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::matmul::{gemm_into, MatRef, GEMM_PAR_MIN};
 use super::num::Float;
+use super::scratch::Scratch;
 use super::shape::{numel, strides};
 use super::{bound, check_float, check_same_dtype, data, data_mut, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
@@ -957,8 +958,8 @@ fn conv_pair<T: Float>(
         gemm_into(wm, cm, out, accumulate, par)
     };
     if tile >= out_len {
-        let mut col = vec![T::ZERO; ck * out_len];
-        return gemm_tile(&mut col, 0, ychunk, true, par);
+        let mut col = Scratch::<T>::new(ck * out_len);
+        return gemm_tile(col.as_mut(), 0, ychunk, true, par);
     }
     let starts: Vec<usize> = (0..out_len).step_by(tile).collect();
     if par {
@@ -967,8 +968,9 @@ fn conv_pair<T: Float>(
         // across threads), in rounds of two tiles per thread whose buffers
         // are allocated once.
         let round = 2 * rayon::current_num_threads();
-        let mut cols = vec![T::ZERO; round * ck * tile];
-        let mut parts = vec![T::ZERO; round * g.mg * tile];
+        let mut cols = Scratch::<T>::new(round * ck * tile);
+        let mut parts = Scratch::<T>::new(round * g.mg * tile);
+        let (cols, parts) = (cols.as_mut(), parts.as_mut());
         for batch in starts.chunks(round) {
             parts
                 .par_chunks_mut(g.mg * tile)
@@ -985,12 +987,12 @@ fn conv_pair<T: Float>(
         }
         return Ok(());
     }
-    let mut col = vec![T::ZERO; ck * tile];
-    let mut part = Vec::new();
+    let mut col = Scratch::<T>::new(ck * tile);
+    let mut part = Scratch::<T>::new(g.mg * tile);
     for &t0 in &starts {
-        part.resize(g.mg * tile.min(out_len - t0), T::ZERO);
-        gemm_tile(&mut col, t0, &mut part, false, false)?;
-        add(ychunk, t0, &part)?;
+        let part = &mut part.as_mut()[..g.mg * tile.min(out_len - t0)];
+        gemm_tile(col.as_mut(), t0, part, false, false)?;
+        add(ychunk, t0, part)?;
     }
     Ok(())
 }
@@ -1166,7 +1168,8 @@ fn conv_transpose_pair<T: Float>(
     }
     let row = g.in_sp.last().copied().unwrap_or(1);
     let tile = tile_len(mk, in_len, row);
-    let mut col = vec![T::ZERO; mk * tile];
+    let mut col = Scratch::<T>::new(mk * tile);
+    let col_all = col.as_mut();
     let mut t0 = 0;
     while t0 < in_len {
         let tl = tile.min(in_len - t0);
@@ -1177,7 +1180,7 @@ fn conv_transpose_pair<T: Float>(
             rs: in_len,
             cs: 1,
         };
-        let col = &mut col[..mk * tl];
+        let col = &mut col_all[..mk * tl];
         gemm_into(wt, xm, col, false, par)?;
         // Row `m·K + kk` of `col` adds into output channel `m`.
         let scatter = |(yrow, crows): (&mut [T], &[T])| {
