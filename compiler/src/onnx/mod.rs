@@ -14,13 +14,21 @@
 //! - nothing in the model bytes can make the importer panic or allocate
 //!   more than a bounded multiple of the model's size: every malformed part
 //!   is an [`OnnxError`] naming the node, tensor or field;
-//! - every node's domain is imported by `opset_import`, and its op is
+//! - only *live* nodes are kept: those a graph output depends on, through
+//!   node inputs and through the outer values subgraphs read (a subgraph's
+//!   own liveness starts from its outputs). ONNX runtimes never run a dead
+//!   node, so a dead node is never traced: its failure on its constants
+//!   (a gather at an out-of-range constant index) or an op the importer
+//!   does not support cannot fail the import;
+//! - every live node's domain is imported by `opset_import`, and its op is
 //!   supported at that opset; otherwise [`OnnxError::Unsupported`] lists
-//!   **every** unsupported node at once (name, op, domain, opset, reason);
+//!   **every** unsupported live node at once (name, op, domain, opset,
+//!   reason);
 //! - every value is defined once (by a graph input, an initializer or one
 //!   node output), every node input and graph output is defined, and the
 //!   nodes are kept in a topological order (the model's own order where it
-//!   is already one);
+//!   is already one); these structural checks cover dead nodes too (a
+//!   model that breaks them is malformed, not merely unused);
 //! - every initializer decodes to a host tensor; an initializer that is
 //!   also listed as a graph input (IR < 4 style) is a constant, not an input;
 //! - subgraphs (`GRAPH` attributes of supported nodes) are checked the same
@@ -270,6 +278,8 @@ pub struct OnnxModel {
     model: Arc<Model>,
     graph_name: String,
     opsets: BTreeMap<String, i64>,
+    /// The main graph's nodes in the model, dead ones included.
+    node_count: usize,
 }
 
 /// Decodes `bytes` as an ONNX `ModelProto` and checks it (see the module
@@ -391,12 +401,8 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
         });
     }
     // Nodes: opsets, support, definitions, subgraphs.
-    let mut unsupported = Vec::new();
-    let (nodes, _) = check_nodes(&graph.node, &opsets, &defined, &[], 0, "", &mut unsupported)?;
-    if !unsupported.is_empty() {
-        return Err(OnnxError::Unsupported { nodes: unsupported });
-    }
-    let produced: BTreeSet<&String> = nodes.iter().flat_map(|n| &n.outputs).collect();
+    let checked = check_nodes(&graph.node, &opsets, &defined, &[], 0, "")?;
+    let produced: BTreeSet<&String> = checked.iter().flat_map(|c| &c.node.outputs).collect();
     let mut outputs = Vec::new();
     for vi in &graph.output {
         if !defined.contains(&vi.name) && !produced.contains(&vi.name) {
@@ -410,6 +416,21 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
     if outputs.is_empty() {
         return Err(invalid("the graph", "has no outputs"));
     }
+    let node_count = checked.len();
+    let live = keep_live(checked, &outputs);
+    if !live.unsupported.is_empty() {
+        return Err(OnnxError::Unsupported {
+            nodes: live.unsupported,
+        });
+    }
+    let nodes = live.nodes;
+    if nodes.len() < node_count {
+        tracing::debug!(
+            dead = node_count - nodes.len(),
+            nodes = node_count,
+            "onnx.load: dead nodes of the main graph are not traced"
+        );
+    }
     Ok(OnnxModel {
         model: Arc::new(Model {
             nodes,
@@ -419,15 +440,99 @@ pub fn from_proto(proto: ModelProto) -> Result<OnnxModel, OnnxError> {
         }),
         graph_name: graph.name,
         opsets,
+        node_count,
     })
 }
 
+/// A checked node of one graph, before [`keep_live`] drops the dead ones.
+struct Checked {
+    node: Node,
+    /// The node's position in the model (unsupported nodes are listed in
+    /// that order).
+    index: usize,
+    /// Why the node is unsupported, if it is, then the unsupported live
+    /// nodes of its subgraphs.
+    unsupported: Vec<UnsupportedNode>,
+    /// Every name the node reads: its inputs, the outer values its
+    /// subgraphs read, and, for an unsupported node (whose subgraphs are not
+    /// checked), every name its subgraphs mention, so that the nodes those
+    /// read are listed too if unsupported.
+    reads: BTreeSet<String>,
+}
+
+/// The live part of one graph (see [`keep_live`]).
+struct Live {
+    /// The live nodes, in the order given.
+    nodes: Vec<Node>,
+    /// The unsupported live nodes (with those of their subgraphs), in model
+    /// order.
+    unsupported: Vec<UnsupportedNode>,
+    /// Every name the live nodes read.
+    reads: BTreeSet<String>,
+}
+
+/// Keeps the nodes `roots` (a graph's outputs) depend on, through node
+/// inputs and the values subgraphs read; the rest never runs in an ONNX
+/// runtime, so it is not traced (its failures and unsupported ops cannot
+/// fail the import).
+fn keep_live(checked: Vec<Checked>, roots: &[String]) -> Live {
+    let producer: HashMap<&str, usize> = checked
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| c.node.outputs.iter().map(move |o| (o.as_str(), i)))
+        .filter(|(o, _)| !o.is_empty())
+        .collect();
+    let mut live = vec![false; checked.len()];
+    let mut todo: Vec<&str> = roots.iter().map(String::as_str).collect();
+    while let Some(name) = todo.pop() {
+        if let Some(&i) = producer.get(name) {
+            if !live[i] {
+                live[i] = true;
+                todo.extend(checked[i].reads.iter().map(String::as_str));
+            }
+        }
+    }
+    let mut kept: Vec<Checked> = checked
+        .into_iter()
+        .zip(live)
+        .filter_map(|(c, l)| l.then_some(c))
+        .collect();
+    let mut reads = BTreeSet::new();
+    for c in &mut kept {
+        reads.append(&mut c.reads);
+    }
+    let mut by_index: Vec<(usize, Vec<UnsupportedNode>)> = kept
+        .iter_mut()
+        .map(|c| (c.index, std::mem::take(&mut c.unsupported)))
+        .collect();
+    by_index.sort_by_key(|(i, _)| *i);
+    Live {
+        nodes: kept.into_iter().map(|c| c.node).collect(),
+        unsupported: by_index.into_iter().flat_map(|(_, u)| u).collect(),
+        reads,
+    }
+}
+
+/// Every value name `g` and its nested subgraphs mention (node inputs and
+/// graph outputs): what an unchecked subgraph may read from outside.
+fn mentioned_names(g: &proto::GraphProto, out: &mut BTreeSet<String>) {
+    out.extend(g.output.iter().map(|o| o.name.clone()));
+    for n in &g.node {
+        out.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+        for a in &n.attribute {
+            for sub in a.g.iter().chain(&a.graphs) {
+                mentioned_names(sub, out);
+            }
+        }
+    }
+}
+
 /// Checks the nodes of one graph: opsets and support (unsupported nodes
-/// are collected, not returned as errors), attributes, single definitions,
-/// and subgraphs (recursively, at most [`MAX_SUBGRAPH_DEPTH`] deep).
-/// `defined` holds the graph's inputs and initializers, `outer` the names
-/// of the enclosing scopes, innermost last. Returns the nodes in a
-/// topological order and the names read from `outer`.
+/// are recorded with each node, not returned as errors), attributes, single
+/// definitions, and subgraphs (recursively, at most [`MAX_SUBGRAPH_DEPTH`]
+/// deep). `defined` holds the graph's inputs and initializers, `outer` the
+/// names of the enclosing scopes, innermost last. Returns the nodes in a
+/// topological order, dead ones included.
 fn check_nodes(
     protos: &[proto::NodeProto],
     opsets: &BTreeMap<String, i64>,
@@ -435,8 +540,7 @@ fn check_nodes(
     outer: &[&BTreeSet<String>],
     depth: usize,
     prefix: &str,
-    unsupported: &mut Vec<UnsupportedNode>,
-) -> Result<(Vec<Node>, BTreeSet<String>), OnnxError> {
+) -> Result<Vec<Checked>, OnnxError> {
     // Pass 1: every output, so that subgraphs can see this graph's names.
     let mut producer: HashMap<String, usize> = HashMap::new();
     let label_of = |i: usize, n: &proto::NodeProto| {
@@ -461,6 +565,7 @@ fn check_nodes(
     let mut inner_scopes: Vec<&BTreeSet<String>> = outer.to_vec();
     inner_scopes.push(&local);
     let mut nodes = Vec::with_capacity(protos.len());
+    let mut extra = Vec::with_capacity(protos.len());
     for (i, n) in protos.iter().enumerate() {
         let label = label_of(i, n);
         let what = format!("node `{label}` ({})", n.op_type);
@@ -478,7 +583,15 @@ fn check_nodes(
             Some(v) => ops::check_support(&n.op_type, &domain, v).err(),
         };
         let supported = reason.is_none();
+        let mut unsupported = Vec::new();
+        let mut reads: BTreeSet<String> =
+            n.input.iter().filter(|i| !i.is_empty()).cloned().collect();
         if let Some(reason) = reason {
+            for a in &n.attribute {
+                for g in a.g.iter().chain(&a.graphs) {
+                    mentioned_names(g, &mut reads);
+                }
+            }
             unsupported.push(UnsupportedNode {
                 node: label.clone(),
                 op_type: n.op_type.clone(),
@@ -499,13 +612,12 @@ fn check_nodes(
                         format!("subgraphs nest deeper than {MAX_SUBGRAPH_DEPTH}"),
                     ));
                 }
-                let (sub, free) = check_subgraph(
+                let (sub, free, inner) = check_subgraph(
                     &g,
                     opsets,
                     &inner_scopes,
                     depth + 1,
                     &format!("{label}/{}/", a.name),
-                    unsupported,
                 )
                 .map_err(|e| match e {
                     OnnxError::Invalid { what: w, message } => {
@@ -514,6 +626,7 @@ fn check_nodes(
                     other => other,
                 })?;
                 implicit.extend(free);
+                unsupported.extend(inner);
                 subgraphs.insert(a.name.clone(), Arc::new(sub));
             }
             a.graphs.clear();
@@ -522,6 +635,7 @@ fn check_nodes(
                 return Err(invalid(&what, format!("attribute `{name}` is given twice")));
             }
         }
+        reads.extend(implicit.iter().cloned());
         nodes.push(Node {
             label,
             op_type: n.op_type.clone(),
@@ -532,23 +646,38 @@ fn check_nodes(
             subgraphs,
             implicit: implicit.into_iter().collect(),
         });
+        extra.push((unsupported, reads));
     }
-    let (order, free) = topological_order(&nodes, &producer, defined, outer)?;
-    let mut nodes: Vec<Option<Node>> = nodes.into_iter().map(Some).collect();
-    let nodes: Vec<Node> = order.into_iter().filter_map(|i| nodes[i].take()).collect();
-    Ok((nodes, free))
+    let order = topological_order(&nodes, &producer, defined, outer)?;
+    let mut checked: Vec<Option<Checked>> = nodes
+        .into_iter()
+        .zip(extra)
+        .enumerate()
+        .map(|(index, (node, (unsupported, reads)))| {
+            Some(Checked {
+                node,
+                index,
+                unsupported,
+                reads,
+            })
+        })
+        .collect();
+    Ok(order
+        .into_iter()
+        .filter_map(|i| checked[i].take())
+        .collect())
 }
 
-/// Checks a subgraph (see [`check_nodes`]); returns it and the names it
-/// reads from the enclosing scopes.
+/// Checks a subgraph (see [`check_nodes`]) and keeps its live nodes (those
+/// its outputs depend on); returns it, the names its live nodes read from
+/// the enclosing scopes, and its unsupported live nodes.
 fn check_subgraph(
     g: &proto::GraphProto,
     opsets: &BTreeMap<String, i64>,
     outer: &[&BTreeSet<String>],
     depth: usize,
     prefix: &str,
-    unsupported: &mut Vec<UnsupportedNode>,
-) -> Result<(Subgraph, BTreeSet<String>), OnnxError> {
+) -> Result<(Subgraph, BTreeSet<String>, Vec<UnsupportedNode>), OnnxError> {
     let name = if g.name.is_empty() {
         "subgraph"
     } else {
@@ -579,48 +708,59 @@ fn check_subgraph(
         }
         inputs.push(vi.name.clone());
     }
-    let (nodes, mut free) =
-        check_nodes(&g.node, opsets, &defined, outer, depth, prefix, unsupported)?;
-    let produced: BTreeSet<&String> = nodes.iter().flat_map(|n| &n.outputs).collect();
+    let checked = check_nodes(&g.node, opsets, &defined, outer, depth, prefix)?;
+    let produced: BTreeSet<&String> = checked.iter().flat_map(|c| &c.node.outputs).collect();
     let mut outputs = Vec::new();
     for vi in &g.output {
-        if !defined.contains(&vi.name) && !produced.contains(&vi.name) {
-            if outer.iter().any(|s| s.contains(&vi.name)) {
-                free.insert(vi.name.clone());
-            } else {
-                return Err(invalid(
-                    format!("output `{}` of subgraph `{name}`", vi.name),
-                    "is not defined in the subgraph or an enclosing scope",
-                ));
-            }
+        if !defined.contains(&vi.name)
+            && !produced.contains(&vi.name)
+            && !outer.iter().any(|s| s.contains(&vi.name))
+        {
+            return Err(invalid(
+                format!("output `{}` of subgraph `{name}`", vi.name),
+                "is not defined in the subgraph or an enclosing scope",
+            ));
         }
         outputs.push(vi.name.clone());
     }
+    let live = keep_live(checked, &outputs);
+    // The outer values the live part reads: names it neither defines nor
+    // produces that an enclosing scope defines (an unsupported node's
+    // mentions may name anything; only those resolve outside).
+    let produced: BTreeSet<&String> = live.nodes.iter().flat_map(|n| &n.outputs).collect();
+    let free: BTreeSet<String> = live
+        .reads
+        .iter()
+        .chain(&outputs)
+        .filter(|v| !defined.contains(*v) && !produced.contains(v))
+        .filter(|v| outer.iter().any(|s| s.contains(*v)))
+        .cloned()
+        .collect();
     Ok((
         Subgraph {
             name: name.to_string(),
-            nodes,
+            nodes: live.nodes,
             initializers,
             inputs,
             outputs,
         },
         free,
+        live.unsupported,
     ))
 }
 
 /// Kahn's algorithm, preferring the lowest node index, so a graph already
 /// in order keeps it. A node depends on its inputs and on the values its
 /// subgraphs read; names neither produced here nor `defined` must come from
-/// `outer` and are returned.
+/// `outer`.
 fn topological_order(
     nodes: &[Node],
     producer: &HashMap<String, usize>,
     defined: &BTreeSet<String>,
     outer: &[&BTreeSet<String>],
-) -> Result<(Vec<usize>, BTreeSet<String>), OnnxError> {
+) -> Result<Vec<usize>, OnnxError> {
     let mut pending = vec![0usize; nodes.len()];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    let mut free = BTreeSet::new();
     for (i, n) in nodes.iter().enumerate() {
         let deps: BTreeSet<&String> = n
             .inputs
@@ -637,10 +777,7 @@ fn topological_order(
                     pending[i] += 1;
                     users[p].push(i);
                 }
-                None if defined.contains(input) => {}
-                None if outer.iter().any(|s| s.contains(input)) => {
-                    free.insert(input.clone());
-                }
+                None if defined.contains(input) || outer.iter().any(|s| s.contains(input)) => {}
                 None => {
                     return Err(invalid(
                         n.what(),
@@ -677,7 +814,7 @@ fn topological_order(
             format!("has a cycle through nodes {}", stuck.join(", ")),
         ));
     }
-    Ok((order, free))
+    Ok(order)
 }
 
 impl OnnxModel {
@@ -701,9 +838,10 @@ impl OnnxModel {
         &self.opsets
     }
 
-    /// The number of nodes.
+    /// The number of nodes of the main graph, dead ones (which are not
+    /// traced) included.
     pub fn node_count(&self) -> usize {
-        self.model.nodes.len()
+        self.node_count
     }
 
     /// The model as a function named `name`: inputs and outputs named as
@@ -1813,6 +1951,237 @@ mod tests {
                 .iter()
                 .map(|v| (v.exp() + 1.0).ln())
                 .collect::<Vec<_>>(),
+        );
+    }
+
+    /// The reason the reference `gather@1` gives for gathering `data` at
+    /// `idx` along axis 0: computed here, straight from the kernel.
+    fn gather_failure(data: &Tensor, idx: &Tensor) -> String {
+        let bound = Registry::standard()
+            .bind(
+                "gather@1",
+                &crate::ir::attrs([("axis", ampoule_kernels::AttrValue::Int(0))]),
+            )
+            .unwrap();
+        let metas = [data.meta(), idx.meta()];
+        let meta = bound.check(&metas).unwrap().remove(0);
+        let mut outs = vec![Tensor::zeros(meta.dtype, &meta.shape).unwrap()];
+        let err = bound
+            .run(ampoule_kernels::Impl::Reference, &[data, idx], &mut outs)
+            .unwrap_err();
+        err.to_string()
+    }
+
+    fn trace_err(m: &OnnxModel, inputs: &[Tensor]) -> String {
+        let reg = Registry::standard();
+        let ex: Vec<Example> = inputs.iter().map(Example::of).collect();
+        match m.function("f").trace(&ex, &reg, &BTreeMap::new()) {
+            Ok(t) => panic!("the trace succeeded:\n{}", t.graph),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `y = If(yes)` whose branch adds `k = data[1]` (read only there) to
+    /// `Relu(x)`; beside it dead nodes that would fail: a gather of `data`
+    /// at index 5 (out of range) in the main graph and in the branch, and an
+    /// op the importer does not support in both.
+    fn dead_nodes_model(extra_outputs: &[&str]) -> GraphProto {
+        let then_g = graph(
+            vec![
+                NodeProto::new("bad_inner", "Gather", &["data", "five"], &["dead_inner"]),
+                NodeProto::new("nms_inner", "NonMaxSuppression", &["x", "x"], &["dead_nms"]),
+                NodeProto::new("add_k", "Add", &["r", "k"], &["t"]),
+            ],
+            vec![],
+            &["t"],
+        );
+        let else_g = graph(
+            vec![NodeProto::new("neg", "Neg", &["r"], &["t2"])],
+            vec![],
+            &["t2"],
+        );
+        let mut outputs = vec!["y"];
+        outputs.extend_from_slice(extra_outputs);
+        let mut g = graph(
+            vec![
+                NodeProto::new("bad", "Gather", &["data", "five"], &["dead"]),
+                NodeProto::new("nms", "NonMaxSuppression", &["dead", "x"], &["dead2"]),
+                NodeProto::new("relu", "Relu", &["x"], &["r"]),
+                NodeProto::new("k", "Gather", &["data", "one"], &["k"]),
+                NodeProto::new("if", "If", &["yes"], &["y"])
+                    .attr(AttributeProto::graph("then_branch", then_g))
+                    .attr(AttributeProto::graph("else_branch", else_g)),
+            ],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[4])],
+            &outputs,
+        );
+        g.initializer = vec![
+            tensor::to_proto("data", &f(&[2], &[1.0, 2.0])),
+            tensor::to_proto("five", &Tensor::scalar(5i64)),
+            tensor::to_proto("one", &Tensor::scalar(1i64)),
+            tensor::to_proto("yes", &Tensor::scalar(ampoule_kernels::Bool8(1))),
+        ];
+        g
+    }
+
+    #[test]
+    fn dead_nodes_are_not_traced_and_their_ops_need_no_support() {
+        let data = f(&[2], &[1.0, 2.0]);
+        let five = Tensor::scalar(5i64);
+        // The dead gather would fail: that is what the model must survive.
+        assert!(gather_failure(&data, &five).contains("out of range"));
+        let m = model(dead_nodes_model(&[]), 13);
+        assert_eq!(m.node_count(), 5);
+        let xv = [-1.5f32, 0.0, 2.0, 3.5];
+        let (out, graph) = run(&m, &[f(&[4], &xv)]);
+        let want: Vec<f32> = xv.iter().map(|&v| v.max(0.0) + 2.0).collect();
+        close(&out[0], &want);
+        assert!(
+            !kernels(&graph).contains(&"gather@1".to_string()),
+            "{:?}",
+            kernels(&graph)
+        );
+        // Made live by a graph output, the unsupported node is listed (and
+        // only it: the branch's stays dead).
+        let bytes = ModelProto::with_opset(dead_nodes_model(&["dead2"]), 13).encode_to_vec();
+        let err = load(&bytes).unwrap_err();
+        let OnnxError::Unsupported { nodes } = &err else {
+            panic!("{err}")
+        };
+        let listed: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(listed, ["nms"]);
+    }
+
+    #[test]
+    fn unsupported_live_nodes_are_listed_with_those_their_subgraphs_read() {
+        // `scan` (unsupported, so its body is not checked) reads `u`, made by
+        // another unsupported node, only inside its body; `lone` is dead.
+        let body = graph(
+            vec![NodeProto::new("id", "Identity", &["u"], &["v"])],
+            vec![],
+            &["v"],
+        );
+        let g = graph(
+            vec![
+                NodeProto::new("nms", "NonMaxSuppression", &["x", "x"], &["u"]),
+                NodeProto::new("lone", "RoiAlign", &["x"], &["unused"]),
+                NodeProto::new("scan", "Scan", &["x"], &["y"])
+                    .attr(AttributeProto::graph("body", body)),
+            ],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[4])],
+            &["y"],
+        );
+        let err = load(&ModelProto::with_opset(g, 13).encode_to_vec()).unwrap_err();
+        let OnnxError::Unsupported { nodes } = &err else {
+            panic!("{err}")
+        };
+        let listed: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(listed, ["nms", "scan"]);
+    }
+
+    #[test]
+    fn a_live_node_failing_on_its_constants_is_an_error_naming_it() {
+        let data = f(&[2], &[1.0, 2.0]);
+        let five = Tensor::scalar(5i64);
+        let mut g = graph(
+            vec![
+                NodeProto::new("pick", "Gather", &["data", "five"], &["p"]),
+                NodeProto::new("add", "Add", &["x", "p"], &["y"]),
+            ],
+            vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[4])],
+            &["y"],
+        );
+        g.initializer = vec![
+            tensor::to_proto("data", &data),
+            tensor::to_proto("five", &five),
+        ];
+        let err = trace_err(&model(g, 13), &[f(&[4], &[0.0; 4])]);
+        assert!(err.contains("node `pick` (Gather)"), "{err}");
+        assert!(err.contains("known at compile time"), "{err}");
+        assert!(err.contains(&gather_failure(&data, &five)), "{err}");
+    }
+
+    /// `y = If(a > 0)` (decided at run time): the then branch is `branch`,
+    /// reading `x` and the initializers `data`, `five`, `dims`; the else
+    /// branch is `Neg(x)`.
+    fn runtime_if_model(branch: Vec<NodeProto>) -> OnnxModel {
+        let then_g = graph(branch, vec![], &["t"]);
+        let else_g = graph(
+            vec![NodeProto::new("neg", "Neg", &["x"], &["t"])],
+            vec![],
+            &["t"],
+        );
+        let mut g = graph(
+            vec![
+                NodeProto::new("pos", "Greater", &["a", "zero"], &["c"]),
+                NodeProto::new("if", "If", &["c"], &["y"])
+                    .attr(AttributeProto::graph("then_branch", then_g))
+                    .attr(AttributeProto::graph("else_branch", else_g)),
+            ],
+            vec![
+                ValueInfoProto::fixed("x", data_type::FLOAT, &[4]),
+                ValueInfoProto::fixed("a", data_type::FLOAT, &[]),
+            ],
+            &["y"],
+        );
+        g.initializer = vec![
+            tensor::to_proto("zero", &Tensor::scalar(0.0f32)),
+            tensor::to_proto("data", &f(&[2], &[1.0, 2.0])),
+            tensor::to_proto("five", &Tensor::scalar(5i64)),
+            tensor::to_proto("dims", &Tensor::from_vec(&[2], vec![2i64, 2]).unwrap()),
+        ];
+        model(g, 13)
+    }
+
+    #[test]
+    fn a_failing_node_in_a_branch_decided_at_run_time_fails_only_if_it_runs() {
+        let m = runtime_if_model(vec![
+            NodeProto::new("pick", "Gather", &["data", "five"], &["p"]),
+            NodeProto::new("add", "Add", &["x", "p"], &["t"]),
+        ]);
+        let xv = [-1.5f32, 0.0, 2.0, 3.5];
+        let x = f(&[4], &xv);
+        let reg = Registry::standard();
+        let ex = [Example::of(&x), Example::of(&Tensor::scalar(-1.0f32))];
+        let t = m.function("f").trace(&ex, &reg, &BTreeMap::new()).unwrap();
+        crate::verify::verify(&t.graph, &reg).unwrap();
+        let eval = |a: f32| {
+            crate::interp::evaluate(
+                &t.graph,
+                &reg,
+                &[x.clone(), Tensor::scalar(a)],
+                &BTreeMap::new(),
+            )
+        };
+        let neg: Vec<f32> = xv.iter().map(|v| -v).collect();
+        close(&eval(-1.0).unwrap()[0], &neg);
+        let err = eval(1.0).unwrap_err().to_string();
+        let reason = gather_failure(&f(&[2], &[1.0, 2.0]), &Tensor::scalar(5i64));
+        assert!(err.contains(&reason), "{err}");
+    }
+
+    #[test]
+    fn a_value_needed_at_compile_time_whose_kernel_fails_gives_the_reason() {
+        // In the branch, `Reshape`'s shape is `dims` gathered at [0, 5]:
+        // traced as a launch (the branch may never run), then needed.
+        let mut idx = NodeProto::new("idx", "Constant", &[], &["i"]);
+        let i = Tensor::from_vec(&[2], vec![0i64, 5]).unwrap();
+        idx.attribute
+            .push(AttributeProto::tensor("value", tensor::to_proto("", &i)));
+        let m = runtime_if_model(vec![
+            idx,
+            NodeProto::new("shape", "Gather", &["dims", "i"], &["s"]),
+            NodeProto::new("reshape", "Reshape", &["x", "s"], &["t"]),
+        ]);
+        let err = trace_err(&m, &[f(&[4], &[0.0; 4]), Tensor::scalar(1.0f32)]);
+        let dims = Tensor::from_vec(&[2], vec![2i64, 2]).unwrap();
+        assert!(err.contains("node `reshape` (Reshape)"), "{err}");
+        let reason = gather_failure(&dims, &i);
+        assert!(
+            err.contains(&format!(
+                "the shape input must be known at compile time, but computing it fails: node `shape` (Gather): {reason}"
+            )),
+            "{err}"
         );
     }
 

@@ -8,11 +8,21 @@
 //! initializers.
 //!
 //! Invariants:
+//! - Only live nodes are traced: the loader drops the nodes no graph
+//!   output needs (see the parent module), so nothing here runs for them.
 //! - An op whose inputs are all known and small (at most [`FOLD_LIMIT`]
 //!   elements each, and a result of at most that many) is evaluated at trace
 //!   time on the registry's *reference* kernels — the same kernels and
 //!   implementation the compiler's folding pass uses — and emits nothing.
 //!   Larger known inputs become globals and the op is traced.
+//! - A kernel that fails on its known inputs (a gather index out of range)
+//!   fails on every call that runs it. In code that always runs, that is an
+//!   error naming the node and the kernel's reason. In code that runs only
+//!   when data says so (an `If` branch whose condition is known at run time,
+//!   a `Loop` body run as a wrapper loop) it is no failure of the import:
+//!   the op is traced as a launch, which fails only if it runs, and an op
+//!   that needs its content at compile time gets the kernel's reason (the
+//!   launch's recipe re-runs it, see below).
 //! - A small traced value computed only from small known values and small
 //!   graph inputs (through kernels, concatenations and reshapes) is
 //!   *derivable*: the importer remembers how it was computed ([`Derived`]),
@@ -237,6 +247,10 @@ pub(crate) struct Scope<'p> {
     vals: HashMap<String, Val>,
     inits: &'p HashMap<String, Tensor>,
     parent: Option<&'p Scope<'p>>,
+    /// Whether this graph's nodes run only when data says so: an `If`
+    /// branch whose condition is known at run time, a `Loop` body run as a
+    /// wrapper loop, or a graph inside one.
+    conditional: bool,
     /// Shared by every scope of one trace ([`Traced`] handles are unique
     /// across regions).
     derived: &'p RefCell<Derived>,
@@ -257,6 +271,9 @@ pub(crate) struct Derived {
 #[derive(Clone)]
 enum Recipe {
     Kernel {
+        /// The ONNX node that launched it (`node `n` (Gather)`), which an
+        /// evaluation that fails names.
+        node: String,
         kernel: String,
         attrs: Attrs,
         ins: Vec<Val>,
@@ -315,6 +332,7 @@ pub(crate) fn trace_model(
         vals: HashMap::new(),
         inits: &model.initializers,
         parent: None,
+        conditional: false,
         derived: &derived,
     };
     let deciding = control_inputs(model);
@@ -424,18 +442,21 @@ fn trace_nodes(
 /// Traces subgraph `g` in the region being recorded, its formal inputs
 /// bound to `args`, reading other names from `parent`; returns its outputs
 /// (known ones stay known, so a folded `If` or unrolled `Loop` keeps
-/// folding).
+/// folding). `conditional`: whether `g` runs only when data says so (see
+/// [`Scope`]; a graph inside such a one is conditional too).
 fn trace_subgraph(
     cx: &mut Tracer<'_>,
     registry: &Registry,
     g: &Subgraph,
     parent: &Scope<'_>,
     args: Vec<Val>,
+    conditional: bool,
 ) -> Result<Vec<Val>, TraceError> {
     let mut scope = Scope {
         vals: HashMap::new(),
         inits: &g.initializers,
         parent: Some(parent),
+        conditional: conditional || parent.conditional,
         derived: parent.derived,
     };
     for (name, v) in g.inputs.iter().zip(args) {
@@ -672,9 +693,13 @@ impl Builder<'_, '_> {
         }
     }
 
-    /// [`Builder::try_content`], with a failed evaluation as `None`.
-    fn content(&mut self, v: &Val) -> Option<Tensor> {
-        self.try_content(v).ok().flatten()
+    /// [`Builder::try_content`] of a value an op needs at compile time
+    /// (`what` names it): an evaluation that fails is an error that says so
+    /// and gives the kernel's reason.
+    fn needed_content(&mut self, v: &Val, what: &str) -> R<Option<Tensor>> {
+        self.try_content(v).map_err(|err| {
+            format!("{what} must be known at compile time, but computing it fails: {err}")
+        })
     }
 
     /// The content of traced value `root`: evaluates its recipe's traced
@@ -718,9 +743,14 @@ impl Builder<'_, '_> {
                     }
                     let refs: Vec<&Tensor> = ts.iter().collect();
                     let t = match &recipe {
-                        Recipe::Kernel { kernel, attrs, .. } => {
-                            self.run_folded(kernel, attrs, &refs)?
-                        }
+                        Recipe::Kernel {
+                            node,
+                            kernel,
+                            attrs,
+                            ..
+                        } => self
+                            .run_folded(kernel, attrs, &refs)
+                            .map_err(|err| format!("{node}: {err}"))?,
                         Recipe::Concat { axis, .. } => self.fold_concat(&refs, *axis)?,
                         Recipe::Reshape { dims, .. } => refs.first().and_then(|t| t.reshaped(dims)),
                     };
@@ -818,7 +848,7 @@ impl Builder<'_, '_> {
 
     /// The content of a known integer tensor (a shape, axes, indices).
     fn known_ints(&mut self, v: &Val, what: &str) -> R<Vec<i64>> {
-        let Some(t) = self.try_content(v)? else {
+        let Some(t) = self.needed_content(v, what)? else {
             return Err(format!(
                 "{what} must be known at compile time (a constant, an initializer, computed from shapes, or a graph input whose value the compile is given)"
             ));
@@ -837,7 +867,7 @@ impl Builder<'_, '_> {
 
     /// A known scalar as f64 (for `Range`, `Clip` bounds).
     fn known_f64(&mut self, v: &Val, what: &str) -> R<f64> {
-        let Some(t) = self.try_content(v)? else {
+        let Some(t) = self.needed_content(v, what)? else {
             return Err(format!("{what} must be known at compile time"));
         };
         if t.numel() != 1 {
@@ -915,12 +945,24 @@ impl Builder<'_, '_> {
         Ok(outs.pop())
     }
 
-    /// One kernel with one output, folded when possible.
+    /// One kernel with one output, folded when possible (see the module
+    /// doc for a kernel that fails on its known inputs).
     fn kernel(&mut self, kernel: &str, a: Attrs, ins: &[Val]) -> R<Val> {
-        if let Some(t) = self.try_fold(kernel, &a, ins)? {
-            return Ok(known(t));
+        match self.try_fold(kernel, &a, ins) {
+            Ok(Some(t)) => return Ok(known(t)),
+            Ok(None) => {}
+            // Traced below; the recipe gives this same error to an op that
+            // needs the content (ill-formed attributes or shapes fail the
+            // launch below just the same).
+            Err(_) if self.scope.conditional => {}
+            Err(err) => {
+                return Err(format!(
+                    "its inputs are known at compile time, and it fails on them (so on every call): {err}"
+                ))
+            }
         }
         let recipe = self.recipe(ins, || Recipe::Kernel {
+            node: self.node.what(),
             kernel: kernel.to_string(),
             attrs: a.clone(),
             ins: ins.to_vec(),
@@ -2140,7 +2182,7 @@ impl Builder<'_, '_> {
     /// The content of a known float (or integer) tensor as f64, for
     /// Resize's scales and roi.
     fn known_floats(&mut self, v: &Val, what: &str) -> R<Vec<f64>> {
-        let Some(t) = self.content(v) else {
+        let Some(t) = self.needed_content(v, what)? else {
             return Err(format!("{what} must be known at compile time"));
         };
         let Val::Known { t, .. } = self.cast(&known(t), DType::F64)? else {

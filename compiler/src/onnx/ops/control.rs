@@ -5,13 +5,16 @@
 //!   wrapper `If` remains and the branch's known values keep folding. With a
 //!   traced condition both branches become regions of [`Tracer::cond`]; they
 //!   must give the same dtypes and shapes, else the error names both.
+//!   Their nodes run only when data says so, so a node there that fails on
+//!   its known inputs is traced, not an error (see the parent module).
 //! - `Loop` unrolls when its trip count `M` is known and at most
 //!   [`UNROLL_LIMIT`] (or [`SCAN_UNROLL_LIMIT`] with scan outputs) and its
 //!   condition stays known; each iteration is the body traced inline with a
 //!   known iteration number, so shape arithmetic in the body folds. Otherwise
 //!   it becomes a [`Tracer::while_loop`] carrying `(iteration, condition,
 //!   carried..)`, which needs carried values of fixed dtypes and shapes and
-//!   no scan outputs (their length would depend on data).
+//!   no scan outputs (their length would depend on data); its body runs
+//!   only when data says so, as an `If` branch decided at run time does.
 //!
 //! Subgraph errors keep the inner node's name and gain the enclosing one.
 
@@ -113,7 +116,7 @@ impl<'a> Builder<'a, '_> {
             } else {
                 (else_g, "else_branch")
             };
-            return trace_subgraph(self.cx, registry, g, scope, Vec::new())
+            return trace_subgraph(self.cx, registry, g, scope, Vec::new(), false)
                 .map_err(|err| format!("in `{name}` (the condition is known {truth}): {err}"));
         }
         let pred = self.traced(&c)?;
@@ -124,14 +127,14 @@ impl<'a> Builder<'a, '_> {
                 pred,
                 &[],
                 |cx, _| {
-                    let vals = trace_subgraph(cx, registry, then_g, scope, Vec::new())
+                    let vals = trace_subgraph(cx, registry, then_g, scope, Vec::new(), true)
                         .map_err(|err| branch_error("then_branch", err))?;
                     let ts = traced_all(cx, &vals, "then_branch")?;
                     *then_metas.borrow_mut() = ts.iter().map(|&t| cx.meta(t).clone()).collect();
                     Ok(ts)
                 },
                 |cx, _| {
-                    let vals = trace_subgraph(cx, registry, else_g, scope, Vec::new())
+                    let vals = trace_subgraph(cx, registry, else_g, scope, Vec::new(), true)
                         .map_err(|err| branch_error("else_branch", err))?;
                     let ts = traced_all(cx, &vals, "else_branch")?;
                     let metas: Vec<TensorMeta> = ts.iter().map(|&t| cx.meta(t).clone()).collect();
@@ -240,7 +243,7 @@ impl<'a> Builder<'a, '_> {
                 let mut args = vec![known(Tensor::scalar(iter)), cond.clone()];
                 args.extend(state.iter().cloned());
                 let (registry, scope) = (self.registry, self.scope);
-                let outs = trace_subgraph(self.cx, registry, body, scope, args)
+                let outs = trace_subgraph(self.cx, registry, body, scope, args, false)
                     .map_err(|err| format!("in `body` (iteration {iter}): {err}"))?;
                 let mut outs = outs.into_iter();
                 let next_cond = outs.next().ok_or("the body gave no condition")?;
@@ -351,7 +354,7 @@ impl<'a> Builder<'a, '_> {
                 },
                 |cx, xs| {
                     let args: Vec<Val> = xs.iter().map(|&t| Val::Traced(t)).collect();
-                    let outs = trace_subgraph(cx, registry, body, scope, args)?;
+                    let outs = trace_subgraph(cx, registry, body, scope, args, true)?;
                     let outs = traced_all(cx, &outs, "Loop body")?;
                     let one = cx.constant(Tensor::scalar(1i64));
                     let mut next = vec![cx.add(xs[0], one)?];
