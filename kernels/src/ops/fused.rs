@@ -182,6 +182,7 @@ impl Fused {
     /// Runs the program on `len` elements: `ins` are the inputs' parts (a
     /// slice, or one element repeated), each intermediate lives in its own
     /// `tile`-element part of `tmp`, and the last instruction writes `out`.
+    #[inline(always)]
     fn eval<T: Float + Arith>(
         &self,
         ins: &[Src<'_, T>],
@@ -297,7 +298,11 @@ impl Fused {
                                 Src::Scalar(*x.get(off).ok_or_else(|| oob(pos))?)
                             });
                         }
-                        self.eval(&ins, &mut tmp, TILE, &mut piece[done..done + len])?;
+                        let out = &mut piece[done..done + len];
+                        super::simd::vectorized(
+                            #[inline(always)]
+                            || self.eval(&ins, &mut tmp, TILE, out),
+                        )?;
                         done += len;
                     }
                     Ok(())
@@ -322,7 +327,7 @@ enum Src<'a, T> {
 
 /// `dst[i] = f(a[i], b[i])`, with a loop per operand kind that the compiler
 /// vectorizes.
-#[inline]
+#[inline(always)]
 fn apply2<T: Copy>(dst: &mut [T], a: Src<'_, T>, b: Src<'_, T>, f: impl Fn(T, T) -> T) {
     match (a, b) {
         (Src::Slice(a), Src::Slice(b)) => zip2(dst, a, b, f),
@@ -341,7 +346,7 @@ fn apply2<T: Copy>(dst: &mut [T], a: Src<'_, T>, b: Src<'_, T>, f: impl Fn(T, T)
 }
 
 /// `dst[i] = f(a[i], b[i])`, a loop the compiler vectorizes.
-#[inline]
+#[inline(always)]
 fn zip2<T: Copy>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T) -> T) {
     for ((d, &x), &z) in dst.iter_mut().zip(a).zip(b) {
         *d = f(x, z);

@@ -7,18 +7,35 @@
 //! changes speed only, never results. Other architectures get the plain
 //! loop.
 
-/// `y[i] = f(x[i])`.
-#[inline]
-pub(crate) fn map<T: Copy>(y: &mut [T], x: &[T], f: impl Fn(T) -> T) {
+/// Runs `f`, compiled for AVX2 when the CPU has it. Everything `f` calls
+/// must be inlined into it (`#[inline(always)]`, closures, small generic
+/// helpers) for the AVX2 code generation to reach its loops.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
         #[allow(unsafe_code)]
         unsafe {
-            return map_avx2(y, x, f);
+            return avx2(f);
         }
     }
-    map_plain(y, x, f)
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `y[i] = f(x[i])`.
+#[inline]
+pub(crate) fn map<T: Copy>(y: &mut [T], x: &[T], f: impl Fn(T) -> T) {
+    vectorized(
+        #[inline(always)]
+        || map_plain(y, x, f),
+    )
 }
 
 #[inline(always)]
@@ -26,12 +43,6 @@ fn map_plain<T: Copy>(y: &mut [T], x: &[T], f: impl Fn(T) -> T) {
     for (slot, &v) in y.iter_mut().zip(x) {
         *slot = f(v);
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn map_avx2<T: Copy>(y: &mut [T], x: &[T], f: impl Fn(T) -> T) {
-    map_plain(y, x, f)
 }
 
 #[cfg(test)]
