@@ -307,6 +307,46 @@ struct Geom {
 }
 
 impl Geom {
+    /// The same convolution without the spatial axes that are 1 everywhere
+    /// (input, kernel and output extent 1, no padding), keeping at least
+    /// one: a `[N, C, H, 1]` input with a `[K, 1]` kernel is a 1-D
+    /// convolution along H. Flat offsets are unchanged (those axes only
+    /// ever have index 0), but the rows the implementations work on become
+    /// H long instead of 1.
+    fn without_unit_axes(mut self) -> Geom {
+        let unit = |i: usize| {
+            self.in_sp[i] == 1
+                && self.k_sp[i] == 1
+                && self.out_sp[i] == 1
+                && self.axes.pad_b[i] == 0
+                && self.axes.pad_e[i] == 0
+        };
+        let mut keep: Vec<bool> = (0..self.in_sp.len()).map(|i| !unit(i)).collect();
+        if keep.iter().all(|&k| k) {
+            return self;
+        }
+        if let (false, Some(k)) = (keep.contains(&true), keep.first_mut()) {
+            *k = true;
+        }
+        let kept = |v: &[usize]| -> Vec<usize> {
+            v.iter()
+                .zip(&keep)
+                .filter(|&(_, &k)| k)
+                .map(|(&d, _)| d)
+                .collect()
+        };
+        self.in_sp = kept(&self.in_sp);
+        self.k_sp = kept(&self.k_sp);
+        self.out_sp = kept(&self.out_sp);
+        self.axes = Axes {
+            stride: kept(&self.axes.stride),
+            dil: kept(&self.axes.dil),
+            pad_b: kept(&self.axes.pad_b),
+            pad_e: kept(&self.axes.pad_e),
+        };
+        self
+    }
+
     fn in_len(&self) -> usize {
         self.in_sp.iter().product()
     }
@@ -461,6 +501,10 @@ impl Conv {
             return Err("expected inputs x and w".to_string());
         };
         let g = self.geometry(x.shape(), w.shape())?;
+        let g = match imp {
+            Impl::Reference => g,
+            Impl::Optimized => g.without_unit_axes(),
+        };
         let xv = data::<T>(x, "input 0 (x)")?;
         let wv = data::<T>(w, "input 1 (w)")?;
         let bias = inputs
@@ -1438,6 +1482,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("would have size -3"));
+    }
+
+    /// A 1-D convolution written as 2-D with a trailing unit axis (`[N, C,
+    /// H, 1]` by a `[K, 1]` kernel, as jax2tf exports it), and one with a
+    /// leading unit axis, against the direct sums.
+    #[test]
+    fn unit_spatial_axes_match_direct_sums() {
+        for (xs, ws) in [([2, 4, 9, 1], [3, 4, 5, 1]), ([1, 2, 1, 11], [5, 2, 1, 3])] {
+            let x = float_tensor::<f32>(&xs, 7, false);
+            let w = float_tensor::<f32>(&ws, 8, false);
+            let xd: Vec<f64> = x
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let wd: Vec<f64> = w
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let (want, _) = direct_conv2d(&xd, xs, &wd, ws, None, 1, [1, 1], [1, 1], [0; 4]);
+            for imp in [Impl::Reference, Impl::Optimized] {
+                let y = launch("conv@1", &attrs(&[]), &[&x, &w], imp).unwrap();
+                for (got, want) in y.to_vec::<f32>().unwrap().iter().zip(&want) {
+                    assert!(
+                        (*got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                        "{imp:?} {xs:?}: {got} vs {want}"
+                    );
+                }
+                assert_eq!(y.to_vec::<f32>().unwrap().len(), want.len());
+            }
+        }
     }
 
     proptest! {
