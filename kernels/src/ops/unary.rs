@@ -185,9 +185,9 @@ pub(crate) fn unary_typed<T: Float>(
     beta: T,
 ) -> Result<(), String> {
     match op {
-        UnaryOp::Neg => map(imp, xv, y, |v: T| -v),
+        UnaryOp::Neg => map(imp, xv, y, move |v: T| -v),
         UnaryOp::Abs => map(imp, xv, y, T::abs),
-        UnaryOp::Relu => map(imp, xv, y, |v: T| {
+        UnaryOp::Relu => map(imp, xv, y, move |v: T| {
             if v > T::ZERO || v.is_nan() {
                 v
             } else {
@@ -197,20 +197,25 @@ pub(crate) fn unary_typed<T: Float>(
         UnaryOp::Gelu => map(imp, xv, y, gelu),
         UnaryOp::GeluTanh => map(imp, xv, y, gelu_tanh),
         UnaryOp::Tanh => map(imp, xv, y, T::tanh),
-        UnaryOp::Sigmoid => map(imp, xv, y, |v: T| T::ONE / (T::ONE + (-v).exp())),
+        UnaryOp::Sigmoid => map(imp, xv, y, move |v: T| T::ONE / (T::ONE + (-v).exp())),
         UnaryOp::Exp => map(imp, xv, y, T::exp),
         UnaryOp::Log => map(imp, xv, y, T::ln),
         UnaryOp::Sqrt => map(imp, xv, y, T::sqrt),
-        UnaryOp::Rsqrt => map(imp, xv, y, |v: T| T::ONE / v.sqrt()),
-        UnaryOp::Recip => map(imp, xv, y, |v: T| T::ONE / v),
+        UnaryOp::Rsqrt => map(imp, xv, y, move |v: T| T::ONE / v.sqrt()),
+        UnaryOp::Recip => map(imp, xv, y, move |v: T| T::ONE / v),
         UnaryOp::Erf => map(imp, xv, y, T::erf),
         UnaryOp::Floor => map(imp, xv, y, T::floor),
         UnaryOp::Ceil => map(imp, xv, y, T::ceil),
         UnaryOp::Sin => map(imp, xv, y, T::sin),
         UnaryOp::Cos => map(imp, xv, y, T::cos),
-        UnaryOp::LeakyRelu => map(imp, xv, y, |v: T| if v < T::ZERO { alpha * v } else { v }),
-        UnaryOp::HardSigmoid => map(imp, xv, y, |v: T| hard_sigmoid(v, alpha, beta)),
-        UnaryOp::HardSwish => map(imp, xv, y, |v: T| v * hard_sigmoid(v, alpha, beta)),
+        UnaryOp::LeakyRelu => map(
+            imp,
+            xv,
+            y,
+            move |v: T| if v < T::ZERO { alpha * v } else { v },
+        ),
+        UnaryOp::HardSigmoid => map(imp, xv, y, move |v: T| hard_sigmoid(v, alpha, beta)),
+        UnaryOp::HardSwish => map(imp, xv, y, move |v: T| v * hard_sigmoid(v, alpha, beta)),
     }
 }
 
@@ -219,7 +224,7 @@ fn map<T: Float>(
     imp: Impl,
     x: &[T],
     y: &mut [T],
-    f: impl Fn(T) -> T + Sync + Send,
+    f: impl Fn(T) -> T + Sync + Send + Copy,
 ) -> Result<(), String> {
     if x.len() != y.len() {
         return Err(format!(
@@ -235,7 +240,7 @@ fn map<T: Float>(
             }
         }
         Impl::Optimized => {
-            let tight = |(y, x): (&mut [T], &[T])| super::simd::map(y, x, &f);
+            let tight = |(y, x): (&mut [T], &[T])| super::simd::map(y, x, f);
             if y.len() >= PAR_MIN {
                 y.par_chunks_mut(PIECE)
                     .zip(x.par_chunks(PIECE))
