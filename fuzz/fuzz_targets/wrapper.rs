@@ -32,7 +32,7 @@ use ampoule_kernels::{AttrValue, Attrs, DType, Impl, Registry, Tensor};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-use ampoule_fuzz::{BINARY, COMPARE, REDUCE, UNARY};
+use ampoule_fuzz::{push_element, BINARY, COMPARE, REDUCE, UNARY};
 
 #[derive(Arbitrary, Debug, Clone)]
 struct InputR {
@@ -115,19 +115,7 @@ fn tensor(d: DType, shape: &[usize], seed: u8) -> Tensor {
             2 => -0.0,
             _ => k as f64 * 0.375,
         };
-        match d {
-            DType::F32 => bytes.extend_from_slice(&(f as f32).to_le_bytes()),
-            DType::F64 => bytes.extend_from_slice(&f.to_le_bytes()),
-            DType::I8 => bytes.push(k as i8 as u8),
-            DType::U8 => bytes.push(k.unsigned_abs() as u8),
-            DType::Bool => bytes.push((k & 1) as u8),
-            DType::I16 => bytes.extend_from_slice(&(k as i16).to_le_bytes()),
-            DType::U16 => bytes.extend_from_slice(&(k.unsigned_abs() as u16).to_le_bytes()),
-            DType::I32 => bytes.extend_from_slice(&(k as i32).to_le_bytes()),
-            DType::U32 => bytes.extend_from_slice(&(k.unsigned_abs() as u32).to_le_bytes()),
-            DType::I64 => bytes.extend_from_slice(&k.to_le_bytes()),
-            DType::U64 => bytes.extend_from_slice(&k.unsigned_abs().to_le_bytes()),
-        }
+        push_element(&mut bytes, d, k, f);
     }
     Tensor::from_bytes(d, shape, &bytes).expect("consistent length")
 }

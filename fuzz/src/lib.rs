@@ -98,21 +98,28 @@ pub fn pattern(dtype: DType, shape: &[usize], seed: u8) -> Option<Tensor> {
     let mut bytes = Vec::with_capacity(n * dtype.size());
     for i in 0..n {
         let k = (i as i64 * 7 + i64::from(seed)) % 9 - 4;
-        match dtype {
-            DType::F32 => bytes.extend_from_slice(&(k as f32 * 0.25).to_le_bytes()),
-            DType::F64 => bytes.extend_from_slice(&(k as f64 * 0.25).to_le_bytes()),
-            DType::I8 => bytes.push(k as i8 as u8),
-            DType::U8 => bytes.push(k.unsigned_abs() as u8),
-            DType::Bool => bytes.push((k & 1) as u8),
-            DType::I16 => bytes.extend_from_slice(&(k as i16).to_le_bytes()),
-            DType::U16 => bytes.extend_from_slice(&(k.unsigned_abs() as u16).to_le_bytes()),
-            DType::I32 => bytes.extend_from_slice(&(k as i32).to_le_bytes()),
-            DType::U32 => bytes.extend_from_slice(&(k.unsigned_abs() as u32).to_le_bytes()),
-            DType::I64 => bytes.extend_from_slice(&k.to_le_bytes()),
-            DType::U64 => bytes.extend_from_slice(&k.unsigned_abs().to_le_bytes()),
-        }
+        push_element(&mut bytes, dtype, k, k as f64 * 0.25);
     }
     Tensor::from_bytes(dtype, shape, &bytes).ok()
+}
+
+/// Appends one element of `dtype` to `bytes`: `f` for the float dtypes,
+/// `k` (wrapped, or its magnitude for the unsigned ones, or its low bit for
+/// bool) for the others.
+pub fn push_element(bytes: &mut Vec<u8>, dtype: DType, k: i64, f: f64) {
+    match dtype {
+        DType::F32 => bytes.extend_from_slice(&(f as f32).to_le_bytes()),
+        DType::F64 => bytes.extend_from_slice(&f.to_le_bytes()),
+        DType::I8 => bytes.push(k as i8 as u8),
+        DType::U8 => bytes.push(k.unsigned_abs() as u8),
+        DType::Bool => bytes.push((k & 1) as u8),
+        DType::I16 => bytes.extend_from_slice(&(k as i16).to_le_bytes()),
+        DType::U16 => bytes.extend_from_slice(&(k.unsigned_abs() as u16).to_le_bytes()),
+        DType::I32 => bytes.extend_from_slice(&(k as i32).to_le_bytes()),
+        DType::U32 => bytes.extend_from_slice(&(k.unsigned_abs() as u32).to_le_bytes()),
+        DType::I64 => bytes.extend_from_slice(&k.to_le_bytes()),
+        DType::U64 => bytes.extend_from_slice(&k.unsigned_abs().to_le_bytes()),
+    }
 }
 
 /// Bindings for every host-bound global `m` declares, of its declared meta

@@ -239,41 +239,7 @@ mod tests {
     /// Runs `$body` with `$T` bound to the Rust type of an integer dtype.
     macro_rules! with_int {
         ($d:expr, $T:ident => $body:expr) => {
-            match $d {
-                DType::I8 => {
-                    type $T = i8;
-                    $body
-                }
-                DType::U8 => {
-                    type $T = u8;
-                    $body
-                }
-                DType::I16 => {
-                    type $T = i16;
-                    $body
-                }
-                DType::U16 => {
-                    type $T = u16;
-                    $body
-                }
-                DType::I32 => {
-                    type $T = i32;
-                    $body
-                }
-                DType::U32 => {
-                    type $T = u32;
-                    $body
-                }
-                DType::I64 => {
-                    type $T = i64;
-                    $body
-                }
-                DType::U64 => {
-                    type $T = u64;
-                    $body
-                }
-                d => panic!("{d} is not an integer dtype"),
-            }
+            crate::ops::with_int!($d, $T => $body, d => panic!("{d} is not an integer dtype"))
         };
     }
 

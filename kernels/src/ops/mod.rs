@@ -352,20 +352,24 @@ macro_rules! with_number {
                 type $T = f64;
                 $body
             }
+            other => $crate::ops::with_int!(other, $T => $body, other => Err(format!(
+                "dtype {other} is not supported here (expected a float or int dtype)"
+            ))),
+        }
+    };
+}
+
+/// Runs `$body` with `$T` bound to the Rust type of an integer dtype, or
+/// `$fallback` (with `$other` bound to the dtype) for any other dtype.
+macro_rules! with_int {
+    ($dtype:expr, $T:ident => $body:expr, $other:ident => $fallback:expr) => {
+        match $dtype {
             $crate::DType::I8 => {
                 type $T = i8;
                 $body
             }
             $crate::DType::U8 => {
                 type $T = u8;
-                $body
-            }
-            $crate::DType::I32 => {
-                type $T = i32;
-                $body
-            }
-            $crate::DType::I64 => {
-                type $T = i64;
                 $body
             }
             $crate::DType::I16 => {
@@ -376,17 +380,23 @@ macro_rules! with_number {
                 type $T = u16;
                 $body
             }
+            $crate::DType::I32 => {
+                type $T = i32;
+                $body
+            }
             $crate::DType::U32 => {
                 type $T = u32;
+                $body
+            }
+            $crate::DType::I64 => {
+                type $T = i64;
                 $body
             }
             $crate::DType::U64 => {
                 type $T = u64;
                 $body
             }
-            other => Err(format!(
-                "dtype {other} is not supported here (expected a float or int dtype)"
-            )),
+            $other => $fallback,
         }
     };
 }
@@ -431,7 +441,7 @@ macro_rules! with_width {
     };
 }
 
-pub(crate) use {with_element, with_float, with_number, with_width};
+pub(crate) use {with_element, with_float, with_int, with_number, with_width};
 
 #[cfg(test)]
 mod tests {
