@@ -413,7 +413,11 @@ impl Pool {
                     std::mem::swap(&mut rows, &mut next);
                 }
                 acc.fill(init);
-                best.fill(NONE);
+                if !best.is_empty() {
+                    // Only `max_index` keeps positions: the value kinds skip
+                    // this (a call per output row).
+                    best.fill(NONE);
+                }
                 for &r in &rows {
                     for tap in &taps {
                         let n = tap.end - tap.begin;
