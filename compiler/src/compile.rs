@@ -256,6 +256,7 @@ pub fn compile_trace_with(
         .iter()
         .map(|&g| graph.globals[g as usize].clone())
         .collect();
+    tracing::trace!(function, %graph, "optimized graph");
     tracing::debug!(
         function,
         nodes = graph.nodes.len(),
