@@ -42,14 +42,14 @@
 //! | `where@1` | cond: bool, x, y: same dtype | broadcast(cond, x, y) | none |
 //! | `cast@1` | x: any | same shape, dtype `to` | `to`: dtype name |
 //! | `copy@1` | x: any | same | none |
-//! | `conv@1` | x [N, C, D..], w [M, C/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | `group`, `strides`, `dilations`, `pads` (begins then ends), `bias` |
+//! | `conv@1` | x [N, C, D..], w [M, C/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | `group`, `strides`, `dilations`, `pads` (begins then ends), `bias`; `post`: a `fused@1` program run in place on the output (register 0), reading `post_inputs` more inputs (after bias) that broadcast to the output |
 //! | `conv_transpose@1` | x [N, C, D..], w [C, M/group, K..], bias [M] if `bias`=1: float | [N, M, O..] | as `conv@1` plus `output_padding` |
 //! | `pool@1` | x [N, C, D..]: float (avg), float or int (max, max_index) | [N, C, O..], same dtype (i64 for max_index) | `op`: max, avg, max_index; `kernel_shape`, `strides`, `dilations`, `pads`, `ceil_mode`, `count_include_pad`; `storage_order` (max_index) |
 //! | `arg_reduce@1` | x: float or int | reduced shape, i64 | `op`: max, min; `axis`, `keepdims`, `select_last_index` |
 //! | `cumsum@1` | x: float or int | same | `axis`, `exclusive`, `reverse` |
 //! | `gather_elements@1` | data: any, indices: i32 or i64, same rank | indices' shape | `axis`; out-of-range indices are a run error |
 //! | `gather_nd@1` | data: any, indices [.., k]: i32 or i64 | indices.shape[..-1] + data.shape[batch_dims + k..] | `batch_dims`; out-of-range indices are a run error |
-//! | `fused@1` | `inputs` tensors x0.. (1..=5): float, one dtype | broadcast of the inputs | `inputs`; `program`: a chain of `binary@1` ops (`op:a:b`) and attribute-free `unary@1` ops (`op:a`) over registers |
+//! | `fused@1` | `inputs` tensors x0.. (1..=5): float, one dtype | broadcast of the inputs | `inputs`; `program`: a chain of `binary@1` ops (`op:a:b`), attribute-free `unary@1` ops (`op:a`) and immediates (`const:v`) over registers |
 //! | `resize@1` | x: any (nearest) or float (linear) | `sizes` | `sizes`, `scales`, `mode`, `coordinate_transformation_mode`, `nearest_mode` (ONNX Resize semantics) |
 //!
 //! Reshape is not a kernel: the host's `view` import reshapes without a copy.
@@ -64,8 +64,9 @@
 //! many threads at once and keeps no state between calls. Optimized kernels
 //! may run on rayon's global pool.
 
-// `unsafe` is denied everywhere but in the one function that calls `gemm`
-// (`ops::matmul::gemm_into`), which carries its `// SAFETY:` proof.
+// `unsafe` is denied everywhere but in the functions of `ops::matmul` that
+// call `gemm` (and `ops::simd`'s feature-gated dispatch), each with its
+// `// SAFETY:` proof.
 #![deny(unsafe_code)]
 
 mod tensor;

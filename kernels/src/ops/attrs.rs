@@ -91,6 +91,18 @@ impl<'a> AttrReader<'a> {
         }
     }
 
+    /// An optional string attribute.
+    pub(crate) fn opt_string(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<&'a str>, KernelError> {
+        match self.get(name) {
+            Some(AttrValue::Str(s)) => Ok(Some(s)),
+            Some(other) => Err(self.wrong_type(name, "a string", other)),
+            None => Ok(None),
+        }
+    }
+
     /// An integer attribute; `default` applies when it is absent, and `None`
     /// makes it required.
     pub(crate) fn int(

@@ -20,6 +20,14 @@
 //! `bias` (0 or 1). ONNX's `auto_pad` and `output_shape` are resolved into
 //! explicit pads by the importer, which knows the static shapes.
 //!
+//! `conv@1` may carry an epilogue: `post`, a `fused@1` program
+//! ([`Program`]) whose register 0 is the convolution's result, reading
+//! `post_inputs` more inputs (after x, w and bias; each broadcasts to the
+//! output without widening it). It runs in place on the output, exactly as
+//! a `fused@1` launch would on the stored result, so the compiler can fold a
+//! BatchNorm's scale and shift, an activation or a residual add into the
+//! convolution without changing a value.
+//!
 //! The reference implementations are the plain nested loops. The optimized
 //! ones walk the window row by row (rows of the innermost spatial axis):
 //! a `RowWindow` resolves, per axis and kernel coordinate, which positions
@@ -50,12 +58,13 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::attrs::AttrReader;
+use super::fused::Program;
 use super::matmul::{gemm_into, MatRef, GEMM_PAR_MIN};
-use super::num::Float;
+use super::num::{Arith, Float};
 use super::scratch::Scratch;
-use super::shape::{numel, strides};
+use super::shape::{broadcast, numel, strides};
 use super::{bound, check_float, check_same_dtype, data, data_mut, Op, PAR_MIN};
-use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_RANK};
+use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
 
 /// The largest stride, dilation, pad or output padding accepted: far above
 /// any real model, and small enough that window arithmetic on addressable
@@ -272,24 +281,72 @@ fn bind_any(attrs: &Attrs, transpose: bool) -> Result<Arc<dyn Bound>, KernelErro
         Vec::new()
     };
     let bias = r.flag("bias", false)?;
+    let post = if transpose {
+        None
+    } else {
+        read_post(&mut r, bias)?
+    };
     r.finish()?;
+    let mut names = vec!["x", "w"];
+    if bias {
+        names.push("bias");
+    }
+    names.extend(&POST_NAMES[..post.as_ref().map_or(0, |p| p.inputs() - 1)]);
+    let label = format!(
+        "{name}{}{}",
+        if bias { " (bias)" } else { "" },
+        post.as_ref()
+            .map_or(String::new(), |p| format!(" + {}", p.names()))
+    );
     Ok(bound(Conv {
-        label: format!("{name}{}", if bias { " (bias)" } else { "" }),
+        label,
+        names,
         transpose,
         group: group as usize,
         window,
         output_padding,
         bias,
+        post,
     }))
+}
+
+/// Names of the epilogue's inputs.
+const POST_NAMES: [&str; MAX_OPERANDS] = ["p1", "p2", "p3", "p4", "p5", "p6"];
+
+/// `conv@1`'s epilogue: attributes `post` (a `fused@1` program whose
+/// register 0 is the convolution's result) and `post_inputs` (how many
+/// more inputs it reads, after x, w and bias; default 0).
+fn read_post(r: &mut AttrReader, bias: bool) -> Result<Option<Program>, KernelError> {
+    let extra = r.int("post_inputs", Some(0))?;
+    let program = r.opt_string("post")?;
+    // Operands of one launch: x, w, maybe bias, the extras and the output.
+    let max = MAX_OPERANDS - 3 - usize::from(bias);
+    let Some(extra) = usize::try_from(extra).ok().filter(|&e| e <= max) else {
+        return Err(r.error(format!(
+            "attribute `post_inputs` must be 0 to {max} (a launch has {MAX_OPERANDS} operands), got {extra}"
+        )));
+    };
+    match program {
+        None if extra > 0 => Err(r.error(format!(
+            "attribute `post_inputs` is {extra} but there is no `post` program to read them"
+        ))),
+        None => Ok(None),
+        Some(p) => Program::parse(extra + 1, &p)
+            .map(Some)
+            .map_err(|m| r.error(m)),
+    }
 }
 
 struct Conv {
     label: String,
+    names: Vec<&'static str>,
     transpose: bool,
     group: usize,
     window: WindowAttrs,
     output_padding: Vec<usize>,
     bias: bool,
+    /// The epilogue, run in place on the output.
+    post: Option<Program>,
 }
 
 /// Sizes of one launch, derived from shapes that passed `infer`.
@@ -370,6 +427,11 @@ impl Geom {
 }
 
 impl Conv {
+    /// The index of the epilogue's first input.
+    fn post_first(&self) -> usize {
+        2 + usize::from(self.bias)
+    }
+
     fn geometry(&self, x: &[usize], w: &[usize]) -> Result<Geom, String> {
         if x.len() < 3 {
             return Err(format!(
@@ -456,11 +518,7 @@ impl Op for Conv {
     }
 
     fn input_names(&self) -> &[&'static str] {
-        if self.bias {
-            &["x", "w", "bias"]
-        } else {
-            &["x", "w"]
-        }
+        &self.names
     }
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
@@ -470,7 +528,7 @@ impl Op for Conv {
             return Err("expected inputs x and w".to_string());
         };
         let g = self.geometry(&x.shape, &w.shape)?;
-        if let Some(b) = inputs.get(2) {
+        if let Some(b) = inputs.get(2).filter(|_| self.bias) {
             if b.shape != [g.m] {
                 return Err(format!(
                     "{}: expected shape [{}], got {:?}",
@@ -482,15 +540,52 @@ impl Op for Conv {
         }
         let mut shape = vec![g.n, g.m];
         shape.extend(&g.out_sp);
+        // Epilogue inputs broadcast to the output; they never widen it.
+        let first = self.post_first();
+        for (i, e) in inputs.iter().enumerate().skip(first) {
+            let names = [self.input(i), "the output".to_string()];
+            if broadcast(&[&e.shape, &shape], &names)? != shape {
+                return Err(format!(
+                    "{}: shape {:?} does not broadcast to the output shape {shape:?}",
+                    self.input(i),
+                    e.shape
+                ));
+            }
+        }
         Ok(TensorMeta::new(x.dtype, shape))
     }
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
-        super::with_float!(out.dtype(), T => self.compute_typed::<T>(imp, inputs, out))
+        super::with_float!(out.dtype(), T => {
+            self.compute_typed::<T>(imp, inputs, out)?;
+            self.epilogue::<T>(imp, inputs, out)
+        })
     }
 }
 
 impl Conv {
+    /// Runs `post` in place on the output (nothing without one).
+    fn epilogue<T: Float + Arith>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let Some(post) = &self.post else {
+            return Ok(());
+        };
+        let first = self.post_first();
+        let extras = inputs.get(first..).unwrap_or_default();
+        let xs = extras
+            .iter()
+            .enumerate()
+            .map(|(i, t)| data::<T>(t, &self.input(first + i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<&[usize]> = extras.iter().map(|t| t.shape()).collect();
+        let out_shape = out.shape().to_vec();
+        post.run(imp, &xs, &shapes, &out_shape, data_mut::<T>(out)?, true)
+    }
+
     fn compute_typed<T: Float>(
         &self,
         imp: Impl,
@@ -509,6 +604,7 @@ impl Conv {
         let wv = data::<T>(w, "input 1 (w)")?;
         let bias = inputs
             .get(2)
+            .filter(|_| self.bias)
             .map(|b| data::<T>(b, "input 2 (bias)"))
             .transpose()?;
         let y = data_mut::<T>(out)?;
@@ -1363,6 +1459,74 @@ mod tests {
                 assert!((g - w).abs() < 1e-9, "{imp:?}: {g} vs {w}");
             }
         }
+    }
+
+    /// `post` runs on the convolution's result in place: a per-channel
+    /// affine (`[M, 1, 1]` inputs), a residual of the output's shape, and
+    /// HardSwish with immediates, against the direct computation.
+    #[test]
+    fn post_program_matches_direct_computation() {
+        let x = float_tensor::<f64>(&[1, 3, 6, 5], 4, false);
+        let w = float_tensor::<f64>(&[4, 3, 3, 3], 5, false);
+        let b = float_tensor::<f64>(&[4], 6, false);
+        let scale = float_tensor::<f64>(&[4, 1, 1], 7, false);
+        let shift = float_tensor::<f64>(&[4, 1, 1], 8, false);
+        let res = float_tensor::<f64>(&[1, 4, 6, 5], 9, false);
+        let (conv, shape) = direct_conv2d(
+            &f64s(&x),
+            [1, 3, 6, 5],
+            &f64s(&w),
+            [4, 3, 3, 3],
+            None,
+            1,
+            [1, 1],
+            [1, 1],
+            [1, 1, 1, 1],
+        );
+        let (sc, sh, rs) = (f64s(&scale), f64s(&shift), f64s(&res));
+        let plane = shape[2] * shape[3];
+        let want: Vec<f64> = conv
+            .iter()
+            .enumerate()
+            .map(|(e, &v)| {
+                let c = e / plane % 4;
+                let a = v * sc[c] + sh[c] + rs[e];
+                a * (a + 3.0).clamp(0.0, 6.0) / 6.0
+            })
+            .collect();
+        let mut at = conv_attrs(1, &[1, 1], &[1, 1], &[1, 1, 1, 1], false);
+        at.insert("post_inputs".into(), i(3));
+        // r4 = y*scale, r5 = r4+shift, r6 = r5+res, r7 = 3, r8 = 0, r9 = 6,
+        // r10 = r6+3, r11 = max, r12 = min, r13 = r6*r12, r14 = r13/6.
+        let program = "mul:0:1 add:4:2 add:5:3 const:3 const:0 const:6 add:6:7 max:10:8 min:11:9 mul:6:12 div:13:9";
+        at.insert("post".into(), s(program));
+        for imp in IMPLS {
+            let y = launch("conv@1", &at, &[&x, &w, &scale, &shift, &res], imp).unwrap();
+            assert_eq!(y.shape(), shape);
+            for (g, w) in f64s(&y).iter().zip(&want) {
+                assert!((g - w).abs() < 1e-9, "{imp:?}: {g} vs {w}");
+            }
+        }
+        // Too many operands (with a bias), a missing program, a widening
+        // input.
+        at.insert("bias".into(), i(1));
+        let err = launch(
+            "conv@1",
+            &at,
+            &[&x, &w, &b, &scale, &shift, &res],
+            Impl::Reference,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must be 0 to 2"), "{err}");
+        let mut none = conv_attrs(1, &[1, 1], &[1, 1], &[1, 1, 1, 1], true);
+        none.insert("post_inputs".into(), i(1));
+        assert!(launch("conv@1", &none, &[&x, &w, &b, &scale], Impl::Reference).is_err());
+        let mut wide = conv_attrs(1, &[1, 1], &[1, 1], &[1, 1, 1, 1], true);
+        wide.insert("post_inputs".into(), i(1));
+        wide.insert("post".into(), s("add:0:1"));
+        let big = float_tensor::<f64>(&[2, 4, 6, 5], 9, false);
+        let err = launch("conv@1", &wide, &[&x, &w, &b, &big], Impl::Reference).unwrap_err();
+        assert!(err.to_string().contains("does not broadcast"), "{err}");
     }
 
     #[test]

@@ -13,10 +13,15 @@
 //!   they broadcast with numpy's rule to the output shape);
 //! - `program`: instructions separated by spaces, each `op:a:b` (a
 //!   `binary@1` op: add, sub, mul, div, pow, max, min) or `op:a` (a
-//!   `unary@1` op that takes no attributes). Operands are registers: `0` to
+//!   `unary@1` op that takes no attributes) or `const:v` (the number `v`,
+//!   as Rust parses an `f64`, converted to the element type: an immediate,
+//!   so a scalar constant needs no input). Operands are registers: `0` to
 //!   `inputs - 1` are the inputs, `inputs + i` is the result of instruction
 //!   `i`; an instruction reads only earlier registers. The output is the
 //!   last instruction's result. At most [`MAX_INSTRUCTIONS`].
+//!
+//! [`Program`] is also `conv@1`'s epilogue (its `post` attribute), run in
+//! place on the convolution's output with that output as register 0.
 //!
 //! Every instruction computes over the full broadcast shape, so a chain
 //! whose intermediates are smaller than the output would repeat their work;
@@ -60,6 +65,9 @@ const INPUT_NAMES: [&str; MAX_INPUTS] = ["x0", "x1", "x2", "x3", "x4"];
 enum Instr {
     Binary(BinaryOp, usize, usize),
     Unary(UnaryOp, usize, f64, f64),
+    /// An immediate: the value converted to the element type, as one
+    /// repeated element.
+    Const(f64),
 }
 
 pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
@@ -79,35 +87,72 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
                 "attribute `inputs` must be 1 to {MAX_INPUTS}, got {inputs}"
             ))
         })?;
-    let mut code = Vec::new();
-    for (i, token) in program.split_whitespace().enumerate() {
-        if i == MAX_INSTRUCTIONS {
-            return Err(err(format!(
-                "attribute `program` has more than {MAX_INSTRUCTIONS} instructions"
-            )));
+    let program = Program::parse(inputs, &program).map_err(err)?;
+    let label = format!("fused@1 ({})", program.names());
+    Ok(bound(Fused { program, label }))
+}
+
+/// A parsed `program` over `inputs` input registers: the body of
+/// `fused@1`, and the epilogue `conv@1` runs on its own output (`post`).
+#[derive(Clone, Debug)]
+pub(crate) struct Program {
+    inputs: usize,
+    code: Vec<Instr>,
+}
+
+impl Program {
+    /// Parses `program` (see the module doc); errors name the attribute and
+    /// the instruction.
+    pub(crate) fn parse(inputs: usize, program: &str) -> Result<Program, String> {
+        let mut code = Vec::new();
+        for (i, token) in program.split_whitespace().enumerate() {
+            if i == MAX_INSTRUCTIONS {
+                return Err(format!(
+                    "attribute `program` has more than {MAX_INSTRUCTIONS} instructions"
+                ));
+            }
+            code.push(
+                parse(token, inputs + i).map_err(|m| {
+                    format!("attribute `program`, instruction {i} (`{token}`): {m}")
+                })?,
+            );
         }
-        code.push(parse(token, inputs + i).map_err(|m| {
-            err(format!(
-                "attribute `program`, instruction {i} (`{token}`): {m}"
-            ))
-        })?);
+        if code.is_empty() {
+            return Err("attribute `program` has no instruction".into());
+        }
+        Ok(Program { inputs, code })
     }
-    if code.is_empty() {
-        return Err(err("attribute `program` has no instruction".into()));
+
+    /// The op names, space-separated (for labels).
+    pub(crate) fn names(&self) -> String {
+        let names: Vec<&str> = self
+            .code
+            .iter()
+            .map(|i| match i {
+                Instr::Binary(op, ..) => BINARY_OPS
+                    .iter()
+                    .find(|(_, o)| o == op)
+                    .map_or("?", |(n, _)| n),
+                Instr::Unary(op, ..) => OPS.iter().find(|(_, o)| o == op).map_or("?", |(n, _)| n),
+                Instr::Const(_) => "const",
+            })
+            .collect();
+        names.join(" ")
     }
-    let names: Vec<&str> = program
-        .split_whitespace()
-        .map(|t| t.split(':').next().unwrap_or(""))
-        .collect();
-    Ok(bound(Fused {
-        inputs,
-        code,
-        label: format!("fused@1 ({})", names.join(" ")),
-    }))
+
+    pub(crate) fn inputs(&self) -> usize {
+        self.inputs
+    }
 }
 
 /// One instruction whose operands must be below `next` (its own register).
 fn parse(token: &str, next: usize) -> Result<Instr, String> {
+    if let Some(lit) = token.strip_prefix("const:") {
+        return lit
+            .parse::<f64>()
+            .map(Instr::Const)
+            .map_err(|_| format!("`{lit}` is not a number"));
+    }
     let mut parts = token.split(':');
     let name = parts.next().unwrap_or("");
     let operands = parts
@@ -136,8 +181,7 @@ fn parse(token: &str, next: usize) -> Result<Instr, String> {
 }
 
 struct Fused {
-    inputs: usize,
-    code: Vec<Instr>,
+    program: Program,
     label: String,
 }
 
@@ -147,7 +191,7 @@ impl Op for Fused {
     }
 
     fn input_names(&self) -> &[&'static str] {
-        &INPUT_NAMES[..self.inputs]
+        &INPUT_NAMES[..self.program.inputs]
     }
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
@@ -179,6 +223,25 @@ impl Op for Fused {
 }
 
 impl Fused {
+    fn compute_typed<T: Float + Arith>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let xs = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| data::<T>(t, &self.input(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let out_shape = out.shape().to_vec();
+        let y = data_mut::<T>(out)?;
+        self.program.run(imp, &xs, &shapes, &out_shape, y, false)
+    }
+}
+
+impl Program {
     /// Runs the program on `len` elements: `ins` are the inputs' parts (a
     /// slice, or one element repeated), each intermediate lives in its own
     /// `tile`-element part of `tmp`, and the last instruction writes `out`.
@@ -202,10 +265,13 @@ impl Fused {
             };
             let src = |r: usize| match r.checked_sub(self.inputs) {
                 None => ins.get(r).copied().ok_or_else(oob),
-                Some(t) => lo
-                    .get(t * tile..t * tile + len)
-                    .map(Src::Slice)
-                    .ok_or_else(oob),
+                Some(t) => match self.code.get(t) {
+                    Some(Instr::Const(v)) => Ok(Src::Scalar(T::from_f64(*v))),
+                    _ => lo
+                        .get(t * tile..t * tile + len)
+                        .map(Src::Slice)
+                        .ok_or_else(oob),
+                },
             };
             match *instr {
                 Instr::Binary(op, a, b) => {
@@ -231,27 +297,37 @@ impl Fused {
                         }
                     }
                 }
+                // Read as a scalar by later instructions; written out only
+                // as the result.
+                Instr::Const(v) => {
+                    if i + 1 == n {
+                        dst.fill(T::from_f64(v));
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn compute_typed<T: Float + Arith>(
+    /// Computes the program into `y` (of shape `out_shape`, the inputs'
+    /// broadcast shape). `xs`/`shapes` are the inputs; with `in_place`,
+    /// input 0 is `y`'s own content (the `conv@1` epilogue) and `xs` holds
+    /// inputs 1.. only.
+    pub(crate) fn run<T: Float + Arith>(
         &self,
         imp: Impl,
-        inputs: &[&Tensor],
-        out: &mut Tensor,
+        xs: &[&[T]],
+        shapes: &[&[usize]],
+        out_shape: &[usize],
+        y: &mut [T],
+        in_place: bool,
     ) -> Result<(), String> {
-        let xs = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| data::<T>(t, &self.input(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        let out_shape = out.shape().to_vec();
-        let y = data_mut::<T>(out)?;
         if y.is_empty() {
             return Ok(());
+        }
+        let first = usize::from(in_place);
+        if xs.len() + first != self.inputs || shapes.len() != xs.len() {
+            return Err("internal: fused input count".to_string());
         }
         let temps = self.code.len() - 1;
         let oob = |i: usize| format!("internal: broadcast read outside an input at element {i}");
@@ -261,11 +337,14 @@ impl Fused {
                 let strides: Vec<Vec<usize>> =
                     shapes.iter().map(|s| broadcast_strides(s, rank)).collect();
                 let mut tmp = vec![<T as Float>::ZERO; temps];
-                let mut ins = Vec::with_capacity(xs.len());
+                let mut ins = Vec::with_capacity(self.inputs);
                 for (i, slot) in y.chunks_mut(1).enumerate() {
                     ins.clear();
+                    if in_place {
+                        ins.push(Src::Scalar(slot[0]));
+                    }
                     for (x, st) in xs.iter().zip(&strides) {
-                        let v = *x.get(offset_of(i, &out_shape, st)).ok_or_else(|| oob(i))?;
+                        let v = *x.get(offset_of(i, out_shape, st)).ok_or_else(|| oob(i))?;
                         ins.push(Src::Scalar(v));
                     }
                     self.eval(&ins, &mut tmp, 1, slot)?;
@@ -273,35 +352,47 @@ impl Fused {
                 Ok(())
             }
             Impl::Optimized => {
-                let rows = Rows::new(&shapes, &out_shape);
+                let mut all = Vec::with_capacity(self.inputs);
+                if in_place {
+                    all.push(out_shape);
+                }
+                all.extend_from_slice(shapes);
+                let rows = Rows::new(&all, out_shape);
                 let inner = rows.inner;
-                if inner == 0 || rows.inner_stride.len() != xs.len() {
+                if inner == 0 || rows.inner_stride.len() != all.len() {
                     return Err("internal: bad row layout".to_string());
                 }
                 // Elements `c * PIECE..` of the output, in tiles that stay
                 // within one row.
                 let run = |(c, piece): (usize, &mut [T])| -> Result<(), String> {
                     let mut tmp = vec![<T as Float>::ZERO; temps * TILE];
-                    let mut ins = Vec::with_capacity(xs.len());
+                    let mut own = vec![<T as Float>::ZERO; if in_place { TILE } else { 0 }];
                     let start = c * PIECE;
                     let mut done = 0;
                     while done < piece.len() {
                         let pos = start + done;
                         let (r, j) = (pos / inner, pos % inner);
                         let len = TILE.min(inner - j).min(piece.len() - done);
-                        ins.clear();
+                        let out = &mut piece[done..done + len];
+                        let mut ins = [Src::Scalar(<T as Float>::ZERO); crate::MAX_OPERANDS];
+                        if in_place {
+                            own[..len].copy_from_slice(out);
+                            ins[0] = Src::Slice(&own[..len]);
+                        }
                         for (k, x) in xs.iter().enumerate() {
+                            let k = k + first;
                             let off = rows.row_offset(r, k);
-                            ins.push(if rows.inner_stride[k] == 1 {
+                            let slot = ins.get_mut(k).ok_or("internal: fused input count")?;
+                            *slot = if rows.inner_stride[k] == 1 {
                                 Src::Slice(x.get(off + j..off + j + len).ok_or_else(|| oob(pos))?)
                             } else {
                                 Src::Scalar(*x.get(off).ok_or_else(|| oob(pos))?)
-                            });
+                            };
                         }
-                        let out = &mut piece[done..done + len];
+                        let ins = &ins[..self.inputs];
                         super::simd::vectorized(
                             #[inline(always)]
-                            || self.eval(&ins, &mut tmp, TILE, out),
+                            || self.eval(ins, &mut tmp, TILE, out),
                         )?;
                         done += len;
                     }
@@ -422,6 +513,23 @@ mod tests {
         }
     }
 
+    /// Immediates read as scalars; a program may end on one.
+    #[test]
+    fn immediates() {
+        let x = Tensor::from_vec(&[3], vec![1.0f32, -2.0, 4.5]).unwrap();
+        for imp in IMPLS {
+            let a = attrs(&[
+                ("inputs", i(1)),
+                ("program", s("const:0.5 mul:0:1 const:-3 sub:2:3")),
+            ]);
+            let y = launch("fused@1", &a, &[&x], imp).unwrap();
+            assert_eq!(y.to_vec::<f32>().unwrap(), vec![3.5, 2.0, 5.25]);
+            let a = attrs(&[("inputs", i(1)), ("program", s("const:7"))]);
+            let y = launch("fused@1", &a, &[&x], imp).unwrap();
+            assert_eq!(y.to_vec::<f32>().unwrap(), vec![7.0; 3]);
+        }
+    }
+
     #[test]
     fn bad_programs_are_attribute_errors() {
         let x = Tensor::from_vec(&[2], vec![1.0f32, 2.0]).unwrap();
@@ -435,6 +543,7 @@ mod tests {
             ("leaky_relu:0", 1, "not fusable"),
             ("exp:0", 6, "must be 1 to 5"),
             ("exp:-1", 1, "not a register"),
+            ("const:three", 1, "`three` is not a number"),
         ] {
             let a = attrs(&[("inputs", i(inputs)), ("program", s(program))]);
             let err = launch("fused@1", &a, &[&x], Impl::Reference).unwrap_err();
