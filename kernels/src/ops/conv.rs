@@ -615,9 +615,15 @@ impl Conv {
             return Ok(());
         }
         let out_len = g.out_len();
-        for (row, v) in y.chunks_mut(out_len).enumerate() {
-            let b = bias.and_then(|b| b.get(row % g.m)).copied();
-            v.fill(b.unwrap_or(T::ZERO));
+        let depthwise = !self.transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX;
+        // The paths that add into y need it to start at the bias (or 0);
+        // im2col products without a bias write every element themselves.
+        let prefill = bias.is_some() || imp == Impl::Reference || self.transpose || depthwise;
+        if prefill {
+            for (row, v) in y.chunks_mut(out_len).enumerate() {
+                let b = bias.and_then(|b| b.get(row % g.m)).copied();
+                v.fill(b.unwrap_or(T::ZERO));
+            }
         }
         match (imp, self.transpose) {
             (Impl::Reference, false) => conv_reference(&g, xv, wv, y),
@@ -642,14 +648,14 @@ impl Conv {
                 } else {
                     RowWindow::new(&g, &g.out_sp, &g.in_sp)
                 };
-                if !transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX {
+                if depthwise {
                     return conv_depthwise(&g, &win, xv, wv, y);
                 }
                 let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
                     if transpose {
                         conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
                     } else {
-                        conv_pair(&g, &win, xv, wv, pair, ychunk, par)
+                        conv_pair(&g, &win, xv, wv, pair, ychunk, prefill, par)
                     }
                 };
                 if big && pairs > 1 {
@@ -1029,6 +1035,9 @@ fn im2col<T: Float>(
 
 /// One (batch, group) pair of the optimized `conv@1`: `ychunk [M/g, O]`
 /// (already holding the bias) `+= w_g · im2col(x_g)`.
+/// Computes one (batch, group) pair's output rows into `ychunk`, adding to
+/// its content with `acc` (a bias), overwriting it otherwise.
+#[allow(clippy::too_many_arguments)]
 fn conv_pair<T: Float>(
     g: &Geom,
     win: &RowWindow,
@@ -1036,6 +1045,7 @@ fn conv_pair<T: Float>(
     w: &[T],
     pair: usize,
     ychunk: &mut [T],
+    acc: bool,
     par: bool,
 ) -> Result<(), String> {
     let (n, grp) = (pair / g.g, pair % g.g);
@@ -1067,19 +1077,24 @@ fn conv_pair<T: Float>(
             rs: in_len,
             cs: 1,
         };
-        return gemm_into(wm, xm, ychunk, true, par);
+        return gemm_into(wm, xm, ychunk, acc, par);
     }
     let row = g.out_sp.last().copied().unwrap_or(1);
     let tile = tile_len(ck, out_len, row);
-    // Adds a tile's product `part [M/g, tl]` into columns `t0..` of ychunk.
+    // Adds (or, without `acc`, copies) a tile's product `part [M/g, tl]`
+    // into columns `t0..` of ychunk.
     let add = |ychunk: &mut [T], t0: usize, part: &[T]| {
         let tl = part.len() / g.mg.max(1);
         for (m, src) in part.chunks_exact(tl.max(1)).enumerate() {
             let dst = ychunk
                 .get_mut(m * out_len + t0..m * out_len + t0 + tl)
                 .ok_or("internal: conv tile outside y")?;
-            for (d, v) in dst.iter_mut().zip(src) {
-                *d = *d + *v;
+            if acc {
+                for (d, v) in dst.iter_mut().zip(src) {
+                    *d = *d + *v;
+                }
+            } else {
+                dst.copy_from_slice(src);
             }
         }
         Ok::<(), String>(())
@@ -1099,7 +1114,7 @@ fn conv_pair<T: Float>(
     };
     if tile >= out_len {
         let mut col = Scratch::<T>::new(ck * out_len);
-        return gemm_tile(col.as_mut(), 0, ychunk, true, par);
+        return gemm_tile(col.as_mut(), 0, ychunk, acc, par);
     }
     let starts: Vec<usize> = (0..out_len).step_by(tile).collect();
     if par {
