@@ -10,7 +10,7 @@
 //!
 //! A node joins the group that produced one of its inputs when:
 //! - it is fusable: a float `binary@1`, or a `unary@1` the `fused@1`
-//!   kernel accepts (the registry decides: one bind per op name); a float
+//!   kernel accepts, with its parameters (the registry decides); a float
 //!   `conv@1` only heads a group, it never joins one;
 //! - the input is that group's result, has the node's dtype and shape (a
 //!   smaller intermediate would be recomputed for every element of the
@@ -39,13 +39,15 @@ use crate::ir::{attrs, GlobalSource, Graph, Op, ValueId};
 const MAX_INPUTS: usize = 5;
 const MAX_INSTRUCTIONS: usize = 32;
 
-/// The `op` name of node `n`, if it is fusable.
+/// The `op` name of node `n` and the parameters its program token spells
+/// after the operands (`:0.2` for a `leaky_relu` with alpha 0.2), if it is
+/// fusable.
 fn fusable(
     graph: &Graph,
     n: usize,
     registry: &Registry,
     accepted: &mut HashMap<String, bool>,
-) -> Option<String> {
+) -> Option<(String, String)> {
     let node = &graph.nodes[n];
     let Op::Kernel { kernel, attrs } = &node.op else {
         return None;
@@ -58,24 +60,39 @@ fn fusable(
     let [out] = node.outputs[..] else {
         return None;
     };
-    if !matches!(graph.meta(out).dtype, DType::F32 | DType::F64)
-        || node.inputs.len() != arity
-        || attrs.len() != 1
-    {
+    if !matches!(graph.meta(out).dtype, DType::F32 | DType::F64) || node.inputs.len() != arity {
         return None;
     }
     let Some(AttrValue::Str(op)) = attrs.get("op") else {
         return None;
     };
-    let ok = *accepted.entry(op.clone()).or_insert_with(|| {
-        let token = if arity == 2 {
-            format!("{op}:0:0")
-        } else {
-            format!("{op}:0")
-        };
-        registry.bind("fused@1", &fused_attrs(1, &token)).is_ok()
-    });
-    ok.then(|| op.clone())
+    // The unary ops with parameters, with unary@1's defaults.
+    let float = |name: &str, default: f64| match attrs.get(name) {
+        None => Some(default),
+        Some(AttrValue::Float(v)) => Some(*v),
+        Some(AttrValue::Int(v)) => Some(*v as f64),
+        Some(_) => None,
+    };
+    let (params, known): (String, &[&str]) = match (arity, op.as_str()) {
+        (1, "leaky_relu") => (format!(":{}", float("alpha", 0.01)?), &["op", "alpha"]),
+        (1, "hard_sigmoid") => (
+            format!(":{}:{}", float("alpha", 0.2)?, float("beta", 0.5)?),
+            &["op", "alpha", "beta"],
+        ),
+        _ => (String::new(), &["op"]),
+    };
+    if attrs.keys().any(|k| !known.contains(&k.as_str())) {
+        return None;
+    }
+    let token = if arity == 2 {
+        format!("{op}:0:0")
+    } else {
+        format!("{op}:0{params}")
+    };
+    let ok = *accepted
+        .entry(token.clone())
+        .or_insert_with(|| registry.bind("fused@1", &fused_attrs(1, &token)).is_ok());
+    ok.then(|| (op.clone(), params))
 }
 
 fn fused_attrs(inputs: usize, program: &str) -> ampoule_kernels::Attrs {
@@ -175,7 +192,7 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
     let uses = graph.use_counts();
     let producers = graph.producers();
     let mut accepted = HashMap::new();
-    let mut ops: Vec<Option<String>> = vec![None; graph.nodes.len()];
+    let mut ops: Vec<Option<(String, String)>> = vec![None; graph.nodes.len()];
     // Groups under construction: their nodes in graph order, the last one
     // the group's result; `None` once merged into a later group.
     let mut groups: Vec<Option<Vec<usize>>> = Vec::new();
@@ -276,7 +293,9 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
             reg.insert(v, r);
         }
         for &m in &group[first..] {
-            let Some(op) = &ops[m] else { continue };
+            let Some((op, params)) = &ops[m] else {
+                continue;
+            };
             let node = &graph.nodes[m];
             let operands: Vec<String> = node
                 .inputs
@@ -284,7 +303,7 @@ pub fn fuse_elementwise(graph: &mut Graph, registry: &Registry) -> usize {
                 .map(|v| reg.get(v).map_or_else(String::new, usize::to_string))
                 .collect();
             reg.insert(node.outputs[0], first + o.inputs.len() + program.len());
-            program.push(format!("{op}:{}", operands.join(":")));
+            program.push(format!("{op}:{}{params}", operands.join(":")));
         }
         let program = program.join(" ");
         let (kernel, attrs, inputs) = if head {
@@ -449,6 +468,50 @@ mod tests {
             input(&[3, 2, 3, 3], 0.71),
             input(&[3, 1, 1], 1.3),
             input(&[3, 1, 1], 2.9),
+        ];
+        let none = BTreeMap::new();
+        let want = evaluate(&before, &reg, &xs, &none).unwrap();
+        let got = evaluate(&g, &reg, &xs, &none).unwrap();
+        assert_eq!(
+            want[0].to_vec::<f32>().unwrap(),
+            got[0].to_vec::<f32>().unwrap()
+        );
+    }
+
+    /// A `leaky_relu` with its alpha joins a convolution's epilogue with
+    /// its parameter spelled out; the values do not change.
+    #[test]
+    fn unary_parameters_fuse() {
+        let reg = Registry::standard();
+        let mut g = Graph::new();
+        g.add_input("x", TensorMeta::new(DType::F32, [1, 1, 6, 4]));
+        g.add_input("w", TensorMeta::new(DType::F32, [2, 1, 3, 1]));
+        let [x, w] = [0, 1].map(|i| g.input(i).unwrap());
+        let y = g.kernel(&reg, "conv@1", attrs([]), &[x, w]).unwrap()[0];
+        let leaky = attrs([
+            ("op", AttrValue::Str("leaky_relu".into())),
+            ("alpha", AttrValue::Float(0.2)),
+        ]);
+        let l = g.kernel(&reg, "unary@1", leaky, &[y]).unwrap()[0];
+        g.add_output("l", l);
+        let before = g.clone();
+        assert_eq!(fuse_elementwise(&mut g, &reg), 1);
+        let post: Vec<_> = g
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Kernel { attrs, .. } => attrs.get("post").cloned(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(post, [AttrValue::Str("leaky_relu:0:0.2".into())]);
+        let xs = [
+            Tensor::from_vec(
+                &[1, 1, 6, 4],
+                (0..24).map(|v| v as f32 * 0.4 - 5.0).collect(),
+            )
+            .unwrap(),
+            Tensor::from_vec(&[2, 1, 3, 1], vec![0.5f32, -1.0, 0.25, 1.5, 0.5, -0.75]).unwrap(),
         ];
         let none = BTreeMap::new();
         let want = evaluate(&before, &reg, &xs, &none).unwrap();

@@ -13,7 +13,8 @@
 //!   they broadcast with numpy's rule to the output shape);
 //! - `program`: instructions separated by spaces, each `op:a:b` (a
 //!   `binary@1` op: add, sub, mul, div, pow, max, min) or `op:a` (a
-//!   `unary@1` op that takes no attributes) or `const:v` (the number `v`,
+//!   `unary@1` op; those with attributes spell them out after the operand:
+//!   `leaky_relu:a:alpha`, `hard_sigmoid:a:alpha:beta`) or `const:v` (the number `v`,
 //!   as Rust parses an `f64`, converted to the element type: an immediate,
 //!   so a scalar constant needs no input). Operands are registers: `0` to
 //!   `inputs - 1` are the inputs, `inputs + i` is the result of instruction
@@ -43,7 +44,7 @@ use super::attrs::AttrReader;
 use super::elementwise::{BinaryOp, BINARY_OPS};
 use super::num::{Arith, Float};
 use super::shape::{broadcast, broadcast_strides, offset_of, Rows};
-use super::unary::{fixed_params, unary_typed, UnaryOp, OPS};
+use super::unary::{fixed_params, param_count, unary_typed, UnaryOp, OPS};
 use super::{bound, data, data_mut, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
@@ -155,27 +156,46 @@ fn parse(token: &str, next: usize) -> Result<Instr, String> {
     }
     let mut parts = token.split(':');
     let name = parts.next().unwrap_or("");
-    let operands = parts
-        .map(|p| {
-            p.parse::<usize>()
-                .ok()
-                .filter(|&r| r < next)
-                .ok_or_else(|| format!("operand `{p}` is not a register below {next}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<&str> = parts.collect();
+    let register = |p: &str| {
+        p.parse::<usize>()
+            .ok()
+            .filter(|&r| r < next)
+            .ok_or_else(|| format!("operand `{p}` is not a register below {next}"))
+    };
     if let Some(&(_, op)) = BINARY_OPS.iter().find(|(n, _)| *n == name) {
-        return match operands[..] {
-            [a, b] => Ok(Instr::Binary(op, a, b)),
-            _ => Err(format!("`{name}` takes 2 operands, got {}", operands.len())),
+        return match fields[..] {
+            [a, b] => Ok(Instr::Binary(op, register(a)?, register(b)?)),
+            _ => Err(format!("`{name}` takes 2 operands, got {}", fields.len())),
         };
     }
     if let Some(&(_, op)) = OPS.iter().find(|(n, _)| *n == name) {
-        let (alpha, beta) =
-            fixed_params(op).ok_or_else(|| format!("`{name}` takes attributes; not fusable"))?;
-        return match operands[..] {
-            [a] => Ok(Instr::Unary(op, a, alpha, beta)),
-            _ => Err(format!("`{name}` takes 1 operand, got {}", operands.len())),
+        // `op:a`, or with the op's parameters, `leaky_relu:a:alpha` and
+        // `hard_sigmoid:a:alpha:beta`.
+        let params = param_count(op);
+        let [a, ref values @ ..] = fields[..] else {
+            return Err(format!("`{name}` takes 1 operand, got 0"));
         };
+        if values.len() != params {
+            return Err(format!(
+                "`{name}` takes 1 operand and {params} parameter(s), got {} field(s)",
+                fields.len()
+            ));
+        }
+        let values = values
+            .iter()
+            .map(|v| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("parameter `{v}` is not a number"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (alpha, beta) = match (fixed_params(op), &values[..]) {
+            (Some(fixed), []) => fixed,
+            (None, [alpha]) => (*alpha, 0.0),
+            (None, [alpha, beta]) => (*alpha, *beta),
+            _ => return Err(format!("`{name}`: internal parameter count")),
+        };
+        return Ok(Instr::Unary(op, register(a)?, alpha, beta));
     }
     Err(format!("unknown op `{name}`"))
 }
@@ -449,7 +469,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testutil::*;
-    use crate::{DType, Impl, KernelError, Tensor, TensorMeta};
+    use crate::{AttrValue, DType, Impl, KernelError, Tensor, TensorMeta};
 
     fn fused(program: &str, xs: &[&Tensor], imp: Impl) -> Result<Tensor, KernelError> {
         let a = attrs(&[("inputs", i(xs.len() as i64)), ("program", s(program))]);
@@ -513,6 +533,39 @@ mod tests {
         }
     }
 
+    /// Unary ops with attributes take them after the operand: the same
+    /// bits as their own launches, and a direct computation.
+    #[test]
+    fn unary_parameters() {
+        let x = Tensor::from_vec(&[5], vec![-3.0f32, -0.5, 0.0, 0.7, 4.0]).unwrap();
+        for imp in IMPLS {
+            let a = attrs(&[("op", s("leaky_relu")), ("alpha", AttrValue::Float(0.2))]);
+            let want = launch("unary@1", &a, &[&x], imp).unwrap();
+            let got = fused("leaky_relu:0:0.2", &[&x], imp).unwrap();
+            assert_eq!(got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            let direct: Vec<f32> = [-3.0f32, -0.5, 0.0, 0.7, 4.0]
+                .iter()
+                .map(|&v| if v < 0.0 { v * 0.2 } else { v })
+                .collect();
+            assert_eq!(got.to_vec::<f32>().unwrap(), direct);
+            let a = attrs(&[
+                ("op", s("hard_sigmoid")),
+                ("alpha", AttrValue::Float(0.25)),
+                ("beta", AttrValue::Float(0.4)),
+            ]);
+            let want = launch("unary@1", &a, &[&x], imp).unwrap();
+            let got = fused("hard_sigmoid:0:0.25:0.4", &[&x], imp).unwrap();
+            assert_eq!(got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+            let direct: Vec<f32> = [-3.0f32, -0.5, 0.0, 0.7, 4.0]
+                .iter()
+                .map(|&v| (v * 0.25 + 0.4).clamp(0.0, 1.0))
+                .collect();
+            for (g, d) in got.to_vec::<f32>().unwrap().iter().zip(&direct) {
+                assert!((g - d).abs() < 1e-6, "{g} vs {d}");
+            }
+        }
+    }
+
     /// Immediates read as scalars; a program may end on one.
     #[test]
     fn immediates() {
@@ -540,7 +593,8 @@ mod tests {
             ("add:0", 1, "takes 2 operands"),
             ("relu:0:0", 1, "takes 1 operand"),
             ("frobnicate:0", 1, "unknown op"),
-            ("leaky_relu:0", 1, "not fusable"),
+            ("leaky_relu:0", 1, "takes 1 operand and 1 parameter"),
+            ("hard_sigmoid:0:x:1", 1, "parameter `x` is not a number"),
             ("exp:0", 6, "must be 1 to 5"),
             ("exp:-1", 1, "not a register"),
             ("const:three", 1, "`three` is not a number"),

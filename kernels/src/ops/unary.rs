@@ -111,6 +111,16 @@ pub(crate) fn fixed_params(op: UnaryOp) -> Option<(f64, f64)> {
     }
 }
 
+/// How many parameters op takes (`alpha`, then `beta`): what a fused
+/// program spells out after its operand.
+pub(crate) fn param_count(op: UnaryOp) -> usize {
+    match op {
+        UnaryOp::LeakyRelu => 1,
+        UnaryOp::HardSigmoid => 2,
+        _ => 0,
+    }
+}
+
 struct Unary {
     op: UnaryOp,
     /// The parameters of `leaky_relu` (alpha), `hard_sigmoid` and
