@@ -148,7 +148,9 @@ fn attrs(u: &mut Unstructured, kernel: &str, rank: usize) -> Result<Attrs> {
                 let regs = (inputs + i).max(1);
                 let mut reg = || -> Result<i64> { Ok(u.int_in_range(0..=regs)?) };
                 let (a, b) = (reg()?, reg()?);
-                program.push(if u.arbitrary()? {
+                program.push(if u.ratio(1, 8)? {
+                    format!("const:{}", f64::from(u.int_in_range(-8i8..=8)?) * 0.25)
+                } else if u.arbitrary()? {
                     format!("{}:{a}:{b}", u.choose(&BINARY)?)
                 } else {
                     format!("{}:{a}", u.choose(&UNARY)?)
