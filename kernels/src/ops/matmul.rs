@@ -7,11 +7,14 @@
 //!
 //! The reference implementations are plain dot-product loops accumulating in
 //! the element type. The optimized ones call the `gemm` crate (packed,
-//! vectorized microkernels) through [`gemm_into`], the one function of the
-//! crate that uses `unsafe`; it checks every view against its slice before
+//! vectorized microkernels) through [`gemm_into`] and [`gemm_tiled_into`],
+//! whose helpers are the crate's `unsafe` code: every view (of `a`, `b` and
+//! of the destination, whole or tile) is checked against its slice before
 //! the call. Products of at least [`GEMM_PAR_MIN`] multiply-adds run on
-//! rayon's global pool; batches of small products are spread over the pool
-//! instead. A `b` shared by every batch is folded into one tall product.
+//! rayon's global pool, cut into tiles (one single-threaded gemm call
+//! each); batches of small products are spread over the pool instead. A `b`
+//! shared by every batch is folded into one tall product. `conv.rs` uses
+//! [`gemm_into`], where gemm threads a large product itself.
 //! Summation order differs from the reference, so results agree to a
 //! tolerance scaled by `sum |a_ik b_kj|`, not bitwise.
 
@@ -55,6 +58,11 @@ pub(crate) struct MatRef<'a, T> {
 impl<T> MatRef<'_, T> {
     /// Whether every element of the view lies inside `data`.
     fn in_bounds(&self) -> bool {
+        self.fits(self.data.len())
+    }
+
+    /// Whether every element of the view lies inside a slice of length `len`.
+    fn fits(&self, len: usize) -> bool {
         if self.rows == 0 || self.cols == 0 {
             return true;
         }
@@ -62,14 +70,14 @@ impl<T> MatRef<'_, T> {
             .checked_mul(self.rs)
             .zip((self.cols - 1).checked_mul(self.cs))
             .and_then(|(r, c)| r.checked_add(c))
-            .is_some_and(|last| last < self.data.len())
+            .is_some_and(|last| last < len)
     }
 }
 
 /// `dst = a · b`, or `dst += a · b` with `accumulate`; `dst` is the
-/// row-major `a.rows × b.cols` matrix. `T` is f32 or f64 (the only
+/// row-major `a.rows × b.cols` matrix. With `parallel`, gemm spreads the one
+/// product over rayon's global pool itself. `T` is f32 or f64 (the only
 /// [`Float`]s), which `gemm` supports.
-#[allow(unsafe_code)]
 pub(crate) fn gemm_into<T: Float>(
     a: MatRef<T>,
     b: MatRef<T>,
@@ -77,48 +85,263 @@ pub(crate) fn gemm_into<T: Float>(
     accumulate: bool,
     parallel: bool,
 ) -> Result<(), String> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || Some(dst.len()) != m.checked_mul(n) || !a.in_bounds() || !b.in_bounds() {
-        return Err(format!(
-            "internal: inconsistent gemm views ({m}x{k} · {}x{n} into {})",
-            b.rows,
-            dst.len()
-        ));
+    let (m, n) = (a.rows, b.cols);
+    if Some(dst.len()) != m.checked_mul(n) {
+        return Err(inconsistent(a, b, dst.len()));
     }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let stride =
-        |v: usize| isize::try_from(v).map_err(|_| format!("internal: stride {v} exceeds isize"));
-    let (a_rs, a_cs, b_rs, b_cs, d_rs) = (
-        stride(a.rs)?,
-        stride(a.cs)?,
-        stride(b.rs)?,
-        stride(b.cs)?,
-        stride(n)?,
-    );
     let parallelism = if parallel {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
         gemm::Parallelism::None
     };
+    gemm_view(a, b, dst, n, accumulate, parallelism)
+}
+
+/// Tiles of a split product with at most [`SHORT_ROWS`] rows are this many
+/// columns wide, wider ones [`WIDE_COLS`]: multiples of 16, the width of
+/// gemm's f32 AVX-512 microkernel (and of its f64 and AVX2 ones). Narrow
+/// tiles balance short products well; a tall product's tiles are wider
+/// because each tile packs its rows of `a` again.
+const NARROW_COLS: usize = 64;
+const WIDE_COLS: usize = 256;
+const SHORT_ROWS: usize = 128;
+
+/// Products are also cut into row blocks (of at least this many rows) until
+/// there are about [`TILES_PER_THREAD`] tiles per thread of the pool.
+const MIN_TILE_ROWS: usize = 64;
+const TILES_PER_THREAD: usize = 4;
+
+/// The (rows, columns) of the tiles [`gemm_tiled_into`] cuts an `m × n`
+/// product into for `threads` threads.
+fn tile_shape(m: usize, n: usize, threads: usize) -> (usize, usize) {
+    let cols = if m <= SHORT_ROWS {
+        NARROW_COLS
+    } else {
+        WIDE_COLS
+    };
+    let row_blocks = threads
+        .saturating_mul(TILES_PER_THREAD)
+        .div_ceil(n.div_ceil(cols).max(1))
+        .clamp(1, m.div_ceil(MIN_TILE_ROWS).max(1));
+    (m.div_ceil(row_blocks).max(1), cols)
+}
+
+/// `dst = a · b`, or `dst += a · b` with `accumulate`, like [`gemm_into`];
+/// with `parallel` (and a pool of two threads or more), the product is cut
+/// into tiles (see [`tile_shape`]) that run on rayon's global pool, each a
+/// single-threaded gemm call.
+///
+/// gemm's own threading barely helps short products (a few dozen rows, as in
+/// a transformer's linear layers at short sequence lengths): column tiles
+/// split them along N, and each thread streams only its own columns of `b`.
+/// On large products the tiles also beat it, on two threads.
+pub(crate) fn gemm_tiled_into<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), String> {
+    let (m, n) = (a.rows, b.cols);
+    if Some(dst.len()) != m.checked_mul(n) {
+        return Err(inconsistent(a, b, dst.len()));
+    }
+    let threads = rayon::current_num_threads();
+    let (tile_rows, tile_cols) = tile_shape(m, n, threads);
+    let tiles = m.div_ceil(tile_rows).saturating_mul(n.div_ceil(tile_cols));
+    if !parallel || tiles < 2 || threads < 2 {
+        return gemm_view(a, b, dst, n, accumulate, gemm::Parallelism::None);
+    }
+    gemm_tiles(a, b, dst, accumulate, tile_rows, tile_cols)
+}
+
+/// The error for views that do not fit their slices or each other.
+fn inconsistent<T>(a: MatRef<T>, b: MatRef<T>, dst_len: usize) -> String {
+    format!(
+        "internal: inconsistent gemm views ({}x{} · {}x{} into {dst_len})",
+        a.rows, a.cols, b.rows, b.cols
+    )
+}
+
+/// The strides of `a`, `b` and a row-major `dst` with row stride `dst_rs`,
+/// as gemm takes them, once every view is checked against its slice (`dst`
+/// of length `dst_len`).
+fn checked_strides<T>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst_len: usize,
+    dst_rs: usize,
+) -> Result<[isize; 5], String> {
+    let dst = MatRef::<()> {
+        data: &[],
+        rows: a.rows,
+        cols: b.cols,
+        rs: dst_rs,
+        cs: 1,
+    };
+    if b.rows != a.cols || !a.in_bounds() || !b.in_bounds() || !dst.fits(dst_len) {
+        return Err(inconsistent(a, b, dst_len));
+    }
+    let stride =
+        |v: usize| isize::try_from(v).map_err(|_| format!("internal: stride {v} exceeds isize"));
+    Ok([
+        stride(a.rs)?,
+        stride(a.cs)?,
+        stride(b.rs)?,
+        stride(b.cs)?,
+        stride(dst_rs)?,
+    ])
+}
+
+/// One gemm call writing the row-major `a.rows × b.cols` view of `dst` with
+/// row stride `dst_rs`.
+#[allow(unsafe_code)]
+fn gemm_view<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) -> Result<(), String> {
+    let strides = checked_strides(a, b, dst.len(), dst_rs)?;
+    if a.rows == 0 || b.cols == 0 {
+        return Ok(());
+    }
+    // SAFETY: `checked_strides` proved every element of the `dst` view lies
+    // inside `dst`, which is borrowed mutably for the whole call, so it is
+    // valid for reads and writes and aliased by nothing else (in particular
+    // not by `a` or `b`, which are shared borrows).
+    unsafe {
+        gemm_raw(a, b, dst.as_mut_ptr(), strides, accumulate, parallelism);
+    }
+    Ok(())
+}
+
+/// A pointer into the destination of [`gemm_tiles`], shared by its tasks.
+#[derive(Clone, Copy)]
+struct TilePtr<T>(*mut T);
+
+impl<T> TilePtr<T> {
+    /// The pointer. (A method, so that closures capture the whole `TilePtr`,
+    /// which is `Send`, and not just its field, which is not.)
+    fn ptr(self) -> *mut T {
+        self.0
+    }
+}
+
+// SAFETY: a `TilePtr` only crosses threads inside `gemm_tiles`, whose tasks
+// write pairwise disjoint elements through it while the slice it points into
+// stays mutably borrowed; `T` (f32 or f64) is `Send`.
+#[allow(unsafe_code)]
+unsafe impl<T: Send> Send for TilePtr<T> {}
+#[allow(unsafe_code)]
+unsafe impl<T: Send> Sync for TilePtr<T> {}
+
+/// The product into the row-major `a.rows × b.cols` matrix at the start of
+/// `dst`, as tiles of `tile_rows × tile_cols` on rayon's global pool,
+/// one single-threaded gemm call each.
+#[allow(unsafe_code)]
+fn gemm_tiles<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst: &mut [T],
+    accumulate: bool,
+    tile_rows: usize,
+    tile_cols: usize,
+) -> Result<(), String> {
+    let (m, n, len) = (a.rows, b.cols, dst.len());
+    checked_strides(a, b, len, n)?;
+    if m == 0 || n == 0 || tile_rows == 0 || tile_cols == 0 {
+        return gemm_view(a, b, dst, n, accumulate, gemm::Parallelism::None);
+    }
+    let col_tiles = n.div_ceil(tile_cols);
+    let tiles = m.div_ceil(tile_rows) * col_tiles;
+    let base = TilePtr(dst.as_mut_ptr());
+    (0..tiles).into_par_iter().try_for_each(|t| {
+        let (r0, c0) = (t / col_tiles * tile_rows, t % col_tiles * tile_cols);
+        let (rows, cols) = (tile_rows.min(m - r0), tile_cols.min(n - c0));
+        // Sub-views of `a` (rows r0..) and `b` (columns c0..); slicing and
+        // `checked_strides` re-check them against the parent slices.
+        let a_t = MatRef {
+            data: tail(a.data, r0, a.rs).ok_or_else(|| inconsistent(a, b, len))?,
+            rows,
+            ..a
+        };
+        let b_t = MatRef {
+            data: tail(b.data, c0, b.cs).ok_or_else(|| inconsistent(a, b, len))?,
+            cols,
+            ..b
+        };
+        let strides = checked_strides(a_t, b_t, len - (r0 * n + c0), n)?;
+        // SAFETY: the tile's view of `dst` is rows r0..r0+rows and columns
+        // c0..c0+cols of the row-major m×n matrix, that is the offsets
+        // (r0+i)*n + c0+j for i < rows, j < cols:
+        // - they lie inside `dst`: `checked_strides` proved the largest,
+        //   relative to r0*n + c0, is below len - (r0*n + c0), the number of
+        //   elements of `dst` from the tile's origin on;
+        // - tiles cover disjoint row ranges or disjoint column ranges (each
+        //   t gives a distinct (row block, column block)), so no two tasks
+        //   touch the same element;
+        // - `dst` stays mutably borrowed until every task has returned
+        //   (`try_for_each` joins them), so nothing else reads or writes it
+        //   meanwhile, and `a`, `b` are shared borrows that cannot alias it;
+        // - r0*n + c0 < m*n <= len (the first `checked_strides` proved the
+        //   whole m×n view fits), so `add` stays inside the allocation.
+        unsafe {
+            gemm_raw(
+                a_t,
+                b_t,
+                base.ptr().add(r0 * n + c0),
+                strides,
+                accumulate,
+                gemm::Parallelism::None,
+            );
+        }
+        Ok::<(), String>(())
+    })
+}
+
+/// `data` from element `at * stride` on, if that lies inside it.
+fn tail<T>(data: &[T], at: usize, stride: usize) -> Option<&[T]> {
+    at.checked_mul(stride).and_then(|o| data.get(o..))
+}
+
+/// Calls `gemm` for `dst (+)= a · b`, where `dst` points to element (0, 0)
+/// of a row-major view with row stride `strides[4]`.
+///
+/// # Safety
+///
+/// `strides` must come from [`checked_strides`] for these `a` and `b` and a
+/// destination whose every element `dst + i*strides[4] + j` (i < a.rows,
+/// j < b.cols) is valid for reads and writes, and neither read nor written
+/// by anything else (including `a` and `b`) until the call returns.
+#[allow(unsafe_code)]
+unsafe fn gemm_raw<T: Float>(
+    a: MatRef<T>,
+    b: MatRef<T>,
+    dst: *mut T,
+    strides: [isize; 5],
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let [a_rs, a_cs, b_rs, b_cs, d_rs] = strides;
     let alpha = if accumulate { T::ONE } else { T::ZERO };
     // SAFETY: `gemm` reads `lhs[i*lhs_rs + p*lhs_cs]` for i < m, p < k,
     // `rhs[p*rhs_rs + j*rhs_cs]` for p < k, j < n, and writes (and, when
     // `read_dst`, reads) `dst[i*dst_rs + j*dst_cs]` for i < m, j < n.
-    // - The pointers come from live slices borrowed for the whole call.
-    // - `in_bounds` proved the largest lhs and rhs offsets lie inside their
-    //   slices (strides are in elements, non-negative, and fit in isize).
-    // - dst is row-major m×n with dst_rs = n, dst_cs = 1, and
-    //   `dst.len() == m*n`, so its largest offset is m*n - 1.
-    // - dst is borrowed mutably, so it aliases neither lhs nor rhs.
+    // - The lhs and rhs pointers come from slices borrowed for the whole
+    //   call, and `checked_strides` proved the largest lhs and rhs offsets
+    //   lie inside them (strides are in elements, non-negative, and fit in
+    //   isize).
+    // - The caller guarantees every dst element is valid and exclusive.
     // - T is f32 or f64, for which gemm has kernels (it panics otherwise).
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            dst,
             1,
             d_rs,
             accumulate,
@@ -136,7 +359,6 @@ pub(crate) fn gemm_into<T: Float>(
             parallelism,
         );
     }
-    Ok(())
 }
 
 /// The reference product: `dst[i, j] (+)= sum_p a[i, p] * b[p, j]`, summing
@@ -308,7 +530,8 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
                     rs: n,
                     cs: 1,
                 };
-                return gemm_into(a, b, y, false, work.saturating_mul(batches) >= GEMM_PAR_MIN);
+                let parallel = work.saturating_mul(batches) >= GEMM_PAR_MIN;
+                return gemm_tiled_into(a, b, y, false, parallel);
             }
             if work < GEMM_PAR_MIN && work.saturating_mul(batches) >= GEMM_PAR_MIN {
                 return y.par_chunks_mut(mn).enumerate().try_for_each(|(bi, dst)| {
@@ -326,7 +549,7 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
                     mat_a(bi).ok_or_else(missing)?,
                     mat_b(bi).ok_or_else(missing)?,
                 );
-                gemm_into(a, b, dst, false, work >= GEMM_PAR_MIN)?;
+                gemm_tiled_into(a, b, dst, false, work >= GEMM_PAR_MIN)?;
             }
             Ok(())
         }
@@ -471,7 +694,7 @@ impl Linear {
             Impl::Reference => dot_loops(a, b, y, bias.is_some()),
             Impl::Optimized => {
                 let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
-                gemm_into(a, b, y, bias.is_some(), parallel)
+                gemm_tiled_into(a, b, y, bias.is_some(), parallel)
             }
         }
     }
@@ -482,6 +705,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testutil::*;
+    use super::{gemm_tiled_into, gemm_tiles, tile_shape, MatRef, GEMM_PAR_MIN};
     use crate::{DType, Impl, KernelError, Tensor, TensorMeta};
 
     fn matmul(a: &Tensor, b: &Tensor, imp: Impl) -> Result<Tensor, KernelError> {
@@ -635,6 +859,124 @@ mod tests {
             .contains("input 2 (bias): expected shape [5]"));
         assert!(k.check(&[&x, &w]).is_err());
         assert!(bind("linear@1", &attrs(&[("bias", i(2))])).is_err());
+    }
+
+    /// `x [M, K] · w (+ bias)` in f64, with `w` stored `[K, N]` or, with
+    /// `trans_w`, `[N, K]`; and for each element, the tolerance of an f32
+    /// result: a few ulps of the sum of |terms|.
+    fn linear_direct(
+        x: &[f64],
+        w: &[f64],
+        bias: Option<&[f64]>,
+        trans_w: bool,
+        (m, k, n): (usize, usize, usize),
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut want = vec![0.0; m * n];
+        let mut tol = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let w_at = |p: usize| if trans_w { w[j * k + p] } else { w[p * n + j] };
+                let b = bias.map_or(0.0, |b| b[j]);
+                want[i * n + j] = (0..k).map(|p| x[i * k + p] * w_at(p)).sum::<f64>() + b;
+                let s = (0..k).map(|p| (x[i * k + p] * w_at(p)).abs()).sum::<f64>() + b.abs();
+                tol[i * n + j] = f32::EPSILON as f64 * (k as f64 + 2.0) * s + 1e-30;
+            }
+        }
+        (want, tol)
+    }
+
+    /// Asserts every element of `y` is within `tol` of `want`.
+    fn assert_within(y: &Tensor, want: &[f64], tol: &[f64]) {
+        let got = f64s(y);
+        assert_eq!(got.len(), want.len());
+        for (idx, g) in got.iter().enumerate() {
+            let err = (g - want[idx]).abs();
+            assert!(
+                err <= tol[idx],
+                "[{idx}]: {g} vs {} (tolerance {})",
+                want[idx],
+                tol[idx]
+            );
+        }
+    }
+
+    #[test]
+    fn tiled_products_against_direct_computation() {
+        // Products above GEMM_PAR_MIN, so the optimized path cuts them into
+        // tiles when the pool has two threads: short and wide with N not a
+        // multiple of NARROW_COLS (one row block, ten column blocks, the
+        // last partial), and tall (row blocks, the last partial, by one
+        // partial column block).
+        let shapes = [(20, 400, 600), (610, 96, 100)];
+        assert_eq!(tile_shape(20, 600, 2), (20, 64));
+        assert_eq!(tile_shape(610, 100, 2), (77, 256));
+        for (m, k, n) in shapes {
+            assert!(m * k * n >= GEMM_PAR_MIN);
+            for trans_w in [false, true] {
+                let x = float_tensor::<f32>(&[m, k], 11, false);
+                let w_shape = if trans_w { [n, k] } else { [k, n] };
+                let w = float_tensor::<f32>(&w_shape, 12, false);
+                let bias = float_tensor::<f32>(&[n], 13, false);
+                let at = attrs(&[("trans_w", i(trans_w.into())), ("bias", i(1))]);
+                let y = launch("linear@1", &at, &[&x, &w, &bias], Impl::Optimized).unwrap();
+                assert_eq!(y.shape(), &[m, n]);
+                let (bs, dims) = (f64s(&bias), (m, k, n));
+                let (want, tol) = linear_direct(&f64s(&x), &f64s(&w), Some(&bs), trans_w, dims);
+                assert_within(&y, &want, &tol);
+            }
+            // matmul with a `b` shared by two batches: one stacked product.
+            let a = float_tensor::<f32>(&[2, m, k], 14, false);
+            let b = float_tensor::<f32>(&[k, n], 15, false);
+            let y = matmul(&a, &b, Impl::Optimized).unwrap();
+            let (want, tol) = linear_direct(&f64s(&a), &f64s(&b), None, false, (2 * m, k, n));
+            assert_within(&y, &want, &tol);
+        }
+    }
+
+    #[test]
+    fn gemm_tiles_cover_every_element_once() {
+        // Tiles smaller than the defaults, in f64 so that every product of
+        // the small integers below is exact: each element is written by
+        // exactly one tile (an element missed keeps its marker, one written
+        // twice while accumulating would double).
+        let (m, k, n) = (23, 7, 45);
+        let av: Vec<f64> = (0..m * k).map(|t| (t % 13) as f64 - 6.0).collect();
+        let bv: Vec<f64> = (0..k * n).map(|t| (t % 11) as f64 - 5.0).collect();
+        let a = MatRef {
+            data: &av,
+            rows: m,
+            cols: k,
+            rs: k,
+            cs: 1,
+        };
+        let b = MatRef {
+            data: &bv,
+            rows: k,
+            cols: n,
+            rs: n,
+            cs: 1,
+        };
+        for (tile_rows, tile_cols) in [(5, 16), (23, 16), (1, 45), (100, 100)] {
+            for accumulate in [false, true] {
+                let mut dst = vec![1000.0; m * n];
+                gemm_tiles(a, b, &mut dst, accumulate, tile_rows, tile_cols).unwrap();
+                for (idx, got) in dst.iter().enumerate() {
+                    let (r, c) = (idx / n, idx % n);
+                    let dot: f64 = (0..k).map(|p| av[r * k + p] * bv[p * n + c]).sum();
+                    let want = if accumulate { 1000.0 + dot } else { dot };
+                    assert_eq!(*got, want, "tiles {tile_rows}x{tile_cols}, [{r}, {c}]");
+                }
+            }
+        }
+        // Views that do not fit their slices are refused, not read.
+        let short = MatRef {
+            data: &bv[..k * n - 1],
+            ..b
+        };
+        let mut dst = vec![0.0; m * n];
+        assert!(gemm_tiles(a, short, &mut dst, false, 5, 16).is_err());
+        assert!(gemm_tiles(a, b, &mut dst[..m * n - 1], false, 5, 16).is_err());
+        assert!(gemm_tiled_into(a, b, &mut dst[..m * n - 1], false, true).is_err());
     }
 
     /// Tolerance of a product element: a few ulps of the sum of |terms|.
