@@ -538,6 +538,51 @@ fn assorted_ops_match_direct_computation() -> Result<()> {
     Ok(())
 }
 
+/// Negative pads crop: `Pad(x [3, 5], pads = [1, -2, -1, 1])` keeps rows
+/// `0..2` and columns `2..5`, then adds a row before and a column after; in
+/// `constant` mode the new cells hold the value, in `edge` mode copies of
+/// the cropped tensor's border.
+#[test]
+fn negative_pads_crop_then_pad() -> Result<()> {
+    let x = f32s(&[3, 5], 70);
+    let xv = vals(&x);
+    for mode in ["constant", "edge"] {
+        let graph = GraphProto {
+            name: "pad".into(),
+            node: vec![NodeProto::new("pad", "Pad", &["x", "pads", "v"], &["y"])
+                .attr(AttributeProto::string("mode", mode))],
+            initializer: vec![
+                to_proto("pads", &i64s(&[1, -2, -1, 1])),
+                to_proto("v", &Tensor::scalar(9.5f32)),
+            ],
+            input: vec![ValueInfoProto::fixed("x", data_type::FLOAT, &[3, 5])],
+            output: vec![out("y")],
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir()?;
+        let outs = compile_and_run(
+            &model_bytes(graph, 18),
+            &[vec![x.clone()]],
+            &dir.path().join("p"),
+        )?;
+        // The cropped tensor c [2, 3] = x[0..2, 2..5]; y [3, 4].
+        let c = |i: usize, j: usize| xv[i * 5 + 2 + j];
+        let mut want = Vec::new();
+        for i in 0..3 {
+            for j in 0..4 {
+                let inside = i >= 1 && j < 3;
+                want.push(match (inside, mode) {
+                    (true, _) => c(i - 1, j),
+                    (false, "constant") => 9.5,
+                    (false, _) => c(i.max(1) - 1, j.min(2)),
+                });
+            }
+        }
+        assert_close(&outs[0][0], &want, &[3, 4], 0.0);
+    }
+    Ok(())
+}
+
 // ---- unsupported ops are all listed ----
 
 #[test]

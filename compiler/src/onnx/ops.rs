@@ -213,7 +213,7 @@ pub(crate) fn check_support(op: &str, domain: &str, opset: i64) -> Result<(), St
     };
     if opset > MAX_OPSET {
         return Err(format!(
-            "opset {opset} is newer than the newest this importer knows ({MAX_OPSET}, ONNX 1.18)"
+            "opset {opset} is newer than the newest this importer knows ({MAX_OPSET}, ONNX 1.20)"
         ));
     }
     if opset < first {
@@ -1711,10 +1711,23 @@ impl Builder<'_, '_> {
         let mut y = x;
         for (j, &axis) in axes.iter().enumerate() {
             let (before, after) = (pads[j], pads[j + axes.len()]);
+            // Negative pads remove elements: crop first, then pad the rest
+            // (onnxruntime's order).
+            if before < 0 || after < 0 {
+                let d = self.shape(&y)[axis];
+                let cut = |p: i64| usize::try_from(p.min(0).unsigned_abs()).unwrap_or(usize::MAX);
+                let (cb, ce) = (cut(before), cut(after));
+                let Some(len) = d.checked_sub(cb).and_then(|l| l.checked_sub(ce)) else {
+                    return Err(format!(
+                        "pads {pads:?} remove {} elements of axis {axis}, which has {d}",
+                        cb.saturating_add(ce)
+                    ));
+                };
+                y = self.narrow(&y, axis, cb, len)?;
+            }
             let mut parts = Vec::new();
             for (amount, at_end) in [(before, false), (after, true)] {
-                let amount = usize::try_from(amount)
-                    .map_err(|_| format!("negative pads {pads:?} are not supported"))?;
+                let amount = usize::try_from(amount.max(0)).unwrap_or(usize::MAX);
                 if amount > 0 {
                     let part = if mode == "constant" {
                         let mut dims = self.shape(&y);
