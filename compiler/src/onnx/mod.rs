@@ -64,11 +64,17 @@ use proto::{
 };
 
 /// The newest default-domain (`ai.onnx`) opset the importer knows: the one of
-/// ONNX 1.18. Opset 23 changed no op of the importer's set for the dtypes it
-/// supports: it added the float4e2m1 type to `Cast`, `Constant`, `Reshape`,
-/// `Shape` and others, and new ops (`Attention`, `RMSNormalization`,
-/// `RotaryEmbedding`) whose function bodies use ops of the set.
-pub const MAX_OPSET: i64 = 23;
+/// ONNX 1.20. Opsets 23 to 25 changed no op of the importer's set for the
+/// dtypes it supports. Opset 23 added the float4e2m1 type to `Cast`,
+/// `Constant`, `Reshape`, `Shape` and others, and new ops (`Attention`,
+/// `RMSNormalization`, `RotaryEmbedding`) whose function bodies use ops of the
+/// set. Opsets 24 and 25 added the float8e8m0, int2 and uint2 types to
+/// `Cast`, `Constant`, `ConstantOfShape`, `Flatten`, `Identity`, `If`,
+/// `Pad`, `Reshape`, `Shape`, `Size`, `Squeeze`, `Transpose` and
+/// `Unsqueeze`, and `Cast` a `round_mode` for float8e8m0 targets; every op of
+/// the set keeps its attributes, inputs and outputs (checked against
+/// `onnx.defs` of onnx 1.22).
+pub const MAX_OPSET: i64 = 25;
 
 /// Why a model cannot be imported.
 #[derive(Debug, thiserror::Error)]
