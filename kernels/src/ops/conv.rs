@@ -59,7 +59,7 @@ use rayon::prelude::*;
 
 use super::attrs::AttrReader;
 use super::fused::Program;
-use super::matmul::{gemm_into, MatRef, GEMM_PAR_MIN};
+use super::matmul::{gemm_tiled_into, MatRef, GEMM_PAR_MIN};
 use super::num::{Arith, Float};
 use super::scratch::Scratch;
 use super::shape::{broadcast, numel, strides};
@@ -1077,7 +1077,7 @@ fn conv_pair<T: Float>(
             rs: in_len,
             cs: 1,
         };
-        return gemm_into(wm, xm, ychunk, acc, par);
+        return gemm_tiled_into(wm, xm, ychunk, acc, par);
     }
     let row = g.out_sp.last().copied().unwrap_or(1);
     let tile = tile_len(ck, out_len, row);
@@ -1110,7 +1110,7 @@ fn conv_pair<T: Float>(
             rs: tl,
             cs: 1,
         };
-        gemm_into(wm, cm, out, accumulate, par)
+        gemm_tiled_into(wm, cm, out, accumulate, par)
     };
     if tile >= out_len {
         let mut col = Scratch::<T>::new(ck * out_len);
@@ -1336,7 +1336,7 @@ fn conv_transpose_pair<T: Float>(
             cs: 1,
         };
         let col = &mut col_all[..mk * tl];
-        gemm_into(wt, xm, col, false, par)?;
+        gemm_tiled_into(wt, xm, col, false, par)?;
         // Row `m·K + kk` of `col` adds into output channel `m`.
         let scatter = |(yrow, crows): (&mut [T], &[T])| {
             for (kk, crow) in crows.chunks(tl).enumerate() {

@@ -7,14 +7,13 @@
 //!
 //! The reference implementations are plain dot-product loops accumulating in
 //! the element type. The optimized ones call the `gemm` crate (packed,
-//! vectorized microkernels) through [`gemm_into`] and [`gemm_tiled_into`],
-//! whose helpers are the crate's `unsafe` code: every view (of `a`, `b` and
+//! vectorized microkernels) through [`gemm_tiled_into`], whose helpers are the crate's `unsafe` code: every view (of `a`, `b` and
 //! of the destination, whole or tile) is checked against its slice before
 //! the call. Products of at least [`GEMM_PAR_MIN`] multiply-adds run on
 //! rayon's global pool, cut into tiles (one single-threaded gemm call
 //! each); batches of small products are spread over the pool instead. A `b`
-//! shared by every batch is folded into one tall product. `conv.rs` uses
-//! [`gemm_into`], where gemm threads a large product itself.
+//! shared by every batch is folded into one tall product. `conv.rs` makes
+//! its products through the same function.
 //! Summation order differs from the reference, so results agree to a
 //! tolerance scaled by `sum |a_ik b_kj|`, not bitwise.
 
@@ -74,29 +73,6 @@ impl<T> MatRef<'_, T> {
     }
 }
 
-/// `dst = a · b`, or `dst += a · b` with `accumulate`; `dst` is the
-/// row-major `a.rows × b.cols` matrix. With `parallel`, gemm spreads the one
-/// product over rayon's global pool itself. `T` is f32 or f64 (the only
-/// [`Float`]s), which `gemm` supports.
-pub(crate) fn gemm_into<T: Float>(
-    a: MatRef<T>,
-    b: MatRef<T>,
-    dst: &mut [T],
-    accumulate: bool,
-    parallel: bool,
-) -> Result<(), String> {
-    let (m, n) = (a.rows, b.cols);
-    if Some(dst.len()) != m.checked_mul(n) {
-        return Err(inconsistent(a, b, dst.len()));
-    }
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    gemm_view(a, b, dst, n, accumulate, parallelism)
-}
-
 /// Tiles of a split product with at most [`SHORT_ROWS`] rows are this many
 /// columns wide, wider ones [`WIDE_COLS`]: multiples of 16, the width of
 /// gemm's f32 AVX-512 microkernel (and of its f64 and AVX2 ones). Narrow
@@ -126,8 +102,9 @@ fn tile_shape(m: usize, n: usize, threads: usize) -> (usize, usize) {
     (m.div_ceil(row_blocks).max(1), cols)
 }
 
-/// `dst = a · b`, or `dst += a · b` with `accumulate`, like [`gemm_into`];
-/// with `parallel` (and a pool of two threads or more), the product is cut
+/// `dst = a · b`, or `dst += a · b` with `accumulate`; `dst` is the
+/// row-major `a.rows × b.cols` matrix, and `T` is f32 or f64 (the only
+/// [`Float`]s), which `gemm` supports. With `parallel` (and a pool of two threads or more), the product is cut
 /// into tiles (see [`tile_shape`]) that run on rayon's global pool, each a
 /// single-threaded gemm call.
 ///
@@ -535,7 +512,7 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
             }
             if work < GEMM_PAR_MIN && work.saturating_mul(batches) >= GEMM_PAR_MIN {
                 return y.par_chunks_mut(mn).enumerate().try_for_each(|(bi, dst)| {
-                    gemm_into(
+                    gemm_tiled_into(
                         mat_a(bi).ok_or_else(missing)?,
                         mat_b(bi).ok_or_else(missing)?,
                         dst,
