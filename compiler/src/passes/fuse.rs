@@ -363,6 +363,18 @@ mod tests {
         attrs([("op", AttrValue::Str(o.into()))])
     }
 
+    /// The fused graph's first output has the same bits as the original's.
+    fn assert_same_values(before: &Graph, after: &Graph, xs: &[Tensor]) {
+        let reg = Registry::standard();
+        let none = BTreeMap::new();
+        let want = evaluate(before, &reg, xs, &none).unwrap();
+        let got = evaluate(after, &reg, xs, &none).unwrap();
+        assert_eq!(
+            want[0].to_vec::<f32>().unwrap(),
+            got[0].to_vec::<f32>().unwrap()
+        );
+    }
+
     /// `y = (x + b) * sigmoid(x + b)` then `z = y - x`, with `x + b` read
     /// twice, both times inside the chain: all four ops fuse; the values do
     /// not change.
@@ -399,13 +411,7 @@ mod tests {
         let xs =
             Tensor::from_vec(&[2, 8], (0..16).map(|v| v as f32 * 0.3 - 2.0).collect()).unwrap();
         let bs = Tensor::from_vec(&[8], (0..8).map(|v| v as f32 * -0.1).collect()).unwrap();
-        let none = BTreeMap::new();
-        let want = evaluate(&before, &reg, &[xs.clone(), bs.clone()], &none).unwrap();
-        let got = evaluate(&g, &reg, &[xs, bs], &none).unwrap();
-        assert_eq!(
-            want[0].to_vec::<f32>().unwrap(),
-            got[0].to_vec::<f32>().unwrap()
-        );
+        assert_same_values(&before, &g, &[xs, bs]);
     }
 
     /// A convolution, a per-channel affine and HardSwish spelled out with
@@ -469,13 +475,7 @@ mod tests {
             input(&[3, 1, 1], 1.3),
             input(&[3, 1, 1], 2.9),
         ];
-        let none = BTreeMap::new();
-        let want = evaluate(&before, &reg, &xs, &none).unwrap();
-        let got = evaluate(&g, &reg, &xs, &none).unwrap();
-        assert_eq!(
-            want[0].to_vec::<f32>().unwrap(),
-            got[0].to_vec::<f32>().unwrap()
-        );
+        assert_same_values(&before, &g, &xs);
     }
 
     /// A `leaky_relu` with its alpha joins a convolution's epilogue with
@@ -513,13 +513,7 @@ mod tests {
             .unwrap(),
             Tensor::from_vec(&[2, 1, 3, 1], vec![0.5f32, -1.0, 0.25, 1.5, 0.5, -0.75]).unwrap(),
         ];
-        let none = BTreeMap::new();
-        let want = evaluate(&before, &reg, &xs, &none).unwrap();
-        let got = evaluate(&g, &reg, &xs, &none).unwrap();
-        assert_eq!(
-            want[0].to_vec::<f32>().unwrap(),
-            got[0].to_vec::<f32>().unwrap()
-        );
+        assert_same_values(&before, &g, &xs);
     }
 
     /// A broadcast intermediate (`[8]` into `[2, 8]`) and integer math stay

@@ -331,7 +331,7 @@ fn read_post(r: &mut AttrReader, bias: bool) -> Result<Option<Program>, KernelEr
             "attribute `post_inputs` is {extra} but there is no `post` program to read them"
         ))),
         None => Ok(None),
-        Some(p) => Program::parse(extra + 1, &p)
+        Some(p) => Program::parse(extra + 1, p)
             .map(Some)
             .map_err(|m| r.error(m)),
     }
@@ -576,14 +576,7 @@ impl Conv {
         };
         let first = self.post_first();
         let extras = inputs.get(first..).unwrap_or_default();
-        let xs = extras
-            .iter()
-            .enumerate()
-            .map(|(i, t)| data::<T>(t, &self.input(first + i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let shapes: Vec<&[usize]> = extras.iter().map(|t| t.shape()).collect();
-        let out_shape = out.shape().to_vec();
-        post.run(imp, &xs, &shapes, &out_shape, data_mut::<T>(out)?, true)
+        post.run_tensors::<T>(imp, extras, &|i| self.input(first + i), out, true)
     }
 
     fn compute_typed<T: Float>(

@@ -88,7 +88,7 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
                 "attribute `inputs` must be 1 to {MAX_INPUTS}, got {inputs}"
             ))
         })?;
-    let program = Program::parse(inputs, &program).map_err(err)?;
+    let program = Program::parse(inputs, program).map_err(err)?;
     let label = format!("fused@1 ({})", program.names());
     Ok(bound(Fused { program, label }))
 }
@@ -249,19 +249,31 @@ impl Fused {
         inputs: &[&Tensor],
         out: &mut Tensor,
     ) -> Result<(), String> {
-        let xs = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| data::<T>(t, &self.input(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        let out_shape = out.shape().to_vec();
-        let y = data_mut::<T>(out)?;
-        self.program.run(imp, &xs, &shapes, &out_shape, y, false)
+        self.program
+            .run_tensors::<T>(imp, inputs, &|i| self.input(i), out, false)
     }
 }
 
 impl Program {
+    /// [`Program::run`] on tensors; `name(i)` names input `i` in errors.
+    pub(crate) fn run_tensors<T: Float + Arith>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        name: &dyn Fn(usize) -> String,
+        out: &mut Tensor,
+        in_place: bool,
+    ) -> Result<(), String> {
+        let xs = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| data::<T>(t, &name(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let out_shape = out.shape().to_vec();
+        self.run(imp, &xs, &shapes, &out_shape, data_mut::<T>(out)?, in_place)
+    }
+
     /// Runs the program on `len` elements: `ins` are the inputs' parts (a
     /// slice, or one element repeated), each intermediate lives in its own
     /// `tile`-element part of `tmp`, and the last instruction writes `out`.
