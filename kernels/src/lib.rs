@@ -84,6 +84,13 @@ use serde::{Deserialize, Serialize};
 /// the wrapper ABI's `launch` import.
 pub const MAX_OPERANDS: usize = 6;
 
+/// `unary@1`'s parameter defaults: `leaky_relu`'s alpha, and
+/// `hard_sigmoid`'s alpha and beta (ONNX's). The compiler spells them out
+/// when it fuses an op that leaves them implicit.
+pub const LEAKY_RELU_ALPHA: f64 = 0.01;
+pub const HARD_SIGMOID_ALPHA: f64 = 0.2;
+pub const HARD_SIGMOID_BETA: f64 = 0.5;
+
 /// A static attribute value in a kernel table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

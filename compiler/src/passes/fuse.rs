@@ -74,9 +74,16 @@ fn fusable(
         Some(_) => None,
     };
     let (params, known): (String, &[&str]) = match (arity, op.as_str()) {
-        (1, "leaky_relu") => (format!(":{}", float("alpha", 0.01)?), &["op", "alpha"]),
+        (1, "leaky_relu") => (
+            format!(":{}", float("alpha", ampoule_kernels::LEAKY_RELU_ALPHA)?),
+            &["op", "alpha"],
+        ),
         (1, "hard_sigmoid") => (
-            format!(":{}:{}", float("alpha", 0.2)?, float("beta", 0.5)?),
+            format!(
+                ":{}:{}",
+                float("alpha", ampoule_kernels::HARD_SIGMOID_ALPHA)?,
+                float("beta", ampoule_kernels::HARD_SIGMOID_BETA)?
+            ),
             &["op", "alpha", "beta"],
         ),
         _ => (String::new(), &["op"]),

@@ -83,8 +83,11 @@ pub(crate) fn bind(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
     let mut r = AttrReader::new("unary@1", attrs);
     let op = r.choice("op", &OPS)?;
     let (alpha, beta) = match op {
-        UnaryOp::LeakyRelu => (r.float("alpha", 0.01)?, 0.0),
-        UnaryOp::HardSigmoid => (r.float("alpha", 0.2)?, r.float("beta", 0.5)?),
+        UnaryOp::LeakyRelu => (r.float("alpha", crate::LEAKY_RELU_ALPHA)?, 0.0),
+        UnaryOp::HardSigmoid => (
+            r.float("alpha", crate::HARD_SIGMOID_ALPHA)?,
+            r.float("beta", crate::HARD_SIGMOID_BETA)?,
+        ),
         _ => fixed_params(op).unwrap_or((0.0, 0.0)),
     };
     r.finish()?;
