@@ -53,6 +53,8 @@
 //! buffer exceeds [`COL_MAX`] elements beyond one column's height, whatever
 //! the attributes. Pairs run on rayon's pool when the work is large.
 
+mod direct;
+
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -64,7 +66,7 @@ use super::num::{Arith, Float};
 use super::scratch::Scratch;
 use super::shape::{broadcast, numel, strides};
 use super::{bound, check_float, check_same_dtype, data, data_mut, Op, PAR_MIN};
-use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
+use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
 
 /// The largest stride, dilation, pad or output padding accepted: far above
 /// any real model, and small enough that window arithmetic on addressable
@@ -644,9 +646,18 @@ impl Conv {
                 if depthwise {
                     return conv_depthwise(&g, &win, xv, wv, y);
                 }
+                let plane = (!transpose && T::DTYPE == DType::F32)
+                    .then(|| direct::Plane::new(&g))
+                    .flatten();
                 let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
                     if transpose {
                         conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
+                    } else if let Some(p) = &plane {
+                        let f32s = |e| format!("internal: direct conv on non-f32 data ({e})");
+                        let x = bytemuck::try_cast_slice(xv).map_err(f32s)?;
+                        let w = bytemuck::try_cast_slice(wv).map_err(f32s)?;
+                        let y = bytemuck::try_cast_slice_mut(ychunk).map_err(f32s)?;
+                        direct::conv_pair(p, &g, x, w, pair, y, prefill, par)
                     } else {
                         conv_pair(&g, &win, xv, wv, pair, ychunk, prefill, par)
                     }
@@ -1748,6 +1759,60 @@ mod tests {
             let eps = if f64s_ { f64::EPSILON } else { f32::EPSILON as f64 };
             let terms = (cg.max(mg) * 27 * 4) as f64;
             assert_close(&r, &o, 0.0, eps * terms * 100.0 * 4.0);
+        }
+
+        /// The direct path (`direct.rs`: stride 1, one or two spatial
+        /// axes, rows of at least 16 outputs) against the reference, with
+        /// channel counts around its 8-channel blocks, border tiles (wide
+        /// pads, dilation, rows that end mid-vector) and whole kernel rows
+        /// in the padding.
+        #[test]
+        fn direct_path_matches_reference(
+            two_d in any::<bool>(),
+            n in 1usize..=2,
+            cg in 2usize..=9,
+            mg in 1usize..=19,
+            group in 1usize..=2,
+            h in 1usize..=5,
+            wi in 14usize..=70,
+            kh in 1usize..=3,
+            kw in 1usize..=5,
+            dl in prop::collection::vec(1usize..=2, 2),
+            pads in prop::collection::vec(0usize..=4, 4),
+            with_bias in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (c, m) = (cg * group, mg * group);
+            let s = if two_d { 2 } else { 1 };
+            let mut x_shape = vec![n, c];
+            let mut w_shape = vec![m, cg];
+            let (dims, ks, dil) = if two_d {
+                (vec![h, wi], vec![kh, kw], dl.clone())
+            } else {
+                (vec![wi], vec![kw], vec![dl[1]])
+            };
+            x_shape.extend(&dims);
+            w_shape.extend(&ks);
+            let p: Vec<usize> = if two_d { pads.clone() } else { vec![pads[1], pads[3]] };
+            let v = |v: &[usize]| AttrValue::Ints(v.iter().map(|&x| x as i64).collect());
+            let at = attrs(&[
+                ("group", i(group as i64)),
+                ("strides", v(&vec![1; s])),
+                ("dilations", v(&dil)),
+                ("pads", v(&p)),
+                ("bias", i(i64::from(with_bias))),
+            ]);
+            let x = float_tensor::<f32>(&x_shape, seed, false);
+            let w = float_tensor::<f32>(&w_shape, seed ^ 1, false);
+            let b = float_tensor::<f32>(&[m], seed ^ 2, false);
+            let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+            let Ok(r) = launch("conv@1", &at, &inputs, Impl::Reference) else {
+                prop_assert!(launch("conv@1", &at, &inputs, Impl::Optimized).is_err());
+                return Ok(());
+            };
+            let o = launch("conv@1", &at, &inputs, Impl::Optimized).unwrap();
+            let terms = (cg * kh * kw + 1) as f64;
+            assert_close(&r, &o, 0.0, f32::EPSILON as f64 * terms * 100.0 * 4.0);
         }
 
         #[test]
