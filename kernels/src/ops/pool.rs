@@ -862,6 +862,7 @@ mod tests {
     /// window's elements in row-major kernel order, the first NaN or else
     /// the first largest wins; its flat index row-major over [N, C, H, W]
     /// or, with `storage_order`, `plane H W + r + c H`.
+    #[allow(clippy::too_many_arguments)]
     fn direct_max(
         xv: &[f64],
         (h, w): (usize, usize),
