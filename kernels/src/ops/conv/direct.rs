@@ -66,10 +66,9 @@ pub(super) struct Plane {
 impl Plane {
     /// The plane of `g` when the direct path applies to it: stride 1 on
     /// every axis, one or two spatial axes, output rows of at least one
-    /// vector, more than one input channel per group, and a CPU with
-    /// AVX-512F.
+    /// vector, and a CPU with AVX-512F.
     pub(super) fn new(g: &Geom) -> Option<Plane> {
-        if g.axes.stride.iter().any(|&s| s != 1) || g.cg < 2 {
+        if g.axes.stride.iter().any(|&s| s != 1) {
             return None;
         }
         let (row, col) = match g.in_sp.len() {
@@ -105,18 +104,18 @@ fn avx512() -> bool {
     }
 }
 
-/// One (batch, group) pair: `ychunk [M/g, H·W]` gets `w_g ⊛ x_g`, added to
-/// its content with `acc` (the bias), overwriting it otherwise. With `par`,
-/// (band, channel block) items run on rayon's pool.
+/// One (batch, group) pair: `ychunk [M/g, H·W]` gets `w_g ⊛ x_g` plus the
+/// group's slice of `bias` (all `M` channels). With `par`, (band, channel
+/// block) items run on rayon's pool.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_pair(
     p: &Plane,
     g: &Geom,
     x: &[f32],
     w: &[f32],
+    bias: Option<&[f32]>,
     pair: usize,
     ychunk: &mut [f32],
-    acc: bool,
     par: bool,
 ) -> Result<(), String> {
     let (n, grp) = (pair / g.g, pair % g.g);
@@ -133,6 +132,13 @@ pub(super) fn conv_pair(
     if ychunk.len() != g.mg * out_len || out_len != p.h_out * p.w_out || in_len != p.h_in * p.w_in {
         return Err("internal: direct conv sizes disagree".into());
     }
+    let bias = match bias {
+        Some(b) => Some(
+            b.get(grp * g.mg..(grp + 1) * g.mg)
+                .ok_or("internal: conv group outside bias")?,
+        ),
+        None => None,
+    };
     let blocks = g.mg.div_ceil(MR);
     let mut panels = Scratch::<f32>::new(blocks * ck * MR);
     let panels = panels.as_mut();
@@ -170,7 +176,8 @@ pub(super) fn conv_pair(
     let tiles = row_tiles(p);
     let run = |(bi, b0, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let panels = &panels[b0 * ck * MR..];
-        band_blocks(p, g.cg, xg, panels, &tiles, bi * band, &mut outs, acc)
+        let bias = bias.map(|b| &b[b0 * MR..]);
+        band_blocks(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)
     };
     if par {
         items.into_par_iter().try_for_each(run)
@@ -180,7 +187,7 @@ pub(super) fn conv_pair(
 }
 
 /// Output rows `oh0..` (as many as `outs[0]` holds) of the planes in
-/// `outs`, whose weight panels start `panels`. For each chunk of
+/// `outs`, whose weight panels start `panels` and biases `bias`. For each chunk of
 /// [`CHANNELS`] input channels, each row and each tile along it, every
 /// block of [`MR`] planes is computed in turn, so the tile's input stays in
 /// L1 across blocks.
@@ -190,16 +197,17 @@ fn band_blocks(
     cg: usize,
     xg: &[f32],
     panels: &[f32],
+    bias: Option<&[f32]>,
     tiles: &[RowTile],
     oh0: usize,
     outs: &mut [&mut [f32]],
-    acc: bool,
 ) -> Result<(), String> {
     let rows_here = outs.first().map_or(0, |o| o.len() / p.w_out);
     let (in_len, k_len) = (p.h_in * p.w_in, p.kh * p.kw);
     if panels.len() < outs.len().div_ceil(MR) * cg * k_len * MR
         || xg.len() < cg * in_len
         || outs.iter().any(|o| o.len() != rows_here * p.w_out)
+        || bias.is_some_and(|b| b.len() < outs.len())
     {
         return Err("internal: direct conv operands disagree".into());
     }
@@ -218,6 +226,12 @@ fn band_blocks(
             }
             for t in tiles {
                 for (b, block) in outs.chunks_mut(MR).enumerate() {
+                    // The first pass over the channels starts from the bias
+                    // and overwrites; later passes add to it.
+                    let start = std::array::from_fn(|r| match bias {
+                        Some(bias) if c0 == 0 => bias.get(b * MR + r).copied().unwrap_or(0.0),
+                        _ => 0.0,
+                    });
                     let mut dst = [std::ptr::null_mut(); MR];
                     for (d, o) in dst.iter_mut().zip(block.iter_mut()) {
                         *d = o[r * p.w_out + t.ow0..].as_mut_ptr();
@@ -236,7 +250,8 @@ fn band_blocks(
                         dst,
                         store: t.store,
                         outs: block.len(),
-                        acc: acc || c0 > 0,
+                        start,
+                        acc: c0 > 0,
                     };
                     // SAFETY: the CPU has AVX-512F (checked by `Plane::new`,
                     // the only way to get a `Plane`). Memory: see `Tile`'s
@@ -331,7 +346,7 @@ fn lane_mask(f: impl Fn(usize) -> bool) -> u16 {
 /// masked and that lane's bit of `masks[j][v]` is clear; the weight panel is
 /// read at `panel + ((c·k_len) + i·kw + j)·MR + r`; and for `r < outs`
 /// output lane `16v + l` is read (with `acc`) and written at `dst[r] + 16v +
-/// l` unless masked off by `store[v]`. All those addresses must be in
+/// l` unless masked off by `store[v]`; sums start at `start[r]`. All those addresses must be in
 /// bounds of their buffers, and the `dst` rows exclusively borrowed.
 struct Tile<'a> {
     x: *const f32,
@@ -347,6 +362,8 @@ struct Tile<'a> {
     dst: [*mut f32; MR],
     store: [u16; VMAX],
     outs: usize,
+    /// Each output channel's starting value.
+    start: [f32; MR],
     acc: bool,
 }
 
@@ -376,7 +393,7 @@ impl Tile<'_> {
     unsafe fn run_kw<const V: usize, const MASKED: bool, const KW: usize>(&self) {
         use std::arch::x86_64::*;
         let kw = if KW > 0 { KW } else { self.kw };
-        let mut s = [[_mm512_setzero_ps(); V]; MR];
+        let mut s: [[__m512; V]; MR] = std::array::from_fn(|r| [_mm512_set1_ps(self.start[r]); V]);
         for c in 0..self.cg {
             // SAFETY (all pointer arithmetic and loads below): the struct's
             // contract; masked-off lanes are not accessed by masked loads,
@@ -482,6 +499,5 @@ mod tests {
         assert!(Plane::new(&geom(&[9, 40], &[3, 3], 2, 4)).is_none());
         assert!(Plane::new(&geom(&[9, 12], &[3, 3], 1, 4)).is_none());
         assert!(Plane::new(&geom(&[4, 9, 40], &[3, 3, 3], 1, 4)).is_none());
-        assert!(Plane::new(&geom(&[9, 40], &[3, 3], 1, 1)).is_none());
     }
 }
