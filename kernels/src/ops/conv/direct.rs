@@ -65,10 +65,11 @@ pub(super) struct Plane {
 
 impl Plane {
     /// The plane of `g` when the direct path applies to it: stride 1 on
-    /// every axis, one or two spatial axes, output rows of at least one
-    /// vector, and a CPU with AVX-512F.
+    /// every axis, one or two spatial axes, a kernel of more than one
+    /// position (a 1×1 convolution is a plain product, which gemm does
+    /// faster), output rows of at least one vector, and a CPU with AVX-512F.
     pub(super) fn new(g: &Geom) -> Option<Plane> {
-        if g.axes.stride.iter().any(|&s| s != 1) {
+        if g.axes.stride.iter().any(|&s| s != 1) || g.k_len() < 2 {
             return None;
         }
         let (row, col) = match g.in_sp.len() {
@@ -497,6 +498,7 @@ mod tests {
         assert_eq!(Plane::new(&geom(&[9, 40], &[3, 3], 1, 4)).is_some(), on);
         assert_eq!(Plane::new(&geom(&[40], &[5], 1, 4)).is_some(), on);
         assert!(Plane::new(&geom(&[9, 40], &[3, 3], 2, 4)).is_none());
+        assert!(Plane::new(&geom(&[9, 40], &[1, 1], 1, 4)).is_none());
         assert!(Plane::new(&geom(&[9, 12], &[3, 3], 1, 4)).is_none());
         assert!(Plane::new(&geom(&[4, 9, 40], &[3, 3, 3], 1, 4)).is_none());
     }
