@@ -611,10 +611,9 @@ impl Conv {
         }
         let out_len = g.out_len();
         let depthwise = !self.transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX;
-        let plane =
-            (imp == Impl::Optimized && !self.transpose && !depthwise && T::DTYPE == DType::F32)
-                .then(|| direct::Plane::new(&g))
-                .flatten();
+        let plane = (imp == Impl::Optimized && !self.transpose && T::DTYPE == DType::F32)
+            .then(|| direct::Plane::new(&g))
+            .flatten();
         // The paths that add into y need it to start at the bias (or 0);
         // im2col products without a bias, and the direct path (which starts
         // its sums at the bias), write every element themselves.
@@ -649,6 +648,18 @@ impl Conv {
                 } else {
                     RowWindow::new(&g, &g.out_sp, &g.in_sp)
                 };
+                let f32s = |e| format!("internal: direct conv on non-f32 data ({e})");
+                if let (true, Some(p)) = (depthwise, &plane) {
+                    let x = bytemuck::try_cast_slice(xv).map_err(f32s)?;
+                    let w = bytemuck::try_cast_slice(wv).map_err(f32s)?;
+                    let b = bias
+                        .map(bytemuck::try_cast_slice)
+                        .transpose()
+                        .map_err(f32s)?;
+                    let y = bytemuck::try_cast_slice_mut(y).map_err(f32s)?;
+                    let par = y.len().saturating_mul(g.k_len()) >= PAR_MIN;
+                    return direct::depthwise(p, &g, x, w, b, y, par);
+                }
                 if depthwise {
                     return conv_depthwise(&g, &win, xv, wv, y);
                 }
@@ -656,7 +667,6 @@ impl Conv {
                     if transpose {
                         conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
                     } else if let Some(p) = &plane {
-                        let f32s = |e| format!("internal: direct conv on non-f32 data ({e})");
                         let x = bytemuck::try_cast_slice(xv).map_err(f32s)?;
                         let w = bytemuck::try_cast_slice(wv).map_err(f32s)?;
                         let b = bias
@@ -1770,7 +1780,8 @@ mod tests {
 
         /// The direct path (`direct.rs`: stride 1, one or two spatial
         /// axes, rows of at least 16 outputs) against the reference, with
-        /// channel counts around its 8-channel blocks, border tiles (wide
+        /// channel counts around its 8-channel blocks, depthwise groups
+        /// (one input channel, at most 4 outputs each), border tiles (wide
         /// pads, dilation, rows that end mid-vector) and whole kernel rows
         /// in the padding.
         #[test]
@@ -1779,7 +1790,7 @@ mod tests {
             n in 1usize..=2,
             cg in 1usize..=9,
             mg in 1usize..=19,
-            group in 1usize..=2,
+            group in 1usize..=6,
             h in 1usize..=5,
             wi in 14usize..=70,
             kh in 1usize..=3,
@@ -1787,8 +1798,10 @@ mod tests {
             dl in prop::collection::vec(1usize..=2, 2),
             pads in prop::collection::vec(0usize..=4, 4),
             with_bias in any::<bool>(),
+            depthwise in any::<bool>(),
             seed in any::<u64>(),
         ) {
+            let (cg, mg) = if depthwise { (1, 1 + mg % 4) } else { (cg, mg) };
             let (c, m) = (cg * group, mg * group);
             let s = if two_d { 2 } else { 1 };
             let mut x_shape = vec![n, c];

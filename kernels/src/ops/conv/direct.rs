@@ -178,7 +178,7 @@ pub(super) fn conv_pair(
     let run = |(bi, b0, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let panels = &panels[b0 * ck * MR..];
         let bias = bias.map(|b| &b[b0 * MR..]);
-        band_blocks(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)
+        band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)
     };
     if par {
         items.into_par_iter().try_for_each(run)
@@ -187,13 +187,53 @@ pub(super) fn conv_pair(
     }
 }
 
+/// A depthwise convolution (one input channel per group): each output
+/// plane `(n, m)` from input channel `n·C + m ÷ (M/g)` and its own `K`
+/// weights, with one-channel tiles (`R = 1`: `V` loads, one broadcast and
+/// `V` multiply-adds per kernel position, the sums in registers across
+/// all of them). Planes run on rayon's pool with `par`.
+pub(super) fn depthwise(
+    p: &Plane,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    par: bool,
+) -> Result<(), String> {
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    if g.cg != 1 || out_len != p.h_out * p.w_out || in_len != p.h_in * p.w_in {
+        return Err("internal: direct depthwise sizes disagree".into());
+    }
+    let tiles = row_tiles(p);
+    let plane = |(q, yp): (usize, &mut [f32])| {
+        let (n, m) = (q / g.m, q % g.m);
+        let ci = n * g.c + m / g.mg;
+        let xc = x
+            .get(ci * in_len..(ci + 1) * in_len)
+            .ok_or("internal: depthwise channel outside x")?;
+        let wk = w
+            .get(m * k_len..(m + 1) * k_len)
+            .ok_or("internal: depthwise weights outside w")?;
+        let b = bias
+            .map(|b| b.get(m..m + 1).ok_or("internal: depthwise bias outside b"))
+            .transpose()?;
+        band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [yp])
+    };
+    if par {
+        y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
+    } else {
+        y.chunks_mut(out_len).enumerate().try_for_each(plane)
+    }
+}
+
 /// Output rows `oh0..` (as many as `outs[0]` holds) of the planes in
-/// `outs`, whose weight panels start `panels` and biases `bias`. For each chunk of
-/// [`CHANNELS`] input channels, each row and each tile along it, every
-/// block of [`MR`] planes is computed in turn, so the tile's input stays in
-/// L1 across blocks.
+/// `outs`, whose weight panels (`[C/g][K][R]` per block of `R` planes)
+/// start `panels` and biases `bias`. For each chunk of [`CHANNELS`] input
+/// channels, each row and each tile along it, every block of `R` planes is
+/// computed in turn, so the tile's input stays in L1 across blocks.
 #[allow(clippy::too_many_arguments)]
-fn band_blocks(
+fn band_blocks<const R: usize>(
     p: &Plane,
     cg: usize,
     xg: &[f32],
@@ -205,7 +245,7 @@ fn band_blocks(
 ) -> Result<(), String> {
     let rows_here = outs.first().map_or(0, |o| o.len() / p.w_out);
     let (in_len, k_len) = (p.h_in * p.w_in, p.kh * p.kw);
-    if panels.len() < outs.len().div_ceil(MR) * cg * k_len * MR
+    if panels.len() < outs.len().div_ceil(R) * cg * k_len * R
         || xg.len() < cg * in_len
         || outs.iter().any(|o| o.len() != rows_here * p.w_out)
         || bias.is_some_and(|b| b.len() < outs.len())
@@ -226,11 +266,11 @@ fn band_blocks(
                 }
             }
             for t in tiles {
-                for (b, block) in outs.chunks_mut(MR).enumerate() {
+                for (b, block) in outs.chunks_mut(R).enumerate() {
                     // The first pass over the channels starts from the bias
                     // and overwrites; later passes add to it.
                     let start = std::array::from_fn(|r| match bias {
-                        Some(bias) if c0 == 0 => bias.get(b * MR + r).copied().unwrap_or(0.0),
+                        Some(bias) if c0 == 0 => bias.get(b * R + r).copied().unwrap_or(0.0),
                         _ => 0.0,
                     });
                     let mut dst = [std::ptr::null_mut(); MR];
@@ -246,7 +286,7 @@ fn band_blocks(
                         dw: p.dw,
                         col0: t.col0,
                         masks: &t.masks,
-                        panel: panels[(b * cg + c0) * k_len * MR..].as_ptr(),
+                        panel: panels[(b * cg + c0) * k_len * R..].as_ptr(),
                         k_len,
                         dst,
                         store: t.store,
@@ -265,12 +305,12 @@ fn band_blocks(
                     #[allow(unsafe_code)]
                     unsafe {
                         match (t.v, t.interior) {
-                            (3, true) => tile.run::<3, false>(),
-                            (3, false) => tile.run::<3, true>(),
-                            (2, true) => tile.run::<2, false>(),
-                            (2, false) => tile.run::<2, true>(),
-                            (_, true) => tile.run::<1, false>(),
-                            (_, false) => tile.run::<1, true>(),
+                            (3, true) => tile.run::<R, 3, false>(),
+                            (3, false) => tile.run::<R, 3, true>(),
+                            (2, true) => tile.run::<R, 2, false>(),
+                            (2, false) => tile.run::<R, 2, true>(),
+                            (_, true) => tile.run::<R, 1, false>(),
+                            (_, false) => tile.run::<R, 1, true>(),
                         }
                     }
                 }
@@ -376,14 +416,14 @@ impl Tile<'_> {
     /// about a quarter of the throughput in mispredicted exits).
     #[allow(unsafe_code)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run<const V: usize, const MASKED: bool>(&self) {
+    unsafe fn run<const R: usize, const V: usize, const MASKED: bool>(&self) {
         // SAFETY: the caller's.
         unsafe {
             match self.kw {
-                1 => self.run_kw::<V, MASKED, 1>(),
-                3 => self.run_kw::<V, MASKED, 3>(),
-                5 => self.run_kw::<V, MASKED, 5>(),
-                _ => self.run_kw::<V, MASKED, 0>(),
+                1 => self.run_kw::<R, V, MASKED, 1>(),
+                3 => self.run_kw::<R, V, MASKED, 3>(),
+                5 => self.run_kw::<R, V, MASKED, 5>(),
+                _ => self.run_kw::<R, V, MASKED, 0>(),
             }
         }
     }
@@ -391,20 +431,20 @@ impl Tile<'_> {
     /// [`Tile::run`] for kernels `KW` wide (any width with `KW = 0`).
     #[allow(unsafe_code)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_kw<const V: usize, const MASKED: bool, const KW: usize>(&self) {
+    unsafe fn run_kw<const R: usize, const V: usize, const MASKED: bool, const KW: usize>(&self) {
         use std::arch::x86_64::*;
         let kw = if KW > 0 { KW } else { self.kw };
-        let mut s: [[__m512; V]; MR] = std::array::from_fn(|r| [_mm512_set1_ps(self.start[r]); V]);
+        let mut s: [[__m512; V]; R] = std::array::from_fn(|r| [_mm512_set1_ps(self.start[r]); V]);
         for c in 0..self.cg {
             // SAFETY (all pointer arithmetic and loads below): the struct's
             // contract; masked-off lanes are not accessed by masked loads,
             // and their addresses are formed with `wrapping_*`.
             unsafe {
                 let xc = self.x.add(c * self.in_len);
-                let wc = self.panel.add(c * self.k_len * MR);
+                let wc = self.panel.add(c * self.k_len * R);
                 for &(i, off) in self.rows {
                     let xr = xc.add(off).wrapping_offset(self.col0);
-                    let wr = wc.add(i * kw * MR);
+                    let wr = wc.add(i * kw * R);
                     for j in 0..kw {
                         let base = xr.wrapping_add(j * self.dw);
                         let mut xs = [_mm512_setzero_ps(); V];
@@ -415,7 +455,7 @@ impl Tile<'_> {
                                 _mm512_loadu_ps(base.add(v * L))
                             };
                         }
-                        let wj = wr.add(j * MR);
+                        let wj = wr.add(j * R);
                         for (r, sr) in s.iter_mut().enumerate() {
                             let b = _mm512_set1_ps(*wj.add(r));
                             for (sv, &xv) in sr.iter_mut().zip(&xs) {
@@ -460,7 +500,7 @@ impl Tile<'_> {
 impl Tile<'_> {
     /// Unreachable: `Plane::new` requires x86-64 with AVX-512F.
     #[allow(unsafe_code)]
-    unsafe fn run<const V: usize, const MASKED: bool>(&self) {}
+    unsafe fn run<const R: usize, const V: usize, const MASKED: bool>(&self) {}
 }
 
 #[cfg(test)]
