@@ -34,6 +34,10 @@
 //! land inside the other grid, so each (kernel position, row) pair is one
 //! contiguous run plus padding at its ends, with no per-element tests.
 //!
+//! - f32 `conv@1` with stride 1, one or two spatial axes, a kernel larger
+//!   than 1x1 and output rows of at least 16 runs on an AVX-512 CPU as a
+//!   direct convolution (`direct.rs`), depthwise or not, starting its sums
+//!   at the bias. The paths below take everything else.
 //! - `conv@1` with one input channel and at most [`DEPTHWISE_MG_MAX`] output
 //!   channels per group (depthwise) is computed directly: per output plane,
 //!   per row, per kernel position, `y_row += w · x_row` over the in-range
