@@ -563,7 +563,9 @@ impl Op for Conv {
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
         super::with_float!(out.dtype(), T => {
-            self.compute_typed::<T>(imp, inputs, out)?;
+            if self.compute_typed::<T>(imp, inputs, out)? {
+                return Ok(());
+            }
             self.epilogue::<T>(imp, inputs, out)
         })
     }
@@ -585,12 +587,15 @@ impl Conv {
         post.run_tensors::<T>(imp, extras, &|i| self.input(first + i), out, true)
     }
 
+    /// Computes the convolution into `out`; true when that included the
+    /// epilogue (the direct path runs an epilogue that reads no other
+    /// input on each band of output rows while they are in cache).
     fn compute_typed<T: Float>(
         &self,
         imp: Impl,
         inputs: &[&Tensor],
         out: &mut Tensor,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
             return Err("expected inputs x and w".to_string());
         };
@@ -611,13 +616,19 @@ impl Conv {
         numel(x.shape(), "input 0 (x)")?;
         numel(w.shape(), "input 1 (w)")?;
         if y.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let out_len = g.out_len();
         let depthwise = !self.transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX;
         let plane = (imp == Impl::Optimized && !self.transpose && T::DTYPE == DType::F32)
             .then(|| direct::Plane::new(&g))
             .flatten();
+        // An epilogue that reads no other input runs on the direct path's
+        // bands of output rows, while they are in cache.
+        let band_post = self
+            .post
+            .as_ref()
+            .filter(|p| p.inputs() == 1 && plane.is_some());
         // The paths that add into y need it to start at the bias (or 0);
         // im2col products without a bias, and the direct path (which starts
         // its sums at the bias), write every element themselves.
@@ -630,8 +641,8 @@ impl Conv {
             }
         }
         match (imp, self.transpose) {
-            (Impl::Reference, false) => conv_reference(&g, xv, wv, y),
-            (Impl::Reference, true) => conv_transpose_reference(&g, xv, wv, y),
+            (Impl::Reference, false) => conv_reference(&g, xv, wv, y).map(|()| false),
+            (Impl::Reference, true) => conv_transpose_reference(&g, xv, wv, y).map(|()| false),
             (Impl::Optimized, transpose) => {
                 let chunk = g.mg * out_len;
                 let pairs = g.n * g.g;
@@ -645,7 +656,7 @@ impl Conv {
                 .saturating_mul(g.k_len());
                 let big = work >= GEMM_PAR_MIN;
                 if chunk == 0 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let win = if transpose {
                     RowWindow::new(&g, &g.in_sp, &g.out_sp)
@@ -662,10 +673,11 @@ impl Conv {
                         .map_err(f32s)?;
                     let y = bytemuck::try_cast_slice_mut(y).map_err(f32s)?;
                     let par = y.len().saturating_mul(g.k_len()) >= PAR_MIN;
-                    return direct::depthwise(p, &g, x, w, b, y, par);
+                    direct::depthwise(p, &g, x, w, b, band_post, y, par)?;
+                    return Ok(band_post.is_some());
                 }
                 if depthwise {
-                    return conv_depthwise(&g, &win, xv, wv, y);
+                    return conv_depthwise(&g, &win, xv, wv, y).map(|()| false);
                 }
                 let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
                     if transpose {
@@ -678,7 +690,7 @@ impl Conv {
                             .transpose()
                             .map_err(f32s)?;
                         let y = bytemuck::try_cast_slice_mut(ychunk).map_err(f32s)?;
-                        direct::conv_pair(p, &g, x, w, b, pair, y, par)
+                        direct::conv_pair(p, &g, x, w, b, band_post, pair, y, par)
                     } else {
                         conv_pair(&g, &win, xv, wv, pair, ychunk, prefill, par)
                     }
@@ -686,12 +698,13 @@ impl Conv {
                 if big && pairs > 1 {
                     y.par_chunks_mut(chunk)
                         .enumerate()
-                        .try_for_each(|p| run(p, false))
+                        .try_for_each(|p| run(p, false))?;
                 } else {
                     y.chunks_mut(chunk)
                         .enumerate()
-                        .try_for_each(|p| run(p, big))
+                        .try_for_each(|p| run(p, big))?;
                 }
+                Ok(band_post.is_some())
             }
         }
     }
@@ -1787,7 +1800,7 @@ mod tests {
         /// channel counts around its 8-channel blocks, depthwise groups
         /// (one input channel, at most 4 outputs each), border tiles (wide
         /// pads, dilation, rows that end mid-vector) and whole kernel rows
-        /// in the padding.
+        /// in the padding, and an epilogue.
         #[test]
         fn direct_path_matches_reference(
             two_d in any::<bool>(),
@@ -1803,6 +1816,7 @@ mod tests {
             pads in prop::collection::vec(0usize..=4, 4),
             with_bias in any::<bool>(),
             depthwise in any::<bool>(),
+            hardswish in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let (cg, mg) = if depthwise { (1, 1 + mg % 4) } else { (cg, mg) };
@@ -1819,13 +1833,18 @@ mod tests {
             w_shape.extend(&ks);
             let p: Vec<usize> = if two_d { pads.clone() } else { vec![pads[1], pads[3]] };
             let v = |v: &[usize]| AttrValue::Ints(v.iter().map(|&x| x as i64).collect());
-            let at = attrs(&[
+            let mut at = attrs(&[
                 ("group", i(group as i64)),
                 ("strides", v(&vec![1; s])),
                 ("dilations", v(&dil)),
                 ("pads", v(&p)),
                 ("bias", i(i64::from(with_bias))),
             ]);
+            if hardswish {
+                // An epilogue of the result alone (run per band of rows).
+                let program = "const:3 const:0 const:6 add:0:1 max:4:2 min:5:3 mul:0:6 div:7:3";
+                at.insert("post".into(), AttrValue::Str(program.into()));
+            }
             let x = float_tensor::<f32>(&x_shape, seed, false);
             let w = float_tensor::<f32>(&w_shape, seed ^ 1, false);
             let b = float_tensor::<f32>(&[m], seed ^ 2, false);

@@ -31,8 +31,9 @@
 
 use rayon::prelude::*;
 
-use super::Geom;
+use super::{Geom, Program};
 use crate::ops::scratch::Scratch;
+use crate::Impl;
 
 /// Output channels per micro-tile.
 const MR: usize = 8;
@@ -106,7 +107,8 @@ fn avx512() -> bool {
 }
 
 /// One (batch, group) pair: `ychunk [M/g, H·W]` gets `w_g ⊛ x_g` plus the
-/// group's slice of `bias` (all `M` channels). With `par`, (band, channel
+/// group's slice of `bias` (all `M` channels), then `post` (a program of
+/// the result alone) on each finished band. With `par`, (band, channel
 /// block) items run on rayon's pool.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_pair(
@@ -115,6 +117,7 @@ pub(super) fn conv_pair(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    post: Option<&Program>,
     pair: usize,
     ychunk: &mut [f32],
     par: bool,
@@ -178,7 +181,8 @@ pub(super) fn conv_pair(
     let run = |(bi, b0, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let panels = &panels[b0 * ck * MR..];
         let bias = bias.map(|b| &b[b0 * MR..]);
-        band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)
+        band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)?;
+        outs.iter_mut().try_for_each(|o| epilogue(post, o))
     };
     if par {
         items.into_par_iter().try_for_each(run)
@@ -191,13 +195,15 @@ pub(super) fn conv_pair(
 /// plane `(n, m)` from input channel `n·C + m ÷ (M/g)` and its own `K`
 /// weights, with one-channel tiles (`R = 1`: `V` loads, one broadcast and
 /// `V` multiply-adds per kernel position, the sums in registers across
-/// all of them). Planes run on rayon's pool with `par`.
+/// all of them), then `post` on it. Planes run on rayon's pool with `par`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn depthwise(
     p: &Plane,
     g: &Geom,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    post: Option<&Program>,
     y: &mut [f32],
     par: bool,
 ) -> Result<(), String> {
@@ -218,12 +224,22 @@ pub(super) fn depthwise(
         let b = bias
             .map(|b| b.get(m..m + 1).ok_or("internal: depthwise bias outside b"))
             .transpose()?;
-        band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [yp])
+        band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [&mut *yp])?;
+        epilogue(post, yp)
     };
     if par {
         y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
     } else {
         y.chunks_mut(out_len).enumerate().try_for_each(plane)
+    }
+}
+
+/// Runs `post`, a program whose only input is the convolution's result, in
+/// place on `y`.
+fn epilogue(post: Option<&Program>, y: &mut [f32]) -> Result<(), String> {
+    match post {
+        Some(post) => post.run::<f32>(Impl::Optimized, &[], &[], &[y.len()], y, true),
+        None => Ok(()),
     }
 }
 
