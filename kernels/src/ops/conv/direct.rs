@@ -181,7 +181,11 @@ pub(super) fn conv_pair(
     let run = |(bi, b0, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let panels = &panels[b0 * ck * MR..];
         let bias = bias.map(|b| &b[b0 * MR..]);
-        band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)?;
+        // SAFETY: a `Plane` exists only on CPUs with AVX-512F.
+        #[allow(unsafe_code)]
+        unsafe {
+            band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)?;
+        }
         outs.iter_mut().try_for_each(|o| epilogue(post, o))
     };
     if par {
@@ -224,7 +228,11 @@ pub(super) fn depthwise(
         let b = bias
             .map(|b| b.get(m..m + 1).ok_or("internal: depthwise bias outside b"))
             .transpose()?;
-        band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [&mut *yp])?;
+        // SAFETY: a `Plane` exists only on CPUs with AVX-512F.
+        #[allow(unsafe_code)]
+        unsafe {
+            band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [&mut *yp])?;
+        }
         epilogue(post, yp)
     };
     if par {
@@ -248,7 +256,12 @@ fn epilogue(post: Option<&Program>, y: &mut [f32]) -> Result<(), String> {
 /// start `panels` and biases `bias`. For each chunk of [`CHANNELS`] input
 /// channels, each row and each tile along it, every block of `R` planes is
 /// computed in turn, so the tile's input stays in L1 across blocks.
+///
+/// Compiled for AVX-512F like the tiles it calls (the CPU must have it):
+/// code between the tiles then stays in VEX encoding, avoiding SSE/AVX
+/// transitions around each call.
 #[allow(clippy::too_many_arguments)]
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 fn band_blocks<const R: usize>(
     p: &Plane,
     cg: usize,
