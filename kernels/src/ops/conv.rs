@@ -419,6 +419,14 @@ impl Geom {
     fn out_len(&self) -> usize {
         self.out_sp.iter().product()
     }
+    /// The input channels `[C/g, D]` of (batch, group) pair `pair` in `x`.
+    fn group_x<'a, T>(&self, x: &'a [T], pair: usize) -> Result<&'a [T], String> {
+        let (n, grp) = (pair / self.g, pair % self.g);
+        let x0 = (n * self.c + grp * self.cg) * self.in_len();
+        x.get(x0..x0 + self.cg * self.in_len())
+            .ok_or_else(|| "internal: conv group outside x".to_string())
+    }
+
     /// Every kernel position's coordinates, flattened (`k_len × s`).
     fn k_coords(&self) -> Vec<usize> {
         let s = self.k_sp.len();
@@ -663,14 +671,21 @@ impl Conv {
                 } else {
                     RowWindow::new(&g, &g.out_sp, &g.in_sp)
                 };
+                // The direct path's plane and f32 views of x, w and the bias
+                // (T is f32 whenever there is a plane).
                 let f32s = |e| format!("internal: direct conv on non-f32 data ({e})");
-                if let (true, Some(p)) = (depthwise, &plane) {
-                    let x = bytemuck::try_cast_slice(xv).map_err(f32s)?;
-                    let w = bytemuck::try_cast_slice(wv).map_err(f32s)?;
-                    let b = bias
-                        .map(bytemuck::try_cast_slice)
-                        .transpose()
-                        .map_err(f32s)?;
+                let direct_in = match &plane {
+                    Some(p) => Some((
+                        p,
+                        bytemuck::try_cast_slice::<T, f32>(xv).map_err(f32s)?,
+                        bytemuck::try_cast_slice::<T, f32>(wv).map_err(f32s)?,
+                        bias.map(bytemuck::try_cast_slice::<T, f32>)
+                            .transpose()
+                            .map_err(f32s)?,
+                    )),
+                    None => None,
+                };
+                if let (true, Some((p, x, w, b))) = (depthwise, direct_in) {
                     let y = bytemuck::try_cast_slice_mut(y).map_err(f32s)?;
                     let par = y.len().saturating_mul(g.k_len()) >= PAR_MIN;
                     direct::depthwise(p, &g, x, w, b, band_post, y, par)?;
@@ -682,13 +697,7 @@ impl Conv {
                 let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
                     if transpose {
                         conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
-                    } else if let Some(p) = &plane {
-                        let x = bytemuck::try_cast_slice(xv).map_err(f32s)?;
-                        let w = bytemuck::try_cast_slice(wv).map_err(f32s)?;
-                        let b = bias
-                            .map(bytemuck::try_cast_slice)
-                            .transpose()
-                            .map_err(f32s)?;
+                    } else if let Some((p, x, w, b)) = direct_in {
                         let y = bytemuck::try_cast_slice_mut(ychunk).map_err(f32s)?;
                         direct::conv_pair(p, &g, x, w, b, band_post, pair, y, par)
                     } else {
@@ -1086,13 +1095,10 @@ fn conv_pair<T: Float>(
     acc: bool,
     par: bool,
 ) -> Result<(), String> {
-    let (n, grp) = (pair / g.g, pair % g.g);
+    let grp = pair % g.g;
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let ck = g.cg * k_len;
-    let x0 = (n * g.c + grp * g.cg) * in_len;
-    let xg = x
-        .get(x0..x0 + g.cg * in_len)
-        .ok_or("internal: conv group outside x")?;
+    let xg = g.group_x(x, pair)?;
     let w0 = grp * g.mg * ck;
     let wm = MatRef {
         data: w
@@ -1339,13 +1345,10 @@ fn conv_transpose_pair<T: Float>(
     ychunk: &mut [T],
     par: bool,
 ) -> Result<(), String> {
-    let (n, grp) = (pair / g.g, pair % g.g);
+    let grp = pair % g.g;
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let mk = g.mg * k_len;
-    let x0 = (n * g.c + grp * g.cg) * in_len;
-    let xg = x
-        .get(x0..x0 + g.cg * in_len)
-        .ok_or("internal: conv_transpose group outside x")?;
+    let xg = g.group_x(x, pair)?;
     let w0 = grp * g.cg * mk;
     let wt = MatRef {
         data: w

@@ -122,13 +122,10 @@ pub(super) fn conv_pair(
     ychunk: &mut [f32],
     par: bool,
 ) -> Result<(), String> {
-    let (n, grp) = (pair / g.g, pair % g.g);
+    let grp = pair % g.g;
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let ck = g.cg * k_len;
-    let x0 = (n * g.c + grp * g.cg) * in_len;
-    let xg = x
-        .get(x0..x0 + g.cg * in_len)
-        .ok_or("internal: conv group outside x")?;
+    let xg = g.group_x(x, pair)?;
     let w0 = grp * g.mg * ck;
     let wg = w
         .get(w0..w0 + g.mg * ck)
