@@ -1803,7 +1803,8 @@ mod tests {
         /// channel counts around its 8-channel blocks, depthwise groups
         /// (one input channel, at most 4 outputs each), border tiles (wide
         /// pads, dilation, rows that end mid-vector) and whole kernel rows
-        /// in the padding, and an epilogue.
+        /// in the padding, planes narrower than a vector (which take the
+        /// other paths), and an epilogue.
         #[test]
         fn direct_path_matches_reference(
             two_d in any::<bool>(),
@@ -1812,7 +1813,7 @@ mod tests {
             mg in 1usize..=19,
             group in 1usize..=6,
             h in 1usize..=5,
-            wi in 14usize..=70,
+            wi in 2usize..=70,
             kh in 1usize..=3,
             kw in 1usize..=5,
             dl in prop::collection::vec(1usize..=2, 2),
@@ -1909,6 +1910,28 @@ mod tests {
     #[test]
     fn optimized_matches_reference_on_special_geometries() {
         let c = "conv@1";
+        // [K, 1] kernels on planes narrower than a vector: padded rows,
+        // dilation, groups.
+        optimized_agrees(
+            c,
+            &[2, 6, 9, 8],
+            &[10, 3, 3, 1],
+            2,
+            &[1, 1],
+            &[2, 1],
+            &[1, 0, 2, 0],
+            true,
+        );
+        optimized_agrees(
+            c,
+            &[1, 5, 7, 3],
+            &[9, 5, 2, 1],
+            1,
+            &[1, 1],
+            &[1, 1],
+            &[0, 0, 0, 0],
+            false,
+        );
         // Depthwise 2-D: stride 1 and 2, with and without bias, M/g = 2.
         optimized_agrees(
             c,
