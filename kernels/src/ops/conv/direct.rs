@@ -22,12 +22,19 @@
 //! memory outside the input or the output row.
 //!
 //! Work is cut into bands of output rows small enough that the input rows
-//! a band reads stay in the core's L2, times blocks of [`MR`] output
-//! channels; (band, block) items run on rayon's pool.
+//! a band reads stay in the core's L2, times groups of [`MR`]-channel
+//! blocks; (band, group) items run on rayon's pool. Within an item, input
+//! channels are taken [`CHANNELS`] at a time, and for each tile every
+//! block is computed in turn while the tile's input is in L1.
 //!
-//! Each output's sum runs from zero over (input channel, kernel row,
-//! kernel column), and is then added to `y` when `y` holds the bias. It
-//! differs from the other optimized paths only in rounding.
+//! Depthwise convolutions use the same tiles with one output channel
+//! (`R = 1`): the sums stay in registers across the kernel positions.
+//!
+//! Each output's sum starts at its bias (or zero), adds the first
+//! [`CHANNELS`] input channels over (channel, kernel row, kernel column),
+//! and is stored; later chunks add to it. An epilogue that reads no other
+//! input then runs on each finished band. Results differ from the other
+//! optimized paths only in rounding.
 
 use rayon::prelude::*;
 
@@ -155,7 +162,7 @@ pub(super) fn conv_pair(
     let row_bytes = 4 * p.w_in * g.cg;
     let mut band = (BAND_BYTES / row_bytes.max(1))
         .saturating_sub((p.kh - 1) * p.dh)
-        .clamp(1, p.h_out);
+        .clamp(1, p.h_out.max(1));
     // Enough items for every thread: halve the bands, then split the
     // channel blocks.
     while band > 1 && p.h_out.div_ceil(band) < 2 * threads {
@@ -269,6 +276,8 @@ fn band_blocks<const R: usize>(
     oh0: usize,
     outs: &mut [&mut [f32]],
 ) -> Result<(), String> {
+    // A tile has room for MR output channels.
+    const { assert!(R >= 1 && R <= MR) };
     let rows_here = outs.first().map_or(0, |o| o.len() / p.w_out);
     let (in_len, k_len) = (p.h_in * p.w_in, p.kh * p.kw);
     if panels.len() < outs.len().div_ceil(R) * cg * k_len * R
