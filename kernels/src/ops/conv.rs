@@ -427,6 +427,15 @@ impl Geom {
             .ok_or_else(|| "internal: conv group outside x".to_string())
     }
 
+    /// The `conv@1` weights `[M/g, C/g·K]` of (batch, group) pair `pair`'s
+    /// group in `w`.
+    fn group_w<'a, T>(&self, w: &'a [T], pair: usize) -> Result<&'a [T], String> {
+        let ck = self.cg * self.k_len();
+        let w0 = (pair % self.g) * self.mg * ck;
+        w.get(w0..w0 + self.mg * ck)
+            .ok_or_else(|| "internal: conv group outside w".to_string())
+    }
+
     /// Every kernel position's coordinates, flattened (`k_len × s`).
     fn k_coords(&self) -> Vec<usize> {
         let s = self.k_sp.len();
@@ -1095,15 +1104,11 @@ fn conv_pair<T: Float>(
     acc: bool,
     par: bool,
 ) -> Result<(), String> {
-    let grp = pair % g.g;
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let ck = g.cg * k_len;
     let xg = g.group_x(x, pair)?;
-    let w0 = grp * g.mg * ck;
     let wm = MatRef {
-        data: w
-            .get(w0..w0 + g.mg * ck)
-            .ok_or("internal: conv group outside w")?,
+        data: g.group_w(w, pair)?,
         rows: g.mg,
         cols: ck,
         rs: ck,

@@ -133,10 +133,7 @@ pub(super) fn conv_pair(
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
     let ck = g.cg * k_len;
     let xg = g.group_x(x, pair)?;
-    let w0 = grp * g.mg * ck;
-    let wg = w
-        .get(w0..w0 + g.mg * ck)
-        .ok_or("internal: conv group outside w")?;
+    let wg = g.group_w(w, pair)?;
     if ychunk.len() != g.mg * out_len || out_len != p.h_out * p.w_out || in_len != p.h_in * p.w_in {
         return Err("internal: direct conv sizes disagree".into());
     }
