@@ -605,8 +605,8 @@ impl Conv {
     }
 
     /// Computes the convolution into `out`; true when that included the
-    /// epilogue (the direct path runs an epilogue that reads no other
-    /// input on each band of output rows while they are in cache).
+    /// epilogue (the direct path runs it on each band of output rows while
+    /// they are in cache).
     fn compute_typed<T: Float>(
         &self,
         imp: Impl,
@@ -628,6 +628,7 @@ impl Conv {
             .filter(|_| self.bias)
             .map(|b| data::<T>(b, "input 2 (bias)"))
             .transpose()?;
+        let out_shape = out.shape().to_vec();
         let y = data_mut::<T>(out)?;
         // Sizes of tensors that exist: the products below cannot overflow.
         numel(x.shape(), "input 0 (x)")?;
@@ -640,12 +641,33 @@ impl Conv {
         let plane = (imp == Impl::Optimized && !self.transpose && T::DTYPE == DType::F32)
             .then(|| direct::Plane::new(&g))
             .flatten();
-        // An epilogue that reads no other input runs on the direct path's
-        // bands of output rows, while they are in cache.
-        let band_post = self
-            .post
+        // The epilogue runs on the direct path's bands of output rows, while
+        // they are in cache (T is f32 whenever there is a plane).
+        let first = self.post_first();
+        let extras: Vec<&[f32]> = match (&self.post, &plane) {
+            (Some(_), Some(_)) => inputs
+                .get(first..)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| data::<f32>(t, &self.input(first + i)))
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        };
+        let shapes: Vec<&[usize]> = inputs
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| t.shape())
+            .collect();
+        let spans = match (&self.post, &plane) {
+            (Some(post), Some(_)) => Some(post.spans::<f32>(&extras, &shapes, &out_shape, true)?),
+            _ => None,
+        };
+        let on_band = spans
             .as_ref()
-            .filter(|p| p.inputs() == 1 && plane.is_some());
+            .map(|s| move |start: usize, band: &mut [f32]| s.run(start, band));
+        let band_post: Option<direct::Epilogue> = on_band.as_ref().map(|f| f as direct::Epilogue);
         // The paths that add into y need it to start at the bias (or 0);
         // im2col products without a bias, and the direct path (which starts
         // its sums at the bias), write every element themselves.
@@ -1825,7 +1847,7 @@ mod tests {
             pads in prop::collection::vec(0usize..=4, 4),
             with_bias in any::<bool>(),
             depthwise in any::<bool>(),
-            hardswish in any::<bool>(),
+            post in 0u8..3,
             seed in any::<u64>(),
         ) {
             let (cg, mg) = if depthwise { (1, 1 + mg % 4) } else { (cg, mg) };
@@ -1849,22 +1871,44 @@ mod tests {
                 ("pads", v(&p)),
                 ("bias", i(i64::from(with_bias))),
             ]);
-            if hardswish {
-                // An epilogue of the result alone (run per band of rows).
-                let program = "const:3 const:0 const:6 add:0:1 max:4:2 min:5:3 mul:0:6 div:7:3";
-                at.insert("post".into(), AttrValue::Str(program.into()));
-            }
             let x = float_tensor::<f32>(&x_shape, seed, false);
             let w = float_tensor::<f32>(&w_shape, seed ^ 1, false);
             let b = float_tensor::<f32>(&[m], seed ^ 2, false);
-            let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+            let mut inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+            // Epilogues (run per band of rows on the direct path): HardSwish
+            // of the result alone, or a per-channel scale and shift, a
+            // residual add and a ReLU.
+            let out_shape = launch("conv@1", &at, &inputs, Impl::Reference)
+                .map(|t| t.shape().to_vec())
+                .unwrap_or_default();
+            let mut channel = vec![m];
+            channel.extend(vec![1; s]);
+            let scale = float_tensor::<f32>(&channel, seed ^ 3, false);
+            let shift = float_tensor::<f32>(&channel, seed ^ 4, false);
+            let residual = float_tensor::<f32>(&out_shape, seed ^ 5, false);
+            match post {
+                1 => {
+                    let program = "const:3 const:0 const:6 add:0:1 max:4:2 min:5:3 mul:0:6 div:7:3";
+                    at.insert("post".into(), AttrValue::Str(program.into()));
+                }
+                2 if !out_shape.is_empty() => {
+                    at.insert("post".into(), AttrValue::Str("mul:0:1 add:4:2 add:5:3 relu:6".into()));
+                    at.insert("post_inputs".into(), i(3));
+                    inputs.extend([&scale, &shift, &residual]);
+                }
+                _ => {}
+            }
             let Ok(r) = launch("conv@1", &at, &inputs, Impl::Reference) else {
                 prop_assert!(launch("conv@1", &at, &inputs, Impl::Optimized).is_err());
                 return Ok(());
             };
             let o = launch("conv@1", &at, &inputs, Impl::Optimized).unwrap();
             let terms = (cg * kh * kw + 1) as f64;
-            assert_close(&r, &o, 0.0, f32::EPSILON as f64 * terms * 100.0 * 4.0);
+            // The scale (|s| < 10) multiplies the sums' rounding error; the
+            // epilogue's own ops round at the result's magnitude.
+            let amplify = if post == 2 { 10.0 } else { 1.0 };
+            let eps = f32::EPSILON as f64;
+            assert_close(&r, &o, 4.0 * eps, amplify * eps * terms * 100.0 * 4.0);
         }
 
         #[test]

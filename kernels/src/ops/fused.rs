@@ -384,52 +384,8 @@ impl Program {
                 Ok(())
             }
             Impl::Optimized => {
-                let mut all = Vec::with_capacity(self.inputs);
-                if in_place {
-                    all.push(out_shape);
-                }
-                all.extend_from_slice(shapes);
-                let rows = Rows::new(&all, out_shape);
-                let inner = rows.inner;
-                if inner == 0 || rows.inner_stride.len() != all.len() {
-                    return Err("internal: bad row layout".to_string());
-                }
-                // Elements `c * PIECE..` of the output, in tiles that stay
-                // within one row.
-                let run = |(c, piece): (usize, &mut [T])| -> Result<(), String> {
-                    let mut tmp = vec![<T as Float>::ZERO; temps * TILE];
-                    let mut own = vec![<T as Float>::ZERO; if in_place { TILE } else { 0 }];
-                    let start = c * PIECE;
-                    let mut done = 0;
-                    while done < piece.len() {
-                        let pos = start + done;
-                        let (r, j) = (pos / inner, pos % inner);
-                        let len = TILE.min(inner - j).min(piece.len() - done);
-                        let out = &mut piece[done..done + len];
-                        let mut ins = [Src::Scalar(<T as Float>::ZERO); crate::MAX_OPERANDS];
-                        if in_place {
-                            own[..len].copy_from_slice(out);
-                            ins[0] = Src::Slice(&own[..len]);
-                        }
-                        for (k, x) in xs.iter().enumerate() {
-                            let k = k + first;
-                            let off = rows.row_offset(r, k);
-                            let slot = ins.get_mut(k).ok_or("internal: fused input count")?;
-                            *slot = if rows.inner_stride[k] == 1 {
-                                Src::Slice(x.get(off + j..off + j + len).ok_or_else(|| oob(pos))?)
-                            } else {
-                                Src::Scalar(*x.get(off).ok_or_else(|| oob(pos))?)
-                            };
-                        }
-                        let ins = &ins[..self.inputs];
-                        super::simd::vectorized(
-                            #[inline(always)]
-                            || self.eval(ins, &mut tmp, TILE, out),
-                        )?;
-                        done += len;
-                    }
-                    Ok(())
-                };
+                let spans = self.spans(xs, shapes, out_shape, in_place)?;
+                let run = |(c, piece): (usize, &mut [T])| spans.run(c * PIECE, piece);
                 if y.len() >= PAR_MIN {
                     y.par_chunks_mut(PIECE).enumerate().try_for_each(run)
                 } else {
@@ -437,6 +393,92 @@ impl Program {
                 }
             }
         }
+    }
+
+    /// The program laid out against its output (of shape `out_shape`, the
+    /// broadcast shape of `shapes`) for [`Spans::run`] on parts of it; `xs`,
+    /// `shapes` and `in_place` as in [`Program::run`].
+    pub(crate) fn spans<'a, T: Float + Arith>(
+        &'a self,
+        xs: &'a [&'a [T]],
+        shapes: &[&[usize]],
+        out_shape: &[usize],
+        in_place: bool,
+    ) -> Result<Spans<'a, T>, String> {
+        let first = usize::from(in_place);
+        if xs.len() + first != self.inputs || shapes.len() != xs.len() {
+            return Err("internal: fused input count".to_string());
+        }
+        let mut all = Vec::with_capacity(self.inputs);
+        if in_place {
+            all.push(out_shape);
+        }
+        all.extend_from_slice(shapes);
+        let rows = Rows::new(&all, out_shape);
+        if rows.inner == 0 || rows.inner_stride.len() != all.len() {
+            return Err("internal: bad row layout".to_string());
+        }
+        Ok(Spans {
+            program: self,
+            xs,
+            rows,
+            in_place,
+        })
+    }
+}
+
+/// A program and its inputs laid out against its output, run on any
+/// contiguous part of the output (optimized path): [`Program::run`] runs it
+/// on parallel pieces, and the direct convolution on each band of output
+/// rows it finishes, while they are in cache.
+pub(crate) struct Spans<'a, T> {
+    program: &'a Program,
+    xs: &'a [&'a [T]],
+    rows: Rows,
+    in_place: bool,
+}
+
+impl<T: Float + Arith> Spans<'_, T> {
+    /// Computes output elements `start..start + piece.len()` into `piece`
+    /// (which holds their current values, input 0, when in place), in tiles
+    /// that stay within one row.
+    pub(crate) fn run(&self, start: usize, piece: &mut [T]) -> Result<(), String> {
+        let p = self.program;
+        let first = usize::from(self.in_place);
+        let inner = self.rows.inner;
+        let oob = |i: usize| format!("internal: broadcast read outside an input at element {i}");
+        let temps = p.code.len() - 1;
+        let mut tmp = vec![<T as Float>::ZERO; temps * TILE];
+        let mut own = vec![<T as Float>::ZERO; if self.in_place { TILE } else { 0 }];
+        let mut done = 0;
+        while done < piece.len() {
+            let pos = start + done;
+            let (r, j) = (pos / inner, pos % inner);
+            let len = TILE.min(inner - j).min(piece.len() - done);
+            let out = &mut piece[done..done + len];
+            let mut ins = [Src::Scalar(<T as Float>::ZERO); crate::MAX_OPERANDS];
+            if self.in_place {
+                own[..len].copy_from_slice(out);
+                ins[0] = Src::Slice(&own[..len]);
+            }
+            for (k, x) in self.xs.iter().enumerate() {
+                let k = k + first;
+                let off = self.rows.row_offset(r, k);
+                let slot = ins.get_mut(k).ok_or("internal: fused input count")?;
+                *slot = if self.rows.inner_stride[k] == 1 {
+                    Src::Slice(x.get(off + j..off + j + len).ok_or_else(|| oob(pos))?)
+                } else {
+                    Src::Scalar(*x.get(off).ok_or_else(|| oob(pos))?)
+                };
+            }
+            let ins = &ins[..p.inputs];
+            super::simd::vectorized(
+                #[inline(always)]
+                || p.eval(ins, &mut tmp, TILE, out),
+            )?;
+            done += len;
+        }
+        Ok(())
     }
 }
 

@@ -32,15 +32,15 @@
 //!
 //! Each output's sum starts at its bias (or zero), adds the first
 //! [`CHANNELS`] input channels over (channel, kernel row, kernel column),
-//! and is stored; later chunks add to it. An epilogue that reads no other
-//! input then runs on each finished band. Results differ from the other
-//! optimized paths only in rounding.
+//! and is stored; later chunks add to it. The epilogue (`conv@1`'s `post`
+//! program, with whatever other inputs it reads) then runs on each finished
+//! band while it is in cache. Results differ from the other optimized paths
+//! only in rounding.
 
 use rayon::prelude::*;
 
-use super::{Geom, Program};
+use super::Geom;
 use crate::ops::scratch::Scratch;
-use crate::Impl;
 
 /// Output channels per micro-tile.
 const MR: usize = 8;
@@ -52,6 +52,10 @@ const VMAX: usize = 3;
 /// Input channels per pass over a band: a tile's input rows for that many
 /// channels stay in L1 (partial sums go through `y` between passes).
 const CHANNELS: usize = 32;
+/// An epilogue: computes output elements `start..start + band.len()` of the
+/// whole output tensor in place, `band` holding the convolution's values.
+pub(super) type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) -> Result<(), String> + Sync);
+
 /// The input a band of output rows reads should fit in this many bytes
 /// (about half of a core's L2, the rest being the weight panels).
 const BAND_BYTES: usize = 1 << 20;
@@ -114,9 +118,9 @@ fn avx512() -> bool {
 }
 
 /// One (batch, group) pair: `ychunk [M/g, H·W]` gets `w_g ⊛ x_g` plus the
-/// group's slice of `bias` (all `M` channels), then `post` (a program of
-/// the result alone) on each finished band. With `par`, (band, channel
-/// block) items run on rayon's pool.
+/// group's slice of `bias` (all `M` channels), then `post` on each
+/// finished band. With `par`, (band, channel block) items run on rayon's
+/// pool.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_pair(
     p: &Plane,
@@ -124,7 +128,7 @@ pub(super) fn conv_pair(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    post: Option<&Program>,
+    post: Option<Epilogue>,
     pair: usize,
     ychunk: &mut [f32],
     par: bool,
@@ -134,6 +138,8 @@ pub(super) fn conv_pair(
     let ck = g.cg * k_len;
     let xg = g.group_x(x, pair)?;
     let wg = g.group_w(w, pair)?;
+    // Where the pair's output starts in the whole output.
+    let base = pair * ychunk.len();
     if ychunk.len() != g.mg * out_len || out_len != p.h_out * p.w_out || in_len != p.h_in * p.w_in {
         return Err("internal: direct conv sizes disagree".into());
     }
@@ -187,7 +193,14 @@ pub(super) fn conv_pair(
         unsafe {
             band_blocks::<MR>(p, g.cg, xg, panels, bias, &tiles, bi * band, &mut outs)?;
         }
-        outs.iter_mut().try_for_each(|o| epilogue(post, o))
+        match post {
+            // Plane `b0·MR + i` of the pair's block starts at
+            // `base + (b0·MR + i)·out_len`; the band at row `bi·band`.
+            Some(post) => outs.iter_mut().enumerate().try_for_each(|(i, o)| {
+                post(base + (b0 * MR + i) * out_len + bi * band * p.w_out, o)
+            }),
+            None => Ok(()),
+        }
     };
     if par {
         items.into_par_iter().try_for_each(run)
@@ -208,7 +221,7 @@ pub(super) fn depthwise(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    post: Option<&Program>,
+    post: Option<Epilogue>,
     y: &mut [f32],
     par: bool,
 ) -> Result<(), String> {
@@ -234,21 +247,15 @@ pub(super) fn depthwise(
         unsafe {
             band_blocks::<1>(p, 1, xc, wk, b, &tiles, 0, &mut [&mut *yp])?;
         }
-        epilogue(post, yp)
+        match post {
+            Some(post) => post(q * out_len, yp),
+            None => Ok(()),
+        }
     };
     if par {
         y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
     } else {
         y.chunks_mut(out_len).enumerate().try_for_each(plane)
-    }
-}
-
-/// Runs `post`, a program whose only input is the convolution's result, in
-/// place on `y`.
-fn epilogue(post: Option<&Program>, y: &mut [f32]) -> Result<(), String> {
-    match post {
-        Some(post) => post.run::<f32>(Impl::Optimized, &[], &[], &[y.len()], y, true),
-        None => Ok(()),
     }
 }
 
