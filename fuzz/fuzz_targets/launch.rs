@@ -17,7 +17,8 @@
 //! - `check` accepting a wrong operand count, or returning an output that
 //!   is not addressable (rank > 8, byte size overflow);
 //! - the reference and optimized implementations disagreeing: on success
-//!   vs error, or on the result. Ints, bools and every kernel that does not
+//!   vs error, or on the result (except a convolution's with a random
+//!   epilogue, which can turn results within tolerance into any others). Ints, bools and every kernel that does not
 //!   reduce compare bit for bit (NaN equal to NaN); reducing float kernels
 //!   (matmul, linear, conv, conv_transpose, softmax, layer_norm, reduce
 //!   sum/mean) compare within
@@ -143,21 +144,33 @@ fn attrs(u: &mut Unstructured, kernel: &str, rank: usize) -> Result<Attrs> {
         "fused" => {
             // A chain over 1..=5 inputs; operands usually earlier registers.
             let inputs = u.int_in_range(0..=6)?;
-            let mut program = Vec::new();
-            for i in 0..u.int_in_range(0..=8)? {
-                let regs = (inputs + i).max(1);
-                let mut reg = || -> Result<i64> { Ok(u.int_in_range(0..=regs)?) };
-                let (a, b) = (reg()?, reg()?);
-                program.push(if u.ratio(1, 8)? {
-                    format!("const:{}", f64::from(u.int_in_range(-8i8..=8)?) * 0.25)
-                } else if u.arbitrary()? {
-                    format!("{}:{a}:{b}", u.choose(&BINARY)?)
-                } else {
-                    format!("{}:{a}", u.choose(&UNARY)?)
-                });
-            }
             a.insert("inputs".into(), AttrValue::Int(inputs as i64));
-            a.insert("program".into(), AttrValue::Str(program.join(" ")));
+            a.insert("program".into(), AttrValue::Str(program(u, inputs)?));
+        }
+        "conv" | "conv_transpose" => {
+            // Spatial attributes for `rank - 2` axes (sometimes another
+            // count), a group and a bias; for `conv`, often an epilogue of
+            // the result and 0..=2 more inputs.
+            let axes = if u.ratio(7, 8)? { rank.saturating_sub(2) } else { u.int_in_range(0..=4)? };
+            let list = |u: &mut Unstructured, lo: i64, hi: i64, n: usize| -> Result<AttrValue> {
+                let v = (0..n)
+                    .map(|_| if u.ratio(15, 16)? { u.int_in_range(lo..=hi) } else { small_int(u) })
+                    .collect::<Result<_>>()?;
+                Ok(AttrValue::Ints(v))
+            };
+            a.insert("pads".into(), list(u, 0, 4, 2 * axes)?);
+            a.insert("strides".into(), list(u, 1, 3, axes)?);
+            a.insert("dilations".into(), list(u, 1, 2, axes)?);
+            if family == "conv_transpose" && u.arbitrary()? {
+                a.insert("output_padding".into(), list(u, 0, 1, axes)?);
+            }
+            a.insert("group".into(), AttrValue::Int(if u.ratio(3, 4)? { 1 } else { u.int_in_range(1..=4)? }));
+            a.insert("bias".into(), AttrValue::Int(u.int_in_range(0..=1)?));
+            if family == "conv" && u.ratio(1, 2)? {
+                let extra = u.int_in_range(0..=2)?;
+                a.insert("post".into(), AttrValue::Str(program(u, extra + 1)?));
+                a.insert("post_inputs".into(), AttrValue::Int(extra as i64));
+            }
         }
         "slice" => {
             let n = if u.ratio(7, 8)? { rank } else { u.int_in_range(0..=9)? };
@@ -203,6 +216,81 @@ fn attrs(u: &mut Unstructured, kernel: &str, rank: usize) -> Result<Attrs> {
         }
     }
     Ok(a)
+}
+
+/// A `fused@1` program over `inputs` registers: 0..=8 instructions whose
+/// operands are usually earlier registers.
+fn program(u: &mut Unstructured, inputs: usize) -> Result<String> {
+    let mut program = Vec::new();
+    for i in 0..u.int_in_range(0..=8)? {
+        let regs = (inputs + i).max(1);
+        let mut reg = || -> Result<usize> { u.int_in_range(0..=regs) };
+        let (a, b) = (reg()?, reg()?);
+        program.push(if u.ratio(1, 8)? {
+            format!("const:{}", f64::from(u.int_in_range(-8i8..=8)?) * 0.25)
+        } else if u.arbitrary()? {
+            format!("{}:{a}:{b}", u.choose(&BINARY)?)
+        } else {
+            format!("{}:{a}", u.choose(&UNARY)?)
+        });
+    }
+    Ok(program.join(" "))
+}
+
+/// A convolution input `[N, C, spatial..]` with 1..=2 spatial axes, the last
+/// long enough (16..=70) for the direct path's row tiles, within
+/// `MAX_NUMEL`.
+fn conv_input(u: &mut Unstructured) -> Result<Vec<usize>> {
+    let mut s = vec![u.int_in_range(1..=2)?, u.int_in_range(1..=8)?];
+    if u.arbitrary()? {
+        s.push(u.int_in_range(1..=6)?);
+    }
+    s.push(u.int_in_range(16..=70)?);
+    while s.iter().product::<usize>() > MAX_NUMEL {
+        s[1] = (s[1] / 2).max(1);
+        s[0] = 1;
+    }
+    Ok(capped(s))
+}
+
+/// Operand `j > 0` of a convolution on `x`: its weights `[M, C/g, k..]`
+/// (1..=5 per spatial axis, C/g from the group attribute), its
+/// bias `[M]`, or an epilogue input: per-channel `[M, 1..]`, the output's
+/// shape (a guess), or a scalar.
+fn conv_operand(u: &mut Unstructured, at: &Attrs, prev: &[Vec<usize>], j: usize) -> Result<Vec<usize>> {
+    let x = &prev[0];
+    let group = match at.get("group") {
+        Some(AttrValue::Int(g)) if *g >= 1 => *g as usize,
+        _ => 1,
+    };
+    let c = x.get(1).copied().unwrap_or(1);
+    let m = prev.get(1).and_then(|w| w.first()).copied();
+    let spatial = x.len().saturating_sub(2);
+    Ok(match (j, m) {
+        (1, _) => {
+            let mut w = vec![group * u.int_in_range(1..=9)?, (c / group).max(1)];
+            for _ in 0..spatial {
+                w.push(u.int_in_range(1..=5)?);
+            }
+            w
+        }
+        (_, Some(m)) => match u.int_in_range(0u8..=3)? {
+            0 => vec![m],
+            1 => {
+                let mut s = vec![m];
+                s.extend(vec![1; spatial]);
+                s
+            }
+            2 => {
+                // The output for stride 1 and 'same' padding, roughly.
+                let mut s = vec![x.first().copied().unwrap_or(1), m];
+                s.extend(x.get(2..).unwrap_or_default());
+                s
+            }
+            _ => vec![1],
+        },
+        _ => random_shape(u)?,
+    })
 }
 
 fn dtype(u: &mut Unstructured) -> Result<DType> {
@@ -391,8 +479,13 @@ fn eps(d: DType) -> f64 {
 fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
     let (reg, ids) = registry();
     let id = u.choose(ids)?.clone();
-    let base = capped(random_shape(u)?);
-    let at = attrs(u, &id, base.len())?;
+    let conv = id.starts_with("conv");
+    let base = if conv && u.ratio(3, 4)? { conv_input(u)? } else { capped(random_shape(u)?) };
+    let mut at = attrs(u, &id, base.len())?;
+    if conv && base.len() > 2 && u.ratio(1, 4)? {
+        // Depthwise: one group per input channel.
+        at.insert("group".into(), AttrValue::Int(base[1] as i64));
+    }
     let Ok(k) = reg.bind(&id, &at) else { return Ok(()) };
     let arity = k.arity();
     assert_eq!(arity.outputs, 1, "{id}: every kernel has one output");
@@ -407,8 +500,8 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
     let d0 = dtype(u)?;
     for j in 0..count {
         if j > 0 {
-            let s = capped(related_shape(u, &shapes)?);
-            shapes.push(s);
+            let s = if conv && u.ratio(7, 8)? { conv_operand(u, &at, &shapes, j)? } else { related_shape(u, &shapes)? };
+            shapes.push(capped(s));
         }
         let d = match u.int_in_range(0u8..=7)? {
             0 => dtype(u)?,
@@ -441,8 +534,11 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
     let data = if reducing || u.arbitrary()? { Data::Grid } else { Data::Raw };
     let mut inputs = Vec::new();
     for (j, m) in metas.iter().enumerate() {
-        // layer_norm's tolerance assumes finite scale and bias.
-        let specials = !(family == "layer_norm" && j > 0);
+        // layer_norm's tolerance assumes finite scale and bias. A
+        // convolution's weights are finite: where a kernel position falls
+        // in the padding, the reference adds nothing and the optimized
+        // paths may add 0 · w, which is NaN for an infinite w.
+        let specials = !(family == "layer_norm" && j > 0) && !(family.starts_with("conv") && j == 1);
         let bytes = values(u, m, data, specials, mix(seed ^ j as u64))?;
         inputs.push(tensor(m, &bytes, u.arbitrary()?));
     }
@@ -462,6 +558,13 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
         _ => panic!("{what}: reference {r:?}, optimized {o:?}"),
     }
     let (ry, oy) = (&r_out[0], &o_out[0]);
+    if at.contains_key("post") {
+        // A random epilogue turns results within the tolerance into
+        // arbitrarily different ones (1/x at +0 and -0): both must run, on
+        // any shape, without a panic; the kernels' own tests compare
+        // epilogues' values.
+        return Ok(());
+    }
     if !out.dtype.is_float() || !reducing {
         compare(&what, ry, oy, None);
         return Ok(());
