@@ -20,7 +20,9 @@ use crate::dynamic::{analyze, DimSpec, DynamicError, Probe};
 use crate::guards;
 use crate::ir::{GlobalDef, Graph};
 use crate::lower::{lower_dynamic, LowerError};
-use crate::passes::{fuse::fuse_elementwise, optimize, plan::plan_memory_except, PassError};
+use crate::passes::{
+    fuse::fuse_elementwise, optimize, plan::plan_memory_except, views::launches_to_views, PassError,
+};
 use crate::trace::{BreakSource, Example, FunctionDef, Trace, TraceError};
 use crate::verify::verify;
 
@@ -232,14 +234,16 @@ pub fn compile_trace_with(
     };
     let mut graph = graph;
     if env.is_none() {
+        let check = |g: &Graph, pass: &'static str| {
+            verify(g, registry).map_err(|errors| CompileError::Pass {
+                function: function.to_string(),
+                source: PassError::Verify { pass, errors },
+            })
+        };
+        launches_to_views(&mut graph);
+        check(&graph, "launches_to_views")?;
         fuse_elementwise(&mut graph, registry);
-        verify(&graph, registry).map_err(|errors| CompileError::Pass {
-            function: function.to_string(),
-            source: PassError::Verify {
-                pass: "fuse_elementwise",
-                errors,
-            },
-        })?;
+        check(&graph, "fuse_elementwise")?;
     }
     let plan = plan_memory_except(&graph, &|v| env.as_ref().is_some_and(|e| e.is_dynamic(v)));
     let lowered =

@@ -19,8 +19,10 @@
 //!    front, where lowering runs it once per instance in `init`.
 //!
 //! Then, for entries without symbolic dims (whose shape expressions are
-//! keyed by value), [`fuse::fuse_elementwise`] merges elementwise chains
-//! into `fused@1` launches. Memory planning ([`plan::plan_memory`]) runs on
+//! keyed by value, and whose ops may move data on other shapes),
+//! [`views::launches_to_views`] turns launches that move no data into views,
+//! and [`fuse::fuse_elementwise`] merges elementwise chains into `fused@1`
+//! launches. Memory planning ([`plan::plan_memory`]) runs on
 //! the result; it does not change the graph.
 
 pub mod constants;
@@ -30,6 +32,7 @@ pub mod fuse;
 pub mod hoist;
 pub mod outputs;
 pub mod plan;
+pub mod views;
 
 use ampoule_kernels::{KernelError, Registry};
 
