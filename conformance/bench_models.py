@@ -10,7 +10,13 @@ first run (the same work ampoule's figure covers). Prints a table of ratios
 (ampoule / onnxruntime: below 1 means ampoule is faster). Models ampoule
 cannot compile yet are listed as `unsupported: <reason>`.
 
-    conformance/bench_models.py [--threads N] [MODEL...]
+The machine may be shared and its speed drifts, so the two sides alternate:
+each of `--rounds` rounds measures ampoule then onnxruntime on one model
+before going on, and each figure is the median over the rounds (a ratio is
+the median of the rounds' ratios, each from two measurements taken seconds
+apart).
+
+    conformance/bench_models.py [--threads N] [--rounds R] [MODEL...]
 
 Runs in the venv of `conformance/fetch` (re-executing itself there), builds
 and runs the ampoule side with `cargo bench --bench models` (release
@@ -70,19 +76,26 @@ def main():
         os.execv(str(VENV_PY), [str(VENV_PY), __file__] + sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("models", nargs="*")
     args = ap.parse_args()
 
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), AMPOULE_TEST_DATA=str(CACHE))
-    print(f"building and running the ampoule side (cargo bench --bench models), "
-          f"{args.threads} threads...", file=sys.stderr)
-    out = subprocess.run(["cargo", "bench", "--bench", "models", "--"] + args.models,
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True, text=True).stdout
-    amp = {}
-    for line in out.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            amp[r["model"]] = r
+    print(f"building the ampoule side (cargo bench --bench models); {args.threads} threads, "
+          f"{args.rounds} rounds", file=sys.stderr)
+    subprocess.run(["cargo", "bench", "--bench", "models", "--no-run"], cwd=ROOT, env=env,
+                   check=True)
+
+    def amp_times(name):
+        out = subprocess.run(["cargo", "bench", "-q", "--bench", "models", "--", name],
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, check=True,
+                             text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("{"):
+                r = json.loads(line)
+                if r["model"] == name:
+                    return r
+        return None
 
     specs = json.loads((HERE / "models.json").read_text())["models"]
     header = ("model", "ampoule ms", "ort ms", "ratio", "amp open+1st ms",
@@ -92,24 +105,34 @@ def main():
         name = m["name"]
         if args.models and name not in args.models:
             continue
-        a = amp.get(name)
-        if a is None or "unsupported" in a:
+        inputs = [(i["name"], CACHE / "models" / name / f"input_{k}.npy")
+                  for k, i in enumerate(m["inputs"])]
+        rounds = []
+        for _ in range(max(1, args.rounds)):
+            a = amp_times(name)
+            if a is None or "unsupported" in a:
+                break
+            create, first, run = ort_times(CACHE / "models" / f"{name}.onnx", inputs,
+                                           args.threads)
+            rounds.append((a["median_ms"], run, a["open_first_ms"], create, first))
+        if not rounds:
             reason = a["unsupported"] if a else "no result from the ampoule bench"
             rows.append((name, f"unsupported: {reason}"))
             continue
-        inputs = [(i["name"], CACHE / "models" / name / f"input_{k}.npy")
-                  for k, i in enumerate(m["inputs"])]
-        create, first, run = ort_times(CACHE / "models" / f"{name}.onnx", inputs,
-                                       args.threads)
-        rows.append((name, f"{a['median_ms']:.3f}", f"{run:.3f}", f"{a['median_ms'] / run:.2f}",
-                     f"{a['open_first_ms']:.2f}", f"{create:.2f}",
-                     f"{a['open_first_ms'] / create:.2f}", f"{first:.2f}",
-                     f"{a['open_first_ms'] / first:.2f}"))
+        med = lambda f: statistics.median(f(r) for r in rounds)
+        amp_run, amp_open = med(lambda r: r[0]), med(lambda r: r[2])
+        rows.append((name, f"{amp_run:.3f}", f"{med(lambda r: r[1]):.3f}",
+                     f"{med(lambda r: r[0] / r[1]):.2f}",
+                     f"{amp_open:.2f}", f"{med(lambda r: r[3]):.2f}",
+                     f"{med(lambda r: r[2] / r[3]):.2f}", f"{med(lambda r: r[4]):.2f}",
+                     f"{med(lambda r: r[2] / r[4]):.2f}"))
+        print(f"{name}: {len(rounds)} rounds", file=sys.stderr)
 
     widths = [max(len(str(r[i])) for r in [header] + [r for r in rows if len(r) == len(header)])
               for i in range(len(header))]
     print(f"threads: {args.threads} (ampoule: RAYON_NUM_THREADS; onnxruntime: intra_op_num_threads)")
     print("ratio = ampoule / onnxruntime (below 1: ampoule is faster); latency = median of warm calls")
+    print(f"each figure: the median over {args.rounds} alternating rounds (a ratio: of the rounds' ratios)")
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         if len(r) == len(header):
