@@ -37,7 +37,9 @@
 //! - f32 `conv@1` with stride 1, one or two spatial axes, a kernel larger
 //!   than 1x1 and output rows of at least 16 runs on an AVX-512 CPU as a
 //!   direct convolution (`direct.rs`), depthwise or not, starting its sums
-//!   at the bias. The paths below take everything else.
+//!   at the bias and running the epilogue on each band of output rows it
+//!   finishes (the same ops on the same values, while they are in cache).
+//!   The paths below take everything else.
 //! - `conv@1` with one input channel and at most [`DEPTHWISE_MG_MAX`] output
 //!   channels per group (depthwise) is computed directly: per output plane,
 //!   per row, per kernel position, `y_row += w · x_row` over the in-range
@@ -1831,7 +1833,8 @@ mod tests {
         /// (one input channel, at most 4 outputs each), border tiles (wide
         /// pads, dilation, rows that end mid-vector) and whole kernel rows
         /// in the padding, planes narrower than a vector (which take the
-        /// other paths), and an epilogue.
+        /// other paths), and epilogues: of the result alone, and with a
+        /// per-channel scale and shift and a residual input.
         #[test]
         fn direct_path_matches_reference(
             two_d in any::<bool>(),
