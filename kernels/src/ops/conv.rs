@@ -438,6 +438,27 @@ impl Geom {
             .ok_or_else(|| "internal: conv group outside w".to_string())
     }
 
+    /// A depthwise convolution's output plane `q` (of `N·M`): its channel
+    /// `m`, its input plane (channel `n·C + m ÷ (M/g)` of `x`) and its `K`
+    /// weights in `w`.
+    fn depthwise_plane<'a, T>(
+        &self,
+        x: &'a [T],
+        w: &'a [T],
+        q: usize,
+    ) -> Result<(usize, &'a [T], &'a [T]), String> {
+        let (in_len, k_len) = (self.in_len(), self.k_len());
+        let (n, m) = (q / self.m, q % self.m);
+        let ci = n * self.c + m / self.mg;
+        let xc = x
+            .get(ci * in_len..(ci + 1) * in_len)
+            .ok_or("internal: depthwise channel outside x")?;
+        let wk = w
+            .get(m * k_len..(m + 1) * k_len)
+            .ok_or("internal: depthwise weights outside w")?;
+        Ok((m, xc, wk))
+    }
+
     /// Every kernel position's coordinates, flattened (`k_len × s`).
     fn k_coords(&self) -> Vec<usize> {
         let s = self.k_sp.len();
@@ -1254,14 +1275,7 @@ fn conv_depthwise<T: Float>(
         None
     };
     let plane = |(q, yp): (usize, &mut [T])| {
-        let (n, m) = (q / g.m, q % g.m);
-        let ci = n * g.c + m / g.mg;
-        let xc = x
-            .get(ci * in_len..(ci + 1) * in_len)
-            .ok_or("internal: depthwise channel outside x")?;
-        let wk = w
-            .get(m * k_len..(m + 1) * k_len)
-            .ok_or("internal: depthwise weights outside w")?;
+        let (_, xc, wk) = g.depthwise_plane(x, w, q)?;
         // With a stride along rows, read a phase-split copy of the plane
         // so that every run is contiguous.
         let split;

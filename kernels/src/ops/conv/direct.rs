@@ -225,20 +225,13 @@ pub(super) fn depthwise(
     y: &mut [f32],
     par: bool,
 ) -> Result<(), String> {
-    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let (in_len, out_len) = (g.in_len(), g.out_len());
     if g.cg != 1 || out_len != p.h_out * p.w_out || in_len != p.h_in * p.w_in {
         return Err("internal: direct depthwise sizes disagree".into());
     }
     let tiles = row_tiles(p);
     let plane = |(q, yp): (usize, &mut [f32])| {
-        let (n, m) = (q / g.m, q % g.m);
-        let ci = n * g.c + m / g.mg;
-        let xc = x
-            .get(ci * in_len..(ci + 1) * in_len)
-            .ok_or("internal: depthwise channel outside x")?;
-        let wk = w
-            .get(m * k_len..(m + 1) * k_len)
-            .ok_or("internal: depthwise weights outside w")?;
+        let (m, xc, wk) = g.depthwise_plane(x, w, q)?;
         let b = bias
             .map(|b| b.get(m..m + 1).ok_or("internal: depthwise bias outside b"))
             .transpose()?;
