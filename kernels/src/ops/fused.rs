@@ -384,13 +384,7 @@ impl Program {
                 Ok(())
             }
             Impl::Optimized => {
-                let spans = self.spans(xs, shapes, out_shape, in_place)?;
-                let run = |(c, piece): (usize, &mut [T])| spans.run(c * PIECE, piece);
-                if y.len() >= PAR_MIN {
-                    y.par_chunks_mut(PIECE).enumerate().try_for_each(run)
-                } else {
-                    y.chunks_mut(PIECE).enumerate().try_for_each(run)
-                }
+                self.spans(xs, shapes, out_shape, in_place)?.run(0, y)
             }
         }
     }
@@ -439,10 +433,20 @@ pub(crate) struct Spans<'a, T> {
 }
 
 impl<T: Float + Arith> Spans<'_, T> {
-    /// Computes output elements `start..start + piece.len()` into `piece`
-    /// (which holds their current values, input 0, when in place), in tiles
-    /// that stay within one row.
-    pub(crate) fn run(&self, start: usize, piece: &mut [T]) -> Result<(), String> {
+    /// Computes output elements `start..start + part.len()` into `part`
+    /// (which holds their current values, input 0, when in place), in
+    /// pieces spread over rayon's pool from [`PAR_MIN`] elements.
+    pub(crate) fn run(&self, start: usize, part: &mut [T]) -> Result<(), String> {
+        let run = |(c, piece): (usize, &mut [T])| self.run_piece(start + c * PIECE, piece);
+        if part.len() >= PAR_MIN {
+            part.par_chunks_mut(PIECE).enumerate().try_for_each(run)
+        } else {
+            part.chunks_mut(PIECE).enumerate().try_for_each(run)
+        }
+    }
+
+    /// [`Spans::run`] on one piece, in tiles that stay within one row.
+    fn run_piece(&self, start: usize, piece: &mut [T]) -> Result<(), String> {
         let p = self.program;
         let first = usize::from(self.in_place);
         let inner = self.rows.inner;
