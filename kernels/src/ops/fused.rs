@@ -383,9 +383,7 @@ impl Program {
                 }
                 Ok(())
             }
-            Impl::Optimized => {
-                self.spans(xs, shapes, out_shape, in_place)?.run(0, y)
-            }
+            Impl::Optimized => self.spans(xs, shapes, out_shape, in_place)?.run(0, y),
         }
     }
 
