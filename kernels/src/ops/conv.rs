@@ -651,7 +651,7 @@ impl Conv {
             .filter(|_| self.bias)
             .map(|b| data::<T>(b, "input 2 (bias)"))
             .transpose()?;
-        let out_shape = out.shape().to_vec();
+        let out_shape = self.post.is_some().then(|| out.shape().to_vec());
         let y = data_mut::<T>(out)?;
         // Sizes of tensors that exist: the products below cannot overflow.
         numel(x.shape(), "input 0 (x)")?;
@@ -667,24 +667,17 @@ impl Conv {
         // The epilogue runs on the direct path's bands of output rows, while
         // they are in cache (T is f32 whenever there is a plane).
         let first = self.post_first();
-        let extras: Vec<&[f32]> = match (&self.post, &plane) {
-            (Some(_), Some(_)) => inputs
-                .get(first..)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-                .map(|(i, t)| data::<f32>(t, &self.input(first + i)))
-                .collect::<Result<_, _>>()?,
-            _ => Vec::new(),
+        let extras = match (&self.post, &plane) {
+            (Some(_), Some(_)) => Some(super::views::<f32>(
+                inputs.get(first..).unwrap_or_default(),
+                &|i| self.input(first + i),
+            )?),
+            _ => None,
         };
-        let shapes: Vec<&[usize]> = inputs
-            .get(first..)
-            .unwrap_or_default()
-            .iter()
-            .map(|t| t.shape())
-            .collect();
-        let spans = match (&self.post, &plane) {
-            (Some(post), Some(_)) => Some(post.spans::<f32>(&extras, &shapes, &out_shape, true)?),
+        let spans = match (&self.post, &extras, &out_shape) {
+            (Some(post), Some((xs, shapes)), Some(out_shape)) => {
+                Some(post.spans::<f32>(xs, shapes, out_shape, true)?)
+            }
             _ => None,
         };
         let on_band = spans

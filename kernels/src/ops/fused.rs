@@ -45,7 +45,7 @@ use super::elementwise::{BinaryOp, BINARY_OPS};
 use super::num::{Arith, Float};
 use super::shape::{broadcast, broadcast_strides, offset_of, Rows};
 use super::unary::{fixed_params, param_count, unary_typed, UnaryOp, OPS};
-use super::{bound, data, data_mut, Op, PAR_MIN};
+use super::{bound, data_mut, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 /// The most instructions a program holds.
@@ -264,12 +264,7 @@ impl Program {
         out: &mut Tensor,
         in_place: bool,
     ) -> Result<(), String> {
-        let xs = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| data::<T>(t, &name(i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let (xs, shapes) = super::views::<T>(inputs, name)?;
         let out_shape = out.shape().to_vec();
         self.run(imp, &xs, &shapes, &out_shape, data_mut::<T>(out)?, in_place)
     }

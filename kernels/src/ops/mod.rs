@@ -248,6 +248,23 @@ pub(crate) fn data<'a, T: Element>(t: &'a Tensor, what: &str) -> Result<&'a [T],
     t.data::<T>().map_err(|e| format!("{what}: {e}"))
 }
 
+/// Operands' typed elements and their shapes.
+pub(crate) type Views<'a, T> = (Vec<&'a [T]>, Vec<&'a [usize]>);
+
+/// Typed elements and shapes of `inputs`; `name(i)` names input `i` in
+/// errors.
+pub(crate) fn views<'a, T: Element>(
+    inputs: &[&'a Tensor],
+    name: &dyn Fn(usize) -> String,
+) -> Result<Views<'a, T>, String> {
+    let xs = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| data::<T>(t, &name(i)))
+        .collect::<Result<_, _>>()?;
+    Ok((xs, inputs.iter().map(|t| t.shape()).collect()))
+}
+
 /// Typed elements of the output.
 pub(crate) fn data_mut<T: Element>(t: &mut Tensor) -> Result<&mut [T], String> {
     t.data_mut::<T>().map_err(|e| format!("output 0 (y): {e}"))

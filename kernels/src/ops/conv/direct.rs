@@ -52,13 +52,13 @@ const VMAX: usize = 3;
 /// Input channels per pass over a band: a tile's input rows for that many
 /// channels stay in L1 (partial sums go through `y` between passes).
 const CHANNELS: usize = 32;
-/// An epilogue: computes output elements `start..start + band.len()` of the
-/// whole output tensor in place, `band` holding the convolution's values.
-pub(super) type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) -> Result<(), String> + Sync);
-
 /// The input a band of output rows reads should fit in this many bytes
 /// (about half of a core's L2, the rest being the weight panels).
 const BAND_BYTES: usize = 1 << 20;
+
+/// An epilogue: computes output elements `start..start + band.len()` of the
+/// whole output tensor in place, `band` holding the convolution's values.
+pub(super) type Epilogue<'a> = &'a (dyn Fn(usize, &mut [f32]) -> Result<(), String> + Sync);
 
 /// A stride-1 convolution with at most two spatial axes, as 2-D sizes (a
 /// 1-D convolution is one row: `h = 1`).
