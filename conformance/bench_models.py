@@ -7,7 +7,8 @@ kernels; onnxruntime: session created, CPU provider), both on the same
 number of threads, and ampoule's package open-to-first-result time against
 onnxruntime's session creation time, and against its session creation plus
 first run (the same work ampoule's figure covers). Prints a table of ratios
-(ampoule / onnxruntime: below 1 means ampoule is faster). Models ampoule
+(ampoule / onnxruntime: below 1 means ampoule is faster), after a line naming
+the CPU and its widest vector extension. Models ampoule
 cannot compile yet are listed as `unsupported: <reason>`.
 
 The machine may be shared and its speed drifts, so the two sides alternate:
@@ -70,6 +71,25 @@ def ort_times(model_path, inputs, threads):
     return ms(creates), ms(firsts), ms(times)
 
 
+def cpu_summary():
+    """The CPU's model name and its widest x86 vector extension, from
+    /proc/cpuinfo (ratios move with both: ampoule's direct convolution runs
+    on AVX-512 only, and onnxruntime picks its kernels by ISA too)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    model, flags = "unknown", set()
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    widest = next((f for f in ("avx512f", "avx2", "avx", "sse2") if f in flags), "none of sse2/avx")
+    return f"{model}, {os.cpu_count()} logical CPUs, widest vector extension: {widest}"
+
+
 def main():
     if Path(sys.prefix).resolve() != (CACHE / "venv").resolve():
         subprocess.run(["bash", str(HERE / "fetch"), "models"], check=True)
@@ -130,6 +150,7 @@ def main():
 
     widths = [max(len(str(r[i])) for r in [header] + [r for r in rows if len(r) == len(header)])
               for i in range(len(header))]
+    print(f"cpu: {cpu_summary()}")
     print(f"threads: {args.threads} (ampoule: RAYON_NUM_THREADS; onnxruntime: intra_op_num_threads)")
     print("ratio = ampoule / onnxruntime (below 1: ampoule is faster); latency = median of warm calls")
     print(f"each figure: the median over {args.rounds} alternating rounds (a ratio: of the rounds' ratios)")
