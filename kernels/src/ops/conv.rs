@@ -662,7 +662,7 @@ impl Conv {
         let out_len = g.out_len();
         let depthwise = !self.transpose && g.cg == 1 && g.mg <= DEPTHWISE_MG_MAX;
         let plane = (imp == Impl::Optimized && !self.transpose && T::DTYPE == DType::F32)
-            .then(|| direct::Plane::new(&g))
+            .then(|| direct::Plane::new(&g, depthwise))
             .flatten();
         // The epilogue runs on the direct path's bands of output rows, while
         // they are in cache (T is f32 whenever there is a plane).
