@@ -265,17 +265,16 @@ pub(super) fn conv_pair(
     let run = |(bi, b0, mut outs): (usize, usize, Vec<&mut [f32]>)| {
         let panels = &panels[b0 * ck * rb..];
         let bias = bias.map(|b| &b[b0 * rb..]);
-        band_blocks_on(
+        let rows = Band {
             p,
-            true,
-            g.cg,
+            cg: g.cg,
             xg,
             panels,
             bias,
-            &tiles,
-            bi * band,
-            &mut outs,
-        )?;
+            tiles: &tiles,
+            oh0: bi * band,
+        };
+        band_blocks_on(true, &rows, &mut outs)?;
         match post {
             // Plane `b0·rb + i` of the pair's block starts at
             // `base + (b0·rb + i)·out_len`; the band at row `bi·band`.
@@ -318,7 +317,16 @@ pub(super) fn depthwise(
         let b = bias
             .map(|b| b.get(m..m + 1).ok_or("internal: depthwise bias outside b"))
             .transpose()?;
-        band_blocks_on(p, false, 1, xc, wk, b, &tiles, 0, &mut [&mut *yp])?;
+        let band = Band {
+            p,
+            cg: 1,
+            xg: xc,
+            panels: wk,
+            bias: b,
+            tiles: &tiles,
+            oh0: 0,
+        };
+        band_blocks_on(false, &band, &mut [&mut *yp])?;
         match post {
             Some(post) => post(q * out_len, yp),
             None => Ok(()),
@@ -331,44 +339,39 @@ pub(super) fn depthwise(
     }
 }
 
-/// `band_blocks` compiled for the plane's instruction set: output rows
-/// `oh0..` (as many as `outs[0]` holds) of the planes in `outs`, in blocks
-/// of [`Isa::block`] planes (`dense`) or one by one (depthwise).
-#[allow(clippy::too_many_arguments)]
-fn band_blocks_on(
-    p: &Plane,
-    dense: bool,
+/// One call's work for `band_blocks`: output rows `oh0..` of a block of
+/// planes, their input channels `xg`, weight panels (`[C/g][K][R]` per
+/// block of `R` planes, from `panels`), biases and row tiles.
+#[derive(Clone, Copy)]
+struct Band<'a> {
+    p: &'a Plane,
     cg: usize,
-    xg: &[f32],
-    panels: &[f32],
-    bias: Option<&[f32]>,
-    tiles: &[RowTile],
+    xg: &'a [f32],
+    panels: &'a [f32],
+    bias: Option<&'a [f32]>,
+    tiles: &'a [RowTile],
     oh0: usize,
-    outs: &mut [&mut [f32]],
-) -> Result<(), String> {
+}
+
+/// `band_blocks` compiled for the plane's instruction set: `band`'s rows of
+/// the planes in `outs` (as many as `outs[0]` holds), in blocks of
+/// [`Isa::block`] planes (`dense`) or one by one (depthwise).
+fn band_blocks_on(dense: bool, band: &Band, outs: &mut [&mut [f32]]) -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a `Plane` exists only on a CPU that runs its instruction set
     // (`Plane::on` checks it).
     #[allow(unsafe_code)]
     unsafe {
-        match (p.isa, dense) {
-            (Isa::Avx512, true) => {
-                x86::band_blocks_avx512::<8>(p, cg, xg, panels, bias, tiles, oh0, outs)
-            }
-            (Isa::Avx512, false) => {
-                x86::band_blocks_avx512::<1>(p, cg, xg, panels, bias, tiles, oh0, outs)
-            }
-            (Isa::Avx2, false) => {
-                x86::band_blocks_avx2::<1>(p, cg, xg, panels, bias, tiles, oh0, outs)
-            }
-            (Isa::Avx2, true) => {
-                x86::band_blocks_avx2::<6>(p, cg, xg, panels, bias, tiles, oh0, outs)
-            }
+        match (band.p.isa, dense) {
+            (Isa::Avx512, true) => x86::band_blocks_avx512::<8>(band, outs),
+            (Isa::Avx512, false) => x86::band_blocks_avx512::<1>(band, outs),
+            (Isa::Avx2, true) => x86::band_blocks_avx2::<6>(band, outs),
+            (Isa::Avx2, false) => x86::band_blocks_avx2::<1>(band, outs),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (p, dense, cg, xg, panels, bias, tiles, oh0, outs);
+        let _ = (dense, band, outs);
         Err("internal: direct conv on a CPU without its vector instructions".into())
     }
 }
@@ -471,7 +474,7 @@ struct Tile<'a> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Plane, RowTile, Tile, CHANNELS, MR};
+    use super::{Band, Tile, CHANNELS, MR};
 
     /// An f32 vector of one instruction set. Masks hold one bit per lane.
     pub(super) trait Vector: Copy {
@@ -576,43 +579,28 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX-512F.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn band_blocks_avx512<const R: usize>(
-        p: &Plane,
-        cg: usize,
-        xg: &[f32],
-        panels: &[f32],
-        bias: Option<&[f32]>,
-        tiles: &[RowTile],
-        oh0: usize,
+        band: &Band,
         outs: &mut [&mut [f32]],
     ) -> Result<(), String> {
-        unsafe { band_blocks::<__m512, R>(p, cg, xg, panels, bias, tiles, oh0, outs) }
+        unsafe { band_blocks::<__m512, R>(band, outs) }
     }
 
     /// [`band_blocks`] on AVX2 with FMA.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn band_blocks_avx2<const R: usize>(
-        p: &Plane,
-        cg: usize,
-        xg: &[f32],
-        panels: &[f32],
-        bias: Option<&[f32]>,
-        tiles: &[RowTile],
-        oh0: usize,
+        band: &Band,
         outs: &mut [&mut [f32]],
     ) -> Result<(), String> {
-        unsafe { band_blocks::<__m256, R>(p, cg, xg, panels, bias, tiles, oh0, outs) }
+        unsafe { band_blocks::<__m256, R>(band, outs) }
     }
 
-    /// Output rows `oh0..` (as many as `outs[0]` holds) of the planes in
-    /// `outs`, whose weight panels (`[C/g][K][R]` per block of `R` planes)
-    /// start `panels` and biases `bias`. For each chunk of [`CHANNELS`]
+    /// `band`'s output rows of the planes in `outs` (as many as `outs[0]`
+    /// holds). For each chunk of [`CHANNELS`]
     /// input channels, each row and each tile along it, every block of `R`
     /// planes is computed in turn, so the tile's input stays in L1 across
     /// blocks.
@@ -623,15 +611,18 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn band_blocks<S: Vector, const R: usize>(
-        p: &Plane,
-        cg: usize,
-        xg: &[f32],
-        panels: &[f32],
-        bias: Option<&[f32]>,
-        tiles: &[RowTile],
-        oh0: usize,
+        band: &Band,
         outs: &mut [&mut [f32]],
     ) -> Result<(), String> {
+        let Band {
+            p,
+            cg,
+            xg,
+            panels,
+            bias,
+            tiles,
+            oh0,
+        } = *band;
         // A tile has room for MR output channels.
         const { assert!(R >= 1 && R <= MR) };
         let rows_here = outs.first().map_or(0, |o| o.len() / p.w_out);
