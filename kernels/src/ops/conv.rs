@@ -35,8 +35,9 @@
 //! contiguous run plus padding at its ends, with no per-element tests.
 //!
 //! - f32 `conv@1` with stride 1, one or two spatial axes, a kernel larger
-//!   than 1x1 and output rows of at least 16 runs on an AVX-512 CPU as a
-//!   direct convolution (`direct.rs`), depthwise or not, starting its sums
+//!   than 1x1 and output rows of at least one vector runs on an AVX-512
+//!   CPU (or on AVX2 with FMA: depthwise, or with a kernel of 9 positions
+//!   or more) as a direct convolution (`direct.rs`), starting its sums
 //!   at the bias and running the epilogue on each band of output rows it
 //!   finishes (the same ops on the same values, while they are in cache).
 //!   The paths below take everything else.
@@ -1835,8 +1836,9 @@ mod tests {
         }
 
         /// The direct path (`direct.rs`: stride 1, one or two spatial
-        /// axes, rows of at least 16 outputs) against the reference, with
-        /// channel counts around its 8-channel blocks, depthwise groups
+        /// axes, rows of at least a vector; on the CPU's widest instruction
+        /// set) against the reference, with channel counts around its
+        /// 6- and 8-channel blocks, depthwise groups
         /// (one input channel, at most 4 outputs each), border tiles (wide
         /// pads, dilation, rows that end mid-vector) and whole kernel rows
         /// in the padding, planes narrower than a vector (which take the
