@@ -74,7 +74,8 @@ def ort_times(model_path, inputs, threads):
 def cpu_summary():
     """The CPU's model name and its widest x86 vector extension, from
     /proc/cpuinfo (ratios move with both: ampoule's direct convolution runs
-    on AVX-512 only, and onnxruntime picks its kernels by ISA too)."""
+    on AVX-512, and on AVX2 only for some kernels; onnxruntime picks its
+    kernels by ISA too)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
