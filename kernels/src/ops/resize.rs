@@ -620,20 +620,24 @@ fn weigh<T: Float>(src: &[T], taps: &[Tap], inner: usize, dst: &mut [T]) {
     }
 }
 
-type Row<T> = fn(&[T], &[Tap], usize, &mut [T]);
-
 /// Resamples one axis at a time in [`pass_order`], then fills the
-/// extrapolated elements.
+/// extrapolated elements. `row` computes one output row of a pass from its
+/// taps (a generic, so it inlines: along the last axis a row is one
+/// element). The first pass reads the input in place and the last writes
+/// the output, so only the passes between have buffers of their own.
 fn separable<T: bytemuck::Pod>(
     x: &Tensor,
     taps: &[AxisTaps],
     fill: T,
     out: &mut Tensor,
-    row: Row<T>,
+    row: impl Fn(&[T], &[Tap], usize, &mut [T]),
 ) -> Result<(), String> {
     let mut shape = x.shape().to_vec();
-    let mut cur: Vec<T> = raw::<T>(x, "input 0 (x)")?.to_vec();
-    for a in pass_order(x.shape(), taps) {
+    let input = raw::<T>(x, "input 0 (x)")?;
+    let y = raw_mut::<T>(out)?;
+    let order = pass_order(x.shape(), taps);
+    let mut between: Option<Vec<T>> = None;
+    for (k, &a) in order.iter().enumerate() {
         let t = taps.get(a).ok_or("internal: resize axis without taps")?;
         let (outer, d, inner) = (
             numel(&shape[..a], "outer dims")?,
@@ -644,20 +648,32 @@ fn separable<T: bytemuck::Pod>(
         if d * inner == 0 || o * inner == 0 {
             return Err("internal: resize pass over an empty axis".to_string());
         }
-        let mut next = vec![T::zeroed(); outer * o * inner];
-        for (src, dst) in cur.chunks(d * inner).zip(next.chunks_mut(o * inner)) {
+        let src = between.as_deref().unwrap_or(input);
+        let mut next = match k + 1 == order.len() {
+            true => None,
+            false => Some(vec![T::zeroed(); outer * o * inner]),
+        };
+        let dst = match next.as_deref_mut() {
+            Some(next) => next,
+            None if y.len() == outer * o * inner => &mut *y,
+            None => return Err("internal: resize passes do not reach the output shape".to_string()),
+        };
+        for (src, dst) in src.chunks(d * inner).zip(dst.chunks_mut(o * inner)) {
             for (j, d_row) in dst.chunks_mut(inner).enumerate() {
                 row(src, t.get(j), inner, d_row);
             }
         }
         shape[a] = o;
-        cur = next;
+        if next.is_some() {
+            between = next;
+        }
     }
-    let y = raw_mut::<T>(out)?;
-    if y.len() != cur.len() {
-        return Err("internal: resize passes do not reach the output shape".to_string());
+    if order.is_empty() {
+        if y.len() != input.len() {
+            return Err("internal: resize passes do not reach the output shape".to_string());
+        }
+        y.copy_from_slice(input);
     }
-    y.copy_from_slice(&cur);
     fill_outside(y, taps, fill);
     Ok(())
 }
