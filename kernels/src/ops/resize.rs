@@ -636,6 +636,7 @@ fn separable<T: bytemuck::Pod>(
     let input = raw::<T>(x, "input 0 (x)")?;
     let y = raw_mut::<T>(out)?;
     let order = pass_order(x.shape(), taps);
+    let short = || "internal: resize passes do not reach the output shape".to_string();
     let mut between: Option<Vec<T>> = None;
     for (k, &a) in order.iter().enumerate() {
         let t = taps.get(a).ok_or("internal: resize axis without taps")?;
@@ -649,14 +650,11 @@ fn separable<T: bytemuck::Pod>(
             return Err("internal: resize pass over an empty axis".to_string());
         }
         let src = between.as_deref().unwrap_or(input);
-        let mut next = match k + 1 == order.len() {
-            true => None,
-            false => Some(vec![T::zeroed(); outer * o * inner]),
-        };
+        let mut next = (k + 1 < order.len()).then(|| vec![T::zeroed(); outer * o * inner]);
         let dst = match next.as_deref_mut() {
             Some(next) => next,
             None if y.len() == outer * o * inner => &mut *y,
-            None => return Err("internal: resize passes do not reach the output shape".to_string()),
+            None => return Err(short()),
         };
         for (src, dst) in src.chunks(d * inner).zip(dst.chunks_mut(o * inner)) {
             for (j, d_row) in dst.chunks_mut(inner).enumerate() {
@@ -670,7 +668,7 @@ fn separable<T: bytemuck::Pod>(
     }
     if order.is_empty() {
         if y.len() != input.len() {
-            return Err("internal: resize passes do not reach the output shape".to_string());
+            return Err(short());
         }
         y.copy_from_slice(input);
     }
