@@ -773,28 +773,36 @@ fn conv_reference<T: Float>(g: &Geom, x: &[T], w: &[T], y: &mut [T]) -> Result<(
     let kc = g.k_coords();
     let s = g.k_sp.len();
     let oob = || "internal: conv index outside an operand".to_string();
-    for n in 0..g.n {
-        for m in 0..g.m {
-            let grp = m / g.mg;
-            let mut o = vec![0; s];
-            for op in 0..out_len {
+    // The kernel positions that land inside the input, with their input
+    // offsets, depend on the output position only: find them once per
+    // position, not once per (image, filter, channel). The sum runs over
+    // channels, then kernel positions, as the definition reads.
+    let mut taps: Vec<(usize, usize)> = Vec::with_capacity(k_len);
+    let mut o = vec![0; s];
+    for op in 0..out_len {
+        taps.clear();
+        taps.extend((0..k_len).filter_map(|kk| {
+            let k = &kc[kk * s..(kk + 1) * s];
+            Some((kk, g.axes.input_offset(&o, k, &g.in_sp, &in_str)?))
+        }));
+        for n in 0..g.n {
+            for m in 0..g.m {
+                let grp = m / g.mg;
                 let mut acc = T::ZERO;
                 for c in 0..g.cg {
                     let xc = (n * g.c + grp * g.cg + c) * in_len;
-                    for kk in 0..k_len {
-                        let k = &kc[kk * s..(kk + 1) * s];
-                        if let Some(off) = g.axes.input_offset(&o, k, &g.in_sp, &in_str) {
-                            let xv = x.get(xc + off).ok_or_else(oob)?;
-                            let wv = w.get((m * g.cg + c) * k_len + kk).ok_or_else(oob)?;
-                            acc = acc + *xv * *wv;
-                        }
+                    let wc = (m * g.cg + c) * k_len;
+                    for &(kk, off) in &taps {
+                        let xv = x.get(xc + off).ok_or_else(oob)?;
+                        let wv = w.get(wc + kk).ok_or_else(oob)?;
+                        acc = acc + *xv * *wv;
                     }
                 }
                 let slot = y.get_mut((n * g.m + m) * out_len + op).ok_or_else(oob)?;
                 *slot = *slot + acc;
-                advance(&mut o, &g.out_sp);
             }
         }
+        advance(&mut o, &g.out_sp);
     }
     Ok(())
 }
