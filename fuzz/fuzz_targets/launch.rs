@@ -20,7 +20,7 @@
 //!   vs error, or on the result (except a convolution's with a random
 //!   epilogue, which can turn results within tolerance into any others). Ints, bools and every kernel that does not
 //!   reduce compare bit for bit (NaN equal to NaN); reducing float kernels
-//!   (matmul, linear, conv, conv_transpose, softmax, layer_norm, reduce
+//!   (matmul, linear, linear_panels, conv, conv_transpose, softmax, layer_norm, reduce
 //!   sum/mean) compare within
 //!   the tolerance the kernels' own tests use, on data from a grid of small
 //!   values plus NaN/inf/-0 (their results then do not depend on summation
@@ -105,6 +105,20 @@ fn attrs(u: &mut Unstructured, kernel: &str, rank: usize) -> Result<Attrs> {
                 if u.arbitrary()? {
                     a.insert(k.into(), AttrValue::Int(u.int_in_range(0..=1)?));
                 }
+            }
+        }
+        "panels" => {
+            let width = if u.ratio(7, 8)? { u.int_in_range(1..=20)? } else { small_int(u)? };
+            a.insert("width".into(), AttrValue::Int(width));
+            if u.arbitrary()? {
+                a.insert("trans".into(), AttrValue::Int(u.int_in_range(0..=1)?));
+            }
+        }
+        "linear_panels" => {
+            let n = if u.ratio(7, 8)? { u.int_in_range(0..=40)? } else { small_int(u)? };
+            a.insert("n".into(), AttrValue::Int(n));
+            if u.arbitrary()? {
+                a.insert("bias".into(), AttrValue::Int(u.int_in_range(0..=1)?));
             }
         }
         "softmax" | "gather" => {
@@ -529,7 +543,7 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
     };
     let reducing = matches!(
         family.as_str(),
-        "matmul" | "linear" | "softmax" | "layer_norm" | "conv" | "conv_transpose"
+        "matmul" | "linear" | "linear_panels" | "softmax" | "layer_norm" | "conv" | "conv_transpose"
     ) || (family == "reduce" && (op == "sum" || op == "mean"));
     let data = if reducing || u.arbitrary()? { Data::Grid } else { Data::Raw };
     let mut inputs = Vec::new();
@@ -574,7 +588,7 @@ fn one(u: &mut Unstructured, seed: u64) -> Result<()> {
     let last = |s: &[usize]| s.last().copied().unwrap_or(1) as f64;
     let tol: Box<dyn Fn(f64) -> f64> = match family.as_str() {
         // |terms| <= 100: a few ulps of the sum of |terms|.
-        "matmul" | "linear" => {
+        "matmul" | "linear" | "linear_panels" => {
             let kdim = last(sh);
             Box::new(move |_| e * (kdim + 2.0) * 100.0 * kdim + f64::MIN_POSITIVE)
         }

@@ -32,6 +32,8 @@
 //! | `unary@1` | x: float | same as x | `op`: neg, abs, relu, gelu (erf), gelu_tanh, tanh, sigmoid, exp, log, sqrt, rsqrt, recip, erf, floor, ceil, sin, cos, hard_swish; leaky_relu (`alpha`), hard_sigmoid (`alpha`, `beta`) |
 //! | `matmul@1` | a [..., M, K], b [..., K, N]: float, batch dims broadcast; rank >= 2 each | [..., M, N] | none |
 //! | `linear@1` | x [..., K], w [K, N] (or [N, K] with `trans_w`=1), bias [N] if `bias`=1 | [..., N] | `trans_w`, `bias` |
+//! | `panels@1` | w [K, N] (or [N, K] with `trans`=1): float | [ceil(N / `width`), K, `width`]: column panels, zero-padded | `width` (1..=256), `trans` |
+//! | `linear_panels@1` | x [..., K], w [ceil(`n` / W), K, W] from `panels@1`, bias [`n`] if `bias`=1 | [..., `n`] | `n`, `bias` |
 //! | `softmax@1` | x: float | same | `axis` (negative counts from the end) |
 //! | `layer_norm@1` | x, scale, bias: float; scale/bias shape = x.shape[axis..] | same as x | `axis`, `epsilon` |
 //! | `reduce@1` | x: float or int (sum), float, int or bool (max/min), float (mean) | reduced shape | `op`: sum, mean, max, min; `axes` (list, negative ok, empty = all); `keepdims` |

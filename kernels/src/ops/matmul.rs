@@ -1,4 +1,5 @@
-//! `matmul@1` and `linear@1`: matrix products on f32 and f64.
+//! `matmul@1`, `linear@1` and `linear_panels@1`: matrix products on f32
+//! and f64; `panels@1` lays a weight out for `linear_panels@1`.
 //!
 //! `matmul@1` multiplies `a [..., M, K]` by `b [..., K, N]`; the batch dims
 //! (all but the last two) broadcast with numpy's rule. `linear@1` computes
@@ -42,6 +43,35 @@ pub(crate) fn bind_linear(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> 
     let bias = r.flag("bias", false)?;
     r.finish()?;
     Ok(bound(Linear { trans_w, bias }))
+}
+
+/// The widest panel `panels@1` makes.
+const MAX_PANEL_WIDTH: i64 = 256;
+
+pub(crate) fn bind_panels(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+    let mut r = AttrReader::new("panels@1", attrs);
+    let width = r.int("width", None)?;
+    let trans = r.flag("trans", false)?;
+    if !(1..=MAX_PANEL_WIDTH).contains(&width) {
+        return Err(r.error(format!(
+            "attribute `width` must be in 1..={MAX_PANEL_WIDTH}, got {width}"
+        )));
+    }
+    r.finish()?;
+    Ok(bound(Panels {
+        width: width as usize,
+        trans,
+    }))
+}
+
+pub(crate) fn bind_linear_panels(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
+    let mut r = AttrReader::new("linear_panels@1", attrs);
+    let n = r.int("n", None)?;
+    let bias = r.flag("bias", false)?;
+    let n =
+        usize::try_from(n).map_err(|_| r.error(format!("attribute `n` must be >= 0, got {n}")))?;
+    r.finish()?;
+    Ok(bound(LinearPanels { n, bias }))
 }
 
 /// A strided matrix inside a slice: element `(i, j)` is at `i*rs + j*cs`.
@@ -195,7 +225,7 @@ fn gemm_view<T: Float>(
     Ok(())
 }
 
-/// A pointer into the destination of [`gemm_tiles`], shared by its tasks.
+/// A pointer into the destination of [`gemm_tiles_of`], shared by its tasks.
 #[derive(Clone, Copy)]
 struct TilePtr<T>(*mut T);
 
@@ -207,7 +237,7 @@ impl<T> TilePtr<T> {
     }
 }
 
-// SAFETY: a `TilePtr` only crosses threads inside `gemm_tiles`, whose tasks
+// SAFETY: a `TilePtr` only crosses threads inside `gemm_tiles_of`, whose tasks
 // write pairwise disjoint elements through it while the slice it points into
 // stays mutably borrowed; `T` (f32 or f64) is `Send`.
 #[allow(unsafe_code)]
@@ -218,7 +248,6 @@ unsafe impl<T: Send> Sync for TilePtr<T> {}
 /// The product into the row-major `a.rows × b.cols` matrix at the start of
 /// `dst`, as tiles of `tile_rows × tile_cols` on rayon's global pool,
 /// one single-threaded gemm call each.
-#[allow(unsafe_code)]
 fn gemm_tiles<T: Float>(
     a: MatRef<T>,
     b: MatRef<T>,
@@ -227,10 +256,35 @@ fn gemm_tiles<T: Float>(
     tile_rows: usize,
     tile_cols: usize,
 ) -> Result<(), String> {
-    let (m, n, len) = (a.rows, b.cols, dst.len());
-    checked_strides(a, b, len, n)?;
-    if m == 0 || n == 0 || tile_rows == 0 || tile_cols == 0 {
-        return gemm_view(a, b, dst, n, accumulate, gemm::Parallelism::None);
+    checked_strides(a, b, dst.len(), b.cols)?;
+    let columns =
+        |c0: usize, cols: usize| tail(b.data, c0, b.cs).map(|data| MatRef { data, cols, ..b });
+    gemm_tiles_of(a, columns, b.cols, dst, accumulate, tile_rows, tile_cols)
+}
+
+/// [`gemm_tiles`] for a `b` of `n` columns that `columns(c0, cols)` views
+/// tile by tile: columns `c0..c0 + cols` of `b`, for `c0` a multiple of
+/// `tile_cols` and `cols <= tile_cols`.
+#[allow(unsafe_code)]
+fn gemm_tiles_of<'b, T: Float>(
+    a: MatRef<T>,
+    columns: impl Fn(usize, usize) -> Option<MatRef<'b, T>> + Sync,
+    n: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    tile_rows: usize,
+    tile_cols: usize,
+) -> Result<(), String> {
+    let (m, len) = (a.rows, dst.len());
+    let bad = || format!("internal: inconsistent gemm tiles ({m}x{n} into {len})");
+    if m.checked_mul(n).is_none_or(|mn| mn > len) || !a.in_bounds() {
+        return Err(bad());
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if tile_rows == 0 || tile_cols == 0 {
+        return Err(bad());
     }
     let col_tiles = n.div_ceil(tile_cols);
     let tiles = m.div_ceil(tile_rows) * col_tiles;
@@ -241,15 +295,14 @@ fn gemm_tiles<T: Float>(
         // Sub-views of `a` (rows r0..) and `b` (columns c0..); slicing and
         // `checked_strides` re-check them against the parent slices.
         let a_t = MatRef {
-            data: tail(a.data, r0, a.rs).ok_or_else(|| inconsistent(a, b, len))?,
+            data: tail(a.data, r0, a.rs).ok_or_else(bad)?,
             rows,
             ..a
         };
-        let b_t = MatRef {
-            data: tail(b.data, c0, b.cs).ok_or_else(|| inconsistent(a, b, len))?,
-            cols,
-            ..b
-        };
+        let b_t = columns(c0, cols).ok_or_else(bad)?;
+        if b_t.cols != cols {
+            return Err(bad());
+        }
         let strides = checked_strides(a_t, b_t, len - (r0 * n + c0), n)?;
         // SAFETY: the tile's view of `dst` is rows r0..r0+rows and columns
         // c0..c0+cols of the row-major m×n matrix, that is the offsets
@@ -258,13 +311,14 @@ fn gemm_tiles<T: Float>(
         //   relative to r0*n + c0, is below len - (r0*n + c0), the number of
         //   elements of `dst` from the tile's origin on;
         // - tiles cover disjoint row ranges or disjoint column ranges (each
-        //   t gives a distinct (row block, column block)), so no two tasks
-        //   touch the same element;
+        //   t gives a distinct (row block, column block), and `b_t` has
+        //   exactly the tile's `cols` columns), so no two tasks touch the
+        //   same element;
         // - `dst` stays mutably borrowed until every task has returned
         //   (`try_for_each` joins them), so nothing else reads or writes it
         //   meanwhile, and `a`, `b` are shared borrows that cannot alias it;
-        // - r0*n + c0 < m*n <= len (the first `checked_strides` proved the
-        //   whole m×n view fits), so `add` stays inside the allocation.
+        // - r0*n + c0 < m*n <= len (checked above), so `add` stays inside
+        //   the allocation.
         unsafe {
             gemm_raw(
                 a_t,
@@ -339,15 +393,24 @@ unsafe fn gemm_raw<T: Float>(
 }
 
 /// The reference product: `dst[i, j] (+)= sum_p a[i, p] * b[p, j]`, summing
-/// in order of p.
+/// in order of p, into the row-major view of `dst` with row stride `dst_rs`.
 fn dot_loops<T: Float>(
     a: MatRef<T>,
     b: MatRef<T>,
     dst: &mut [T],
+    dst_rs: usize,
     accumulate: bool,
 ) -> Result<(), String> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || Some(dst.len()) != m.checked_mul(n) || !a.in_bounds() || !b.in_bounds() {
+    let view = MatRef::<()> {
+        data: &[],
+        rows: m,
+        cols: n,
+        rs: dst_rs,
+        cs: 1,
+    };
+    let fits = m == 0 || n == 0 || view.fits(dst.len());
+    if b.rows != k || !fits || !a.in_bounds() || !b.in_bounds() {
         return Err(format!(
             "internal: inconsistent matrix views ({m}x{k} · {}x{n} into {})",
             b.rows,
@@ -360,7 +423,7 @@ fn dot_loops<T: Float>(
             for p in 0..k {
                 acc = acc + a.data[i * a.rs + p * a.cs] * b.data[p * b.rs + j * b.cs];
             }
-            let slot = &mut dst[i * n + j];
+            let slot = &mut dst[i * dst_rs + j];
             *slot = if accumulate { *slot + acc } else { acc };
         }
     }
@@ -483,6 +546,7 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
                     mat_a(bi).ok_or_else(missing)?,
                     mat_b(bi).ok_or_else(missing)?,
                     dst,
+                    n,
                     false,
                 )?;
             }
@@ -668,12 +732,239 @@ impl Linear {
             }
         }
         match imp {
-            Impl::Reference => dot_loops(a, b, y, bias.is_some()),
+            Impl::Reference => dot_loops(a, b, y, n, bias.is_some()),
             Impl::Optimized => {
                 let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
                 gemm_tiled_into(a, b, y, bias.is_some(), parallel)
             }
         }
+    }
+}
+
+/// `panels@1`: the weight `w [K, N]` (or `[N, K]` with `trans`) as column
+/// panels `[ceil(N / width), K, width]`: panel `j` holds columns
+/// `j*width ..` as a row-major `K × width` block, the last one padded with
+/// zeros. A pure layout change, done once per instance on weights (see the
+/// compiler's `passes::layout`).
+struct Panels {
+    width: usize,
+    trans: bool,
+}
+
+impl Panels {
+    /// (K, N) of the weight.
+    fn dims(&self, w: &[usize]) -> Option<(usize, usize)> {
+        match *w {
+            [r, c] if self.trans => Some((c, r)),
+            [r, c] => Some((r, c)),
+            _ => None,
+        }
+    }
+}
+
+impl Op for Panels {
+    fn label(&self) -> &str {
+        if self.trans {
+            "panels@1 (trans)"
+        } else {
+            "panels@1"
+        }
+    }
+
+    fn input_names(&self) -> &[&'static str] {
+        &["w"]
+    }
+
+    fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
+        check_float(self, inputs, 0)?;
+        let w = inputs.first().ok_or("expected input w")?;
+        let (k, n) = self.dims(&w.shape).ok_or_else(|| {
+            format!(
+                "{}: expected rank 2, got shape {:?}",
+                self.input(0),
+                w.shape
+            )
+        })?;
+        Ok(TensorMeta::new(
+            w.dtype,
+            [n.div_ceil(self.width), k, self.width],
+        ))
+    }
+
+    fn compute(&self, _imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        super::with_float!(out.dtype(), T => self.typed::<T>(inputs, out))
+    }
+}
+
+impl Panels {
+    fn typed<T: Float>(&self, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        let [w] = super::operands(inputs)?;
+        let (k, n) = self
+            .dims(w.shape())
+            .ok_or("internal: weight is not a matrix")?;
+        let wv = data::<T>(w, "input 0 (w)")?;
+        let y = data_mut::<T>(out)?;
+        let width = self.width;
+        let oob = || "internal: panel index outside the weight".to_string();
+        for (i, slot) in y.iter_mut().enumerate() {
+            let (j, p, c) = (i / (k * width), i / width % k, i % width);
+            let col = j * width + c;
+            *slot = if col >= n {
+                T::ZERO
+            } else if self.trans {
+                *wv.get(col * k + p).ok_or_else(oob)?
+            } else {
+                *wv.get(p * n + col).ok_or_else(oob)?
+            };
+        }
+        Ok(())
+    }
+}
+
+/// `linear_panels@1`: `linear@1` on a weight laid out by `panels@1`:
+/// `x [..., K] · w + bias`, with `w [ceil(n / W), K, W]` and `bias [n]`.
+///
+/// Each panel is a contiguous `K × W` block, so a short product (a few rows
+/// of `x`) streams the weight from memory in order instead of striding
+/// across its rows: that is the whole point, for products whose weight does
+/// not stay in cache between calls.
+struct LinearPanels {
+    n: usize,
+    bias: bool,
+}
+
+impl Op for LinearPanels {
+    fn label(&self) -> &str {
+        if self.bias {
+            "linear_panels@1 (bias)"
+        } else {
+            "linear_panels@1"
+        }
+    }
+
+    fn input_names(&self) -> &[&'static str] {
+        if self.bias {
+            &["x", "w", "bias"]
+        } else {
+            &["x", "w"]
+        }
+    }
+
+    fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
+        check_float(self, inputs, 0)?;
+        check_same_dtype(self, inputs)?;
+        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+            return Err("expected inputs x and w".to_string());
+        };
+        let Some((&k, batch)) = x.shape.split_last() else {
+            return Err(format!(
+                "{}: expected rank >= 1, got a scalar",
+                self.input(0)
+            ));
+        };
+        let n = self.n;
+        let fits = match *w.shape {
+            [p, wk, width] => wk == k && width > 0 && p == n.div_ceil(width),
+            _ => false,
+        };
+        if !fits {
+            return Err(format!(
+                "{}: expected panels [ceil({n} / W), {k}, W] (K = {k}, the last dim of {}), got shape {:?}",
+                self.input(1),
+                self.input(0),
+                w.shape
+            ));
+        }
+        if let Some(bias) = inputs.get(2) {
+            if bias.shape != [n] {
+                return Err(format!(
+                    "{}: expected shape [{n}], got {:?}",
+                    self.input(2),
+                    bias.shape
+                ));
+            }
+        }
+        let mut shape = batch.to_vec();
+        shape.push(n);
+        Ok(TensorMeta::new(x.dtype, shape))
+    }
+
+    fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
+        super::with_float!(out.dtype(), T => self.typed::<T>(imp, inputs, out))
+    }
+}
+
+impl LinearPanels {
+    fn typed<T: Float>(
+        &self,
+        imp: Impl,
+        inputs: &[&Tensor],
+        out: &mut Tensor,
+    ) -> Result<(), String> {
+        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+            return Err("expected inputs x and w".to_string());
+        };
+        let &[_, k, width] = w.shape() else {
+            return Err("internal: weight is not in panels".to_string());
+        };
+        if width == 0 {
+            return Err("internal: panels of width 0".to_string());
+        }
+        let n = self.n;
+        let xv = data::<T>(x, "input 0 (x)")?;
+        let wv = data::<T>(w, "input 1 (w)")?;
+        let bias = inputs
+            .get(2)
+            .map(|b| data::<T>(b, "input 2 (bias)"))
+            .transpose()?;
+        let y = data_mut::<T>(out)?;
+        if y.is_empty() {
+            return Ok(());
+        }
+        let m = y.len() / n;
+        let a = MatRef {
+            data: xv,
+            rows: m,
+            cols: k,
+            rs: k,
+            cs: 1,
+        };
+        // Columns c0..c0 + cols (inside one panel) as a K × cols view.
+        let columns = |c0: usize, cols: usize| {
+            let start = (c0 / width).checked_mul(k.checked_mul(width)?)?;
+            let data = wv.get(start.checked_add(c0 % width)?..)?;
+            Some(MatRef {
+                data,
+                rows: k,
+                cols,
+                rs: width,
+                cs: 1,
+            })
+        };
+        if let Some(bias) = bias {
+            for row in y.chunks_mut(n) {
+                row.copy_from_slice(bias);
+            }
+        }
+        let accumulate = bias.is_some();
+        let missing = || "internal: panel outside the weight".to_string();
+        let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
+        let threads = rayon::current_num_threads();
+        if imp == Impl::Optimized && parallel && threads > 1 {
+            let tile_rows = tile_shape(m, n, threads).0;
+            return gemm_tiles_of(a, columns, n, y, accumulate, tile_rows, width);
+        }
+        for c0 in (0..n).step_by(width) {
+            let b = columns(c0, width.min(n - c0)).ok_or_else(missing)?;
+            let dst = y.get_mut(c0..).ok_or_else(missing)?;
+            match imp {
+                Impl::Reference => dot_loops(a, b, dst, n, accumulate)?,
+                Impl::Optimized => {
+                    gemm_view(a, b, dst, n, accumulate, gemm::Parallelism::None)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -683,7 +974,7 @@ mod tests {
 
     use super::super::testutil::*;
     use super::{gemm_tiled_into, gemm_tiles, tile_shape, MatRef, GEMM_PAR_MIN};
-    use crate::{DType, Impl, KernelError, Tensor, TensorMeta};
+    use crate::{AttrValue, DType, Impl, KernelError, Tensor, TensorMeta};
 
     fn matmul(a: &Tensor, b: &Tensor, imp: Impl) -> Result<Tensor, KernelError> {
         launch("matmul@1", &attrs(&[]), &[a, b], imp)
@@ -806,6 +1097,67 @@ mod tests {
             let want: f64 = (0..4).map(|p| xs[p] * ws[p * 5]).sum();
             assert!((g - want).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn panels_lay_out_weight_columns() {
+        let (k, n, width) = (3, 7, 3);
+        let w = float_tensor::<f32>(&[k, n], 21, false);
+        let ws = f64s(&w);
+        let wt_vals: Vec<f32> = (0..k * n).map(|t| ws[(t % k) * n + t / k] as f32).collect();
+        let wt = Tensor::from_vec(&[n, k], wt_vals).unwrap();
+        for (trans, weight) in [(0, &w), (1, &wt)] {
+            let at = attrs(&[("width", i(width as i64)), ("trans", i(trans))]);
+            let p = launch("panels@1", &at, &[weight], Impl::Reference).unwrap();
+            assert_eq!(p.shape(), &[3, k, width]);
+            for (idx, got) in f64s(&p).iter().enumerate() {
+                let (j, row, c) = (idx / (k * width), idx / width % k, idx % width);
+                let col = j * width + c;
+                let want = if col < n { ws[row * n + col] } else { 0.0 };
+                assert_eq!(*got, want, "trans={trans} panel {j} [{row}, {c}]");
+            }
+        }
+        let bad = |a: &[(&str, AttrValue)]| {
+            crate::Registry::standard()
+                .bind("panels@1", &attrs(a))
+                .is_err()
+        };
+        assert!(bad(&[("width", i(0))]));
+        assert!(bad(&[("width", i(257))]));
+        assert!(bad(&[]));
+    }
+
+    #[test]
+    fn linear_panels_split_across_threads() {
+        // Large enough for the tiled, parallel path (m·k·n >= GEMM_PAR_MIN).
+        let (m, k, n) = (32, 384, 400);
+        assert!(m * k * n >= GEMM_PAR_MIN);
+        let x = float_tensor::<f32>(&[m, k], 31, false);
+        let w = float_tensor::<f32>(&[k, n], 32, false);
+        let bias = float_tensor::<f32>(&[n], 33, false);
+        let p = launch(
+            "panels@1",
+            &attrs(&[("width", i(16))]),
+            &[&w],
+            Impl::Optimized,
+        )
+        .unwrap();
+        let at = attrs(&[("n", i(n as i64)), ("bias", i(1))]);
+        let (xs, ws, bs) = (f64s(&x), f64s(&w), f64s(&bias));
+        let (want, tol) = linear_direct(&xs, &ws, Some(&bs), false, (m, k, n));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for imp in IMPLS {
+            let y = pool
+                .install(|| launch("linear_panels@1", &at, &[&x, &p, &bias], imp))
+                .unwrap();
+            assert_within(&y, &want, &tol);
+        }
+        // A weight that is not in panels of `n` columns is refused.
+        let wrong = attrs(&[("n", i(n as i64 + 16)), ("bias", i(0))]);
+        assert!(launch("linear_panels@1", &wrong, &[&x, &p], Impl::Optimized).is_err());
     }
 
     #[test]
@@ -1006,6 +1358,39 @@ mod tests {
             let eps = if f64s { f64::EPSILON } else { f32::EPSILON as f64 };
             let tol = product_tolerance(&a, &b, &r, eps);
             assert_close_with(&r, &o, |idx, _| tol[idx]);
+        }
+
+        #[test]
+        fn linear_panels_match_linear(
+            batch in prop::collection::vec(0usize..=4, 0..=2),
+            dims in prop_oneof![6 => (0usize..=9, 0usize..=40), 1 => (200usize..=300, 150usize..=200)],
+            width in 1i64..=20,
+            trans_w in 0i64..=1,
+            with_bias in 0i64..=1,
+            seed in any::<u64>(),
+        ) {
+            let (k, n) = dims;
+            let mut x_shape = batch.clone();
+            x_shape.extend([if k > 100 { 64 } else { 3 }, k]);
+            let x = float_tensor::<f32>(&x_shape, seed, false);
+            let w = float_tensor::<f32>(&if trans_w == 1 { [n, k] } else { [k, n] }, seed ^ 1, false);
+            let bias = float_tensor::<f32>(&[n], seed ^ 2, false);
+            let pa = attrs(&[("width", i(width)), ("trans", i(trans_w))]);
+            let packed = launch("panels@1", &pa, &[&w], Impl::Optimized).unwrap();
+            let la = attrs(&[("trans_w", i(trans_w)), ("bias", i(with_bias))]);
+            let lpa = attrs(&[("n", i(n as i64)), ("bias", i(with_bias))]);
+            let (plain, panels): (Vec<&Tensor>, Vec<&Tensor>) = if with_bias == 1 {
+                (vec![&x, &w, &bias], vec![&x, &packed, &bias])
+            } else {
+                (vec![&x, &w], vec![&x, &packed])
+            };
+            let r = launch("linear@1", &la, &plain, Impl::Reference).unwrap();
+            // The same sums in the same order: the reference is bitwise equal.
+            let rp = launch("linear_panels@1", &lpa, &panels, Impl::Reference).unwrap();
+            prop_assert_eq!(r.bytes(), rp.bytes());
+            let o = launch("linear_panels@1", &lpa, &panels, Impl::Optimized).unwrap();
+            let tol = f32::EPSILON as f64 * (k as f64 + 2.0) * 100.0 * k as f64 + 1e-6;
+            assert_close(&r, &o, 0.0, tol);
         }
 
         #[test]

@@ -52,13 +52,15 @@ pub(crate) const PAR_MIN: usize = 1 << 17;
 
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
-    let families: [(&'static str, BindFn); 24] = [
+    let families: [(&'static str, BindFn); 26] = [
         ("binary", elementwise::bind_binary),
         ("compare", elementwise::bind_compare),
         ("where", elementwise::bind_where),
         ("unary", unary::bind),
         ("matmul", matmul::bind_matmul),
         ("linear", matmul::bind_linear),
+        ("panels", matmul::bind_panels),
+        ("linear_panels", matmul::bind_linear_panels),
         ("softmax", norm::bind_softmax),
         ("layer_norm", norm::bind_layer_norm),
         ("reduce", reduce::bind),
@@ -488,7 +490,9 @@ mod tests {
             ("gather_nd@1", attrs(&[])),
             ("layer_norm@1", attrs(&[])),
             ("linear@1", attrs(&[])),
+            ("linear_panels@1", attrs(&[("n", i(3))])),
             ("matmul@1", attrs(&[])),
+            ("panels@1", attrs(&[("width", i(4))])),
             (
                 "pool@1",
                 attrs(&[("op", s("max")), ("kernel_shape", ints(&[2]))]),
