@@ -21,7 +21,7 @@
 use crate::ir::{Graph, Op};
 
 /// For each node: whether it is weight-only (see the module doc).
-fn weight_only(graph: &Graph) -> Vec<bool> {
+pub(super) fn weight_only(graph: &Graph) -> Vec<bool> {
     let producers = graph.producers();
     let mut is_output_storage = vec![false; graph.values.len()];
     for o in &graph.outputs {

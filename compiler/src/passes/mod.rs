@@ -15,7 +15,9 @@
 //! 4. [`constants::constants_to_globals`]: remaining constants become
 //!    embedded globals (a wrapper cannot create data);
 //! 5. [`dce::eliminate_dead_code`] again;
-//! 6. [`hoist::hoist_weight_only`]: work that reads no input moves to the
+//! 6. [`layout::pack_linear_weights`]: `linear@1` launches of a few rows
+//!    get their weight laid out in column panels (`panels@1`, weight-only);
+//! 7. [`hoist::hoist_weight_only`]: work that reads no input moves to the
 //!    front, where lowering runs it once per instance in `init`.
 //!
 //! Then, for entries without symbolic dims (whose shape expressions are
@@ -30,6 +32,7 @@ pub mod dce;
 pub mod fold;
 pub mod fuse;
 pub mod hoist;
+pub mod layout;
 pub mod outputs;
 pub mod plan;
 pub mod views;
@@ -85,6 +88,8 @@ pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassErro
     check(&graph, "constants_to_globals")?;
     dce::eliminate_dead_code(&mut graph);
     check(&graph, "dce")?;
+    let panels = layout::pack_linear_weights(&mut graph, registry)?;
+    check(&graph, "pack_linear_weights")?;
     let hoisted = hoist::hoist_weight_only(&mut graph);
     check(&graph, "hoist_weight_only")?;
     tracing::debug!(
@@ -92,6 +97,7 @@ pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassErro
         removed,
         copies,
         constants,
+        panels,
         hoisted,
         nodes = graph.nodes.len(),
         "compiler.optimize"
