@@ -597,6 +597,87 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
     }
 }
 
+/// The checks `linear@1` and `linear_panels@1` share: float inputs of one
+/// dtype, `x [..., K]`, and `bias [N]` if there is one, where
+/// `n_of(K, w)` checks the weight and gives N. Returns `[..., N]`.
+fn linear_meta<O: Op>(
+    op: &O,
+    inputs: &[&TensorMeta],
+    n_of: impl FnOnce(usize, &TensorMeta) -> Result<usize, String>,
+) -> Result<TensorMeta, String> {
+    check_float(op, inputs, 0)?;
+    check_same_dtype(op, inputs)?;
+    let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+        return Err("expected inputs x and w".to_string());
+    };
+    let Some((&k, batch)) = x.shape.split_last() else {
+        return Err(format!("{}: expected rank >= 1, got a scalar", op.input(0)));
+    };
+    let n = n_of(k, w)?;
+    if let Some(bias) = inputs.get(2) {
+        if bias.shape != [n] {
+            return Err(format!(
+                "{}: expected shape [{n}], got {:?}",
+                op.input(2),
+                bias.shape
+            ));
+        }
+    }
+    let mut shape = batch.to_vec();
+    shape.push(n);
+    Ok(TensorMeta::new(x.dtype, shape))
+}
+
+/// The operands of a `linear@1` or `linear_panels@1` launch of `n` output
+/// columns: `x` as a row-major `M × k` matrix, the weight's data, and the
+/// output `[M, n]` holding the bias in every row when there is one (the
+/// product then accumulates onto it), else to be overwritten.
+struct LinearOperands<'a, T> {
+    x: MatRef<'a, T>,
+    w: &'a [T],
+    y: &'a mut [T],
+    accumulate: bool,
+}
+
+fn linear_operands<'a, T: Float>(
+    inputs: &[&'a Tensor],
+    out: &'a mut Tensor,
+    k: usize,
+    n: usize,
+) -> Result<LinearOperands<'a, T>, String> {
+    let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
+        return Err("expected inputs x and w".to_string());
+    };
+    let xv = data::<T>(x, "input 0 (x)")?;
+    let w = data::<T>(w, "input 1 (w)")?;
+    let bias = inputs
+        .get(2)
+        .map(|b| data::<T>(b, "input 2 (bias)"))
+        .transpose()?;
+    let y = data_mut::<T>(out)?;
+    let m = y.len().checked_div(n).unwrap_or(0);
+    if let Some(bias) = bias {
+        for row in y.chunks_mut(n.max(1)) {
+            row.copy_from_slice(
+                bias.get(..row.len())
+                    .ok_or("internal: bias shorter than a row")?,
+            );
+        }
+    }
+    Ok(LinearOperands {
+        x: MatRef {
+            data: xv,
+            rows: m,
+            cols: k,
+            rs: k,
+            cs: 1,
+        },
+        w,
+        y,
+        accumulate: bias.is_some(),
+    })
+}
+
 struct Linear {
     trans_w: bool,
     bias: bool,
@@ -632,45 +713,25 @@ impl Op for Linear {
     }
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
-        check_float(self, inputs, 0)?;
-        check_same_dtype(self, inputs)?;
-        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
-            return Err("expected inputs x and w".to_string());
-        };
-        let Some((&k, batch)) = x.shape.split_last() else {
-            return Err(format!(
-                "{}: expected rank >= 1, got a scalar",
-                self.input(0)
-            ));
-        };
-        let layout = if self.trans_w { "[N, K]" } else { "[K, N]" };
-        let (wk, n) = self.weight_dims(&w.shape).ok_or_else(|| {
-            format!(
-                "{}: expected rank 2 {layout}, got shape {:?}",
-                self.input(1),
-                w.shape
-            )
-        })?;
-        if wk != k {
-            return Err(format!(
-                "{}: expected K = {k} (the last dim of {}) in {layout}, got shape {:?}",
-                self.input(1),
-                self.input(0),
-                w.shape
-            ));
-        }
-        if let Some(bias) = inputs.get(2) {
-            if bias.shape != [n] {
+        linear_meta(self, inputs, |k, w| {
+            let layout = if self.trans_w { "[N, K]" } else { "[K, N]" };
+            let (wk, n) = self.weight_dims(&w.shape).ok_or_else(|| {
+                format!(
+                    "{}: expected rank 2 {layout}, got shape {:?}",
+                    self.input(1),
+                    w.shape
+                )
+            })?;
+            if wk != k {
                 return Err(format!(
-                    "{}: expected shape [{n}], got {:?}",
-                    self.input(2),
-                    bias.shape
+                    "{}: expected K = {k} (the last dim of {}) in {layout}, got shape {:?}",
+                    self.input(1),
+                    self.input(0),
+                    w.shape
                 ));
             }
-        }
-        let mut shape = batch.to_vec();
-        shape.push(n);
-        Ok(TensorMeta::new(x.dtype, shape))
+            Ok(n)
+        })
     }
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
@@ -685,30 +746,20 @@ impl Linear {
         inputs: &[&Tensor],
         out: &mut Tensor,
     ) -> Result<(), String> {
-        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
-            return Err("expected inputs x and w".to_string());
-        };
-        let (k, n) = self
-            .weight_dims(w.shape())
+        let (k, n) = inputs
+            .get(1)
+            .and_then(|w| self.weight_dims(w.shape()))
             .ok_or("internal: weight is not a matrix")?;
-        let xv = data::<T>(x, "input 0 (x)")?;
-        let wv = data::<T>(w, "input 1 (w)")?;
-        let bias = inputs
-            .get(2)
-            .map(|b| data::<T>(b, "input 2 (bias)"))
-            .transpose()?;
-        let y = data_mut::<T>(out)?;
+        let LinearOperands {
+            x: a,
+            w: wv,
+            y,
+            accumulate,
+        } = linear_operands::<T>(inputs, out, k, n)?;
         if y.is_empty() {
             return Ok(());
         }
-        let m = y.len() / n;
-        let a = MatRef {
-            data: xv,
-            rows: m,
-            cols: k,
-            rs: k,
-            cs: 1,
-        };
+        let m = a.rows;
         let b = if self.trans_w {
             MatRef {
                 data: wv,
@@ -726,16 +777,11 @@ impl Linear {
                 cs: 1,
             }
         };
-        if let Some(bias) = bias {
-            for row in y.chunks_mut(n) {
-                row.copy_from_slice(bias);
-            }
-        }
         match imp {
-            Impl::Reference => dot_loops(a, b, y, n, bias.is_some()),
+            Impl::Reference => dot_loops(a, b, y, n, accumulate),
             Impl::Optimized => {
                 let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
-                gemm_tiled_into(a, b, y, bias.is_some(), parallel)
+                gemm_tiled_into(a, b, y, accumulate, parallel)
             }
         }
     }
@@ -851,42 +897,17 @@ impl Op for LinearPanels {
     }
 
     fn infer(&self, inputs: &[&TensorMeta]) -> Result<TensorMeta, String> {
-        check_float(self, inputs, 0)?;
-        check_same_dtype(self, inputs)?;
-        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
-            return Err("expected inputs x and w".to_string());
-        };
-        let Some((&k, batch)) = x.shape.split_last() else {
-            return Err(format!(
-                "{}: expected rank >= 1, got a scalar",
-                self.input(0)
-            ));
-        };
         let n = self.n;
-        let fits = match *w.shape {
-            [p, wk, width] => wk == k && width > 0 && p == n.div_ceil(width),
-            _ => false,
-        };
-        if !fits {
-            return Err(format!(
-                "{}: expected panels [ceil({n} / W), {k}, W] (K = {k}, the last dim of {}), got shape {:?}",
+        linear_meta(self, inputs, |k, w| match *w.shape {
+            [p, wk, width] if wk == k && width > 0 && p == n.div_ceil(width) => Ok(n),
+            _ => Err(format!(
+                "{}: expected panels [ceil({n} / W), {k}, W] (K = {k}, the last dim of {}), \
+                 got shape {:?}",
                 self.input(1),
                 self.input(0),
                 w.shape
-            ));
-        }
-        if let Some(bias) = inputs.get(2) {
-            if bias.shape != [n] {
-                return Err(format!(
-                    "{}: expected shape [{n}], got {:?}",
-                    self.input(2),
-                    bias.shape
-                ));
-            }
-        }
-        let mut shape = batch.to_vec();
-        shape.push(n);
-        Ok(TensorMeta::new(x.dtype, shape))
+            )),
+        })
     }
 
     fn compute(&self, imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Result<(), String> {
@@ -901,34 +922,23 @@ impl LinearPanels {
         inputs: &[&Tensor],
         out: &mut Tensor,
     ) -> Result<(), String> {
-        let (Some(x), Some(w)) = (inputs.first(), inputs.get(1)) else {
-            return Err("expected inputs x and w".to_string());
-        };
-        let &[_, k, width] = w.shape() else {
+        let &[_, k, width] = inputs.get(1).map(|w| w.shape()).unwrap_or_default() else {
             return Err("internal: weight is not in panels".to_string());
         };
         if width == 0 {
             return Err("internal: panels of width 0".to_string());
         }
         let n = self.n;
-        let xv = data::<T>(x, "input 0 (x)")?;
-        let wv = data::<T>(w, "input 1 (w)")?;
-        let bias = inputs
-            .get(2)
-            .map(|b| data::<T>(b, "input 2 (bias)"))
-            .transpose()?;
-        let y = data_mut::<T>(out)?;
+        let LinearOperands {
+            x: a,
+            w: wv,
+            y,
+            accumulate,
+        } = linear_operands::<T>(inputs, out, k, n)?;
         if y.is_empty() {
             return Ok(());
         }
-        let m = y.len() / n;
-        let a = MatRef {
-            data: xv,
-            rows: m,
-            cols: k,
-            rs: k,
-            cs: 1,
-        };
+        let m = a.rows;
         // Columns c0..c0 + cols (inside one panel) as a K × cols view.
         let columns = |c0: usize, cols: usize| {
             let start = (c0 / width).checked_mul(k.checked_mul(width)?)?;
@@ -941,12 +951,6 @@ impl LinearPanels {
                 cs: 1,
             })
         };
-        if let Some(bias) = bias {
-            for row in y.chunks_mut(n) {
-                row.copy_from_slice(bias);
-            }
-        }
-        let accumulate = bias.is_some();
         let missing = || "internal: panel outside the weight".to_string();
         let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
         let threads = rayon::current_num_threads();
