@@ -21,7 +21,8 @@ use crate::guards;
 use crate::ir::{GlobalDef, Graph};
 use crate::lower::{lower_dynamic, LowerError};
 use crate::passes::{
-    fuse::fuse_elementwise, optimize, plan::plan_memory_except, views::launches_to_views, PassError,
+    fuse::fuse_elementwise, hoist::hoist_weight_only, layout::pack_linear_weights, optimize,
+    plan::plan_memory_except, views::launches_to_views, PassError,
 };
 use crate::trace::{BreakSource, Example, FunctionDef, Trace, TraceError};
 use crate::verify::verify;
@@ -240,6 +241,17 @@ pub fn compile_trace_with(
                 source: PassError::Verify { pass, errors },
             })
         };
+        // Whether a product gets panels depends on its number of rows,
+        // which a symbolic dim may change: static entries only.
+        let panels =
+            pack_linear_weights(&mut graph, registry).map_err(|source| CompileError::Pass {
+                function: function.to_string(),
+                source,
+            })?;
+        check(&graph, "pack_linear_weights")?;
+        hoist_weight_only(&mut graph);
+        check(&graph, "hoist_weight_only")?;
+        tracing::debug!(panels, "compiler.layout");
         launches_to_views(&mut graph);
         check(&graph, "launches_to_views")?;
         fuse_elementwise(&mut graph, registry);

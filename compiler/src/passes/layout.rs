@@ -14,8 +14,9 @@
 //! [`pack_linear_weights`] rewrites each float `linear@1` whose weight is
 //! weight-only (see [`super::hoist`]) and whose input has at most
 //! [`MAX_ROWS`] rows into `panels@1` on the weight, placed just before its
-//! first use, and `linear_panels@1`. Hoisting then moves `panels@1` into the
-//! wrapper's `init`: the layout change runs once per instance, and the
+//! first use, and `linear_panels@1`. It runs on entries without symbolic
+//! dims only (the choice depends on the number of rows), after hoisting,
+//! which then runs again and moves `panels@1` into the wrapper's `init`: the layout change runs once per instance, and the
 //! package keeps its weights as the model gave them. A weight read by
 //! several launches is laid out once. Values do not change: the reference
 //! `linear_panels@1` sums the same terms in the same order as `linear@1`.

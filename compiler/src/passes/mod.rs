@@ -15,13 +15,14 @@
 //! 4. [`constants::constants_to_globals`]: remaining constants become
 //!    embedded globals (a wrapper cannot create data);
 //! 5. [`dce::eliminate_dead_code`] again;
-//! 6. [`layout::pack_linear_weights`]: `linear@1` launches of a few rows
-//!    get their weight laid out in column panels (`panels@1`, weight-only);
-//! 7. [`hoist::hoist_weight_only`]: work that reads no input moves to the
+//! 6. [`hoist::hoist_weight_only`]: work that reads no input moves to the
 //!    front, where lowering runs it once per instance in `init`.
 //!
 //! Then, for entries without symbolic dims (whose shape expressions are
-//! keyed by value, and whose ops may move data on other shapes),
+//! keyed by value, and whose ops may move data on other shapes, or choose
+//! another layout), [`layout::pack_linear_weights`] gives products of a few
+//! rows their weight in column panels (`panels@1`, which
+//! [`hoist::hoist_weight_only`], run again, moves into `init`),
 //! [`views::launches_to_views`] turns launches that move no data into views,
 //! and [`fuse::fuse_elementwise`] merges elementwise chains into `fused@1`
 //! launches. Memory planning ([`plan::plan_memory`]) runs on
@@ -88,8 +89,6 @@ pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassErro
     check(&graph, "constants_to_globals")?;
     dce::eliminate_dead_code(&mut graph);
     check(&graph, "dce")?;
-    let panels = layout::pack_linear_weights(&mut graph, registry)?;
-    check(&graph, "pack_linear_weights")?;
     let hoisted = hoist::hoist_weight_only(&mut graph);
     check(&graph, "hoist_weight_only")?;
     tracing::debug!(
@@ -97,7 +96,6 @@ pub fn optimize(mut graph: Graph, registry: &Registry) -> Result<Graph, PassErro
         removed,
         copies,
         constants,
-        panels,
         hoisted,
         nodes = graph.nodes.len(),
         "compiler.optimize"
