@@ -683,14 +683,19 @@ struct Linear {
     bias: bool,
 }
 
+/// (K, N) of a weight matrix stored `[K, N]`, or `[N, K]` when `trans`.
+fn weight_dims(w: &[usize], trans: bool) -> Option<(usize, usize)> {
+    match *w {
+        [r, c] if trans => Some((c, r)),
+        [r, c] => Some((r, c)),
+        _ => None,
+    }
+}
+
 impl Linear {
     /// (K, N) of the weight.
     fn weight_dims(&self, w: &[usize]) -> Option<(usize, usize)> {
-        match *w {
-            [r, c] if self.trans_w => Some((c, r)),
-            [r, c] => Some((r, c)),
-            _ => None,
-        }
+        weight_dims(w, self.trans_w)
     }
 }
 
@@ -800,11 +805,7 @@ struct Panels {
 impl Panels {
     /// (K, N) of the weight.
     fn dims(&self, w: &[usize]) -> Option<(usize, usize)> {
-        match *w {
-            [r, c] if self.trans => Some((c, r)),
-            [r, c] => Some((r, c)),
-            _ => None,
-        }
+        weight_dims(w, self.trans)
     }
 }
 
