@@ -1313,6 +1313,24 @@ mod tests {
         assert!(gemm_tiled_into(a, b, &mut dst[..m * n - 1], false, true).is_err());
     }
 
+    /// Seeded `x [batch.., rows, k]`, `w` (`[k, n]`, or `[n, k]` with
+    /// `trans_w`) and `bias [n]` for the linear proptests; 64 rows for a
+    /// long K, else 3.
+    fn linear_operands_for(
+        batch: &[usize],
+        k: usize,
+        n: usize,
+        trans_w: bool,
+        seed: u64,
+    ) -> (Tensor, Tensor, Tensor) {
+        let mut x_shape = batch.to_vec();
+        x_shape.extend([if k > 100 { 64 } else { 3 }, k]);
+        let x = float_tensor::<f32>(&x_shape, seed, false);
+        let w = float_tensor::<f32>(&if trans_w { [n, k] } else { [k, n] }, seed ^ 1, false);
+        let bias = float_tensor::<f32>(&[n], seed ^ 2, false);
+        (x, w, bias)
+    }
+
     /// Tolerance of a product element: a few ulps of the sum of |terms|.
     fn product_tolerance(a: &Tensor, b: &Tensor, y: &Tensor, eps: f64) -> Vec<f64> {
         let (av, bv) = (f64s(a), f64s(b));
@@ -1375,11 +1393,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let (k, n) = dims;
-            let mut x_shape = batch.clone();
-            x_shape.extend([if k > 100 { 64 } else { 3 }, k]);
-            let x = float_tensor::<f32>(&x_shape, seed, false);
-            let w = float_tensor::<f32>(&if trans_w == 1 { [n, k] } else { [k, n] }, seed ^ 1, false);
-            let bias = float_tensor::<f32>(&[n], seed ^ 2, false);
+            let (x, w, bias) = linear_operands_for(&batch, k, n, trans_w == 1, seed);
             let pa = attrs(&[("width", i(width)), ("trans", i(trans_w))]);
             let packed = launch("panels@1", &pa, &[&w], Impl::Optimized).unwrap();
             let la = attrs(&[("trans_w", i(trans_w)), ("bias", i(with_bias))]);
@@ -1407,11 +1421,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let (k, n) = dims;
-            let mut x_shape = batch.clone();
-            x_shape.extend([if k > 100 { 64 } else { 3 }, k]);
-            let x = float_tensor::<f32>(&x_shape, seed, false);
-            let w = float_tensor::<f32>(&if trans_w == 1 { [n, k] } else { [k, n] }, seed ^ 1, false);
-            let bias = float_tensor::<f32>(&[n], seed ^ 2, false);
+            let (x, w, bias) = linear_operands_for(&batch, k, n, trans_w == 1, seed);
             let at = attrs(&[("trans_w", i(trans_w)), ("bias", i(with_bias))]);
             let inputs: Vec<&Tensor> = if with_bias == 1 { vec![&x, &w, &bias] } else { vec![&x, &w] };
             let r = launch("linear@1", &at, &inputs, Impl::Reference).unwrap();
