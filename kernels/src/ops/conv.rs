@@ -46,6 +46,11 @@
 //!   per row, per kernel position, `y_row += w · x_row` over the in-range
 //!   run. With a stride along rows the plane is first split by column phase
 //!   so that the runs stay contiguous. Planes run on rayon's pool.
+//! - Other stride-1 `conv@1`s with at least [`SHIFTED_MIN_CHANNELS`] input
+//!   channels per group are a sum of products, one per kernel position,
+//!   each reading the (zero-padded) input planes at a shift ([`Shifted`]):
+//!   no im2col columns, and with no pads and inner kernel extents of 1
+//!   (a `[K, 1]` kernel) no copy of the input or the output at all.
 //! - Other `conv@1`s multiply each (batch, group) pair's weights
 //!   `[M/g, C/g·K]` by an im2col matrix `[C/g·K, O]` with `gemm`; a 1x1
 //!   window with stride 1 and no padding uses the input itself. im2col rows
@@ -68,7 +73,7 @@ use rayon::prelude::*;
 
 use super::attrs::AttrReader;
 use super::fused::Program;
-use super::matmul::{gemm_tiled_into, MatRef, GEMM_PAR_MIN};
+use super::matmul::{gemm_sum_into, gemm_tiled_into, MatRef, GEMM_PAR_MIN};
 use super::num::{Arith, Float};
 use super::scratch::Scratch;
 use super::shape::{broadcast, numel, strides};
@@ -742,12 +747,19 @@ impl Conv {
                 if depthwise {
                     return conv_depthwise(&g, &win, xv, wv, y).map(|()| false);
                 }
+                let shifted = if transpose || plane.is_some() {
+                    None
+                } else {
+                    Shifted::new(&g)
+                };
                 let run = |(pair, ychunk): (usize, &mut [T]), par: bool| {
                     if transpose {
                         conv_transpose_pair(&g, &win, xv, wv, pair, ychunk, par)
                     } else if let Some((p, x, w, b)) = direct_in {
                         let y = bytemuck::try_cast_slice_mut(ychunk).map_err(f32s)?;
                         direct::conv_pair(p, &g, x, w, b, band_post, pair, y, par)
+                    } else if let Some(sh) = &shifted {
+                        conv_pair_shifted(&g, sh, xv, wv, pair, ychunk, prefill, par)
                     } else {
                         conv_pair(&g, &win, xv, wv, pair, ychunk, prefill, par)
                     }
@@ -1248,6 +1260,187 @@ fn conv_pair<T: Float>(
     Ok(())
 }
 
+/// The fewest input channels per group for which [`conv_pair_shifted`]
+/// replaces im2col: each of its products sums over the channels only, and
+/// gemm runs short sums poorly.
+const SHIFTED_MIN_CHANNELS: usize = 16;
+
+/// The most elements [`conv_pair_shifted`]'s padded input or its wide
+/// output may hold (each is also at most 4 times the unpadded one), which
+/// keeps huge pads on small inputs on the im2col path, whose buffers are
+/// bounded.
+const SHIFTED_MAX: usize = 1 << 24;
+
+/// Where a stride-1 convolution runs as a sum of shifted products.
+///
+/// Pad the input planes to `P = D + pad_begin + pad_end` per axis, and
+/// number output positions in the padded grid: output `o` is at
+/// `q = Σ o_i S_i` with `S` the strides of `P`. Kernel position `k` then
+/// reads every output's input at `q + Σ k_i dil_i S_i`: one shift for all
+/// outputs. So the pair's output (in that numbering) is
+/// `Σ_k w[:, :, k] · x_padded[:, shift_k ..]`, one gemm term per kernel
+/// position reading the input in place, with no im2col columns. Positions
+/// `q` that are not outputs (`o_i >= O_i` along an inner axis) are computed
+/// and dropped.
+struct Shifted {
+    /// The padded extents `P`.
+    padded: Vec<usize>,
+    /// Elements per padded input plane.
+    plane: usize,
+    /// Output positions in the padded numbering: `Σ (O_i - 1) S_i + 1`.
+    wide: usize,
+    /// Each kernel position's shift.
+    shifts: Vec<usize>,
+    /// Whether the input needs no padding copy.
+    unpadded: bool,
+    /// Whether the wide numbering is the output's own (every inner axis
+    /// has `O_i = P_i`): the products then write the output directly.
+    dense: bool,
+}
+
+impl Shifted {
+    fn new(g: &Geom) -> Option<Shifted> {
+        let a = &g.axes;
+        if g.cg < SHIFTED_MIN_CHANNELS || g.k_len() < 2 || a.stride.iter().any(|&s| s != 1) {
+            return None;
+        }
+        let padded = (0..g.in_sp.len())
+            .map(|i| g.in_sp[i].checked_add(a.pad_b[i])?.checked_add(a.pad_e[i]))
+            .collect::<Option<Vec<_>>>()?;
+        let plane = padded.iter().try_fold(1usize, |p, &d| p.checked_mul(d))?;
+        let s = strides(&padded);
+        let wide = g.out_sp.iter().zip(&s).try_fold(1usize, |w, (&o, &st)| {
+            w.checked_add(o.checked_sub(1)?.checked_mul(st)?)
+        })?;
+        let fits = |n: usize, per: usize, unpadded: usize| {
+            per.checked_mul(n)
+                .is_some_and(|t| t <= SHIFTED_MAX && per <= unpadded.saturating_mul(4))
+        };
+        let empty = plane == 0 || wide == 0 || g.in_len() == 0;
+        if empty || !fits(g.cg, plane, g.in_len()) || !fits(g.mg, wide, g.out_len()) {
+            return None;
+        }
+        let shifts = g
+            .k_coords()
+            .chunks(s.len().max(1))
+            .map(|k| {
+                k.iter()
+                    .zip(&a.dil)
+                    .zip(&s)
+                    .map(|((k, d), st)| k * d * st)
+                    .sum()
+            })
+            .collect();
+        let unpadded = a.pad_b.iter().chain(&a.pad_e).all(|&p| p == 0);
+        let dense = (1..padded.len()).all(|i| g.out_sp[i] == padded[i]);
+        Some(Shifted {
+            padded,
+            plane,
+            wide,
+            shifts,
+            unpadded,
+            dense,
+        })
+    }
+}
+
+/// `dims` split into its leading axes and the extent of its last one.
+fn rows_of(dims: &[usize]) -> (&[usize], usize) {
+    dims.split_last().map_or((&[][..], 1), |(l, r)| (r, *l))
+}
+
+/// One (batch, group) pair of the optimized `conv@1` as the sum of shifted
+/// products that [`Shifted`] describes, into `ychunk [M/g, O]` (adding to
+/// its content, a bias, with `acc`).
+#[allow(clippy::too_many_arguments)]
+fn conv_pair_shifted<T: Float>(
+    g: &Geom,
+    sh: &Shifted,
+    x: &[T],
+    w: &[T],
+    pair: usize,
+    ychunk: &mut [T],
+    acc: bool,
+    par: bool,
+) -> Result<(), String> {
+    let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
+    let xg = g.group_x(x, pair)?;
+    let wg = g.group_w(w, pair)?;
+    let s = strides(&sh.padded);
+    // The padded input planes, unless no axis is padded.
+    let mut padded = Scratch::<T>::new(if sh.unpadded { 0 } else { g.cg * sh.plane });
+    let xp: &[T] = if sh.unpadded {
+        xg
+    } else {
+        let xp = padded.as_mut();
+        xp.fill(T::ZERO);
+        let (lead, row) = rows_of(&g.in_sp);
+        let first: usize = g.axes.pad_b.iter().zip(&s).map(|(p, st)| p * st).sum();
+        for (src, dst) in xg.chunks_exact(in_len).zip(xp.chunks_exact_mut(sh.plane)) {
+            let mut idx = vec![0; lead.len()];
+            for r in src.chunks_exact(row) {
+                let at = first + idx.iter().zip(&s).map(|(i, st)| i * st).sum::<usize>();
+                dst.get_mut(at..at + row)
+                    .ok_or("internal: conv row outside its padded plane")?
+                    .copy_from_slice(r);
+                advance(&mut idx, lead);
+            }
+        }
+        xp
+    };
+    let terms = sh
+        .shifts
+        .iter()
+        .enumerate()
+        .map(|(kk, &shift)| {
+            let a = MatRef {
+                data: wg.get(kk..).unwrap_or_default(),
+                rows: g.mg,
+                cols: g.cg,
+                rs: g.cg * k_len,
+                cs: k_len,
+            };
+            let b = MatRef {
+                data: xp.get(shift..).unwrap_or_default(),
+                rows: g.cg,
+                cols: sh.wide,
+                rs: sh.plane,
+                cs: 1,
+            };
+            (a, b)
+        })
+        .collect::<Vec<_>>();
+    if sh.dense {
+        return gemm_sum_into(&terms, ychunk, acc, par);
+    }
+    let mut wide = Scratch::<T>::new(g.mg * sh.wide);
+    let wide = wide.as_mut();
+    gemm_sum_into(&terms, wide, false, par)?;
+    // Keep the wide rows' output positions.
+    let (lead, row) = rows_of(&g.out_sp);
+    for (src, dst) in wide
+        .chunks_exact(sh.wide)
+        .zip(ychunk.chunks_exact_mut(out_len))
+    {
+        let mut idx = vec![0; lead.len()];
+        for d in dst.chunks_exact_mut(row) {
+            let at: usize = idx.iter().zip(&s).map(|(i, st)| i * st).sum();
+            let v = src
+                .get(at..at + row)
+                .ok_or("internal: conv row outside the wide output")?;
+            if acc {
+                for (d, v) in d.iter_mut().zip(v) {
+                    *d = *d + *v;
+                }
+            } else {
+                d.copy_from_slice(v);
+            }
+            advance(&mut idx, lead);
+        }
+    }
+    Ok(())
+}
+
 /// The optimized `conv@1` when every output channel reads one input
 /// channel (`C/g = 1`, depthwise): each output plane `(n, m)` is computed
 /// directly, `y += w[m, kk] · x[n, m / (M/g)]` shifted, one kernel position
@@ -1470,6 +1663,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::testutil::*;
+    use super::{Axes, Geom, Shifted, SHIFTED_MIN_CHANNELS};
     use crate::{AttrValue, DType, Impl, Tensor, TensorMeta};
 
     /// A direct 2-D convolution in f64 with ONNX's definition, written
@@ -1749,6 +1943,59 @@ mod tests {
             .contains("would have size -3"));
     }
 
+    /// Which convolutions [`Shifted`] takes, and its numbering, computed by
+    /// hand for a 2-D one.
+    #[test]
+    fn shifted_geometry() {
+        let geom = |cg: usize, stride: usize, k: [usize; 2], pad: [usize; 4]| {
+            let (d, dil) = ([6, 10], [1, 2]);
+            let out_sp: Vec<usize> = (0..2)
+                .map(|i| d[i] + pad[i] + pad[2 + i] - dil[i] * (k[i] - 1) - 1)
+                .map(|o| o / stride + 1)
+                .collect();
+            Geom {
+                n: 1,
+                c: cg,
+                m: 5,
+                g: 1,
+                cg,
+                mg: 5,
+                in_sp: d.to_vec(),
+                k_sp: k.to_vec(),
+                out_sp,
+                axes: Axes {
+                    stride: vec![stride; 2],
+                    dil: dil.to_vec(),
+                    pad_b: pad[..2].to_vec(),
+                    pad_e: pad[2..].to_vec(),
+                },
+            }
+        };
+        let cg = SHIFTED_MIN_CHANNELS;
+        // Padded 9 x 12 (strides 12, 1); kernel (2, 3) with dilation
+        // (1, 2) spans 2 x 5, so the output is 8 x 8.
+        let sh = Shifted::new(&geom(cg, 1, [2, 3], [1, 0, 2, 2])).unwrap();
+        assert_eq!(sh.padded, [9, 12]);
+        assert_eq!(
+            (sh.plane, sh.wide, sh.unpadded, sh.dense),
+            (108, 7 * 12 + 7 + 1, false, false)
+        );
+        assert_eq!(sh.shifts, [0, 2, 4, 12, 14, 16]);
+        // No pads and an inner kernel extent of 1: in place, output dense.
+        let sh = Shifted::new(&geom(cg, 1, [3, 1], [0; 4])).unwrap();
+        assert_eq!(
+            (sh.plane, sh.wide, sh.unpadded, sh.dense),
+            (60, 40, true, true)
+        );
+        assert_eq!(sh.shifts, [0, 10, 20]);
+        // Too few channels, a stride, a 1x1 kernel: im2col (or pointwise).
+        assert!(Shifted::new(&geom(cg - 1, 1, [3, 1], [0; 4])).is_none());
+        assert!(Shifted::new(&geom(cg, 2, [3, 1], [0; 4])).is_none());
+        assert!(Shifted::new(&geom(cg, 1, [1, 1], [0; 4])).is_none());
+        // Pads that would make the padded plane over 4x the input.
+        assert!(Shifted::new(&geom(cg, 1, [3, 3], [9, 9, 9, 9])).is_none());
+    }
+
     /// A 1-D convolution written as 2-D with a trailing unit axis (`[N, C,
     /// H, 1]` by a `[K, 1]` kernel, as jax2tf exports it), and one with a
     /// leading unit axis, against the direct sums.
@@ -1840,6 +2087,60 @@ mod tests {
             // Terms are below 100 in magnitude; at most cg * 27 * 2 of them.
             let eps = if f64s_ { f64::EPSILON } else { f32::EPSILON as f64 };
             let terms = (cg.max(mg) * 27 * 4) as f64;
+            assert_close(&r, &o, 0.0, eps * terms * 100.0 * 4.0);
+        }
+
+        /// The shifted path ([`Shifted`]: stride 1, at least
+        /// [`SHIFTED_MIN_CHANNELS`] input channels per group) against the
+        /// reference: 1- to 3-D, padded or not (the padded copy), inner
+        /// kernel extents of 1 (products straight into the output) or more
+        /// (the wide output and its compaction), dilation, groups, bias,
+        /// and pairs products big enough to be split across rayon's pool.
+        #[test]
+        fn shifted_path_matches_reference(
+            s in 1usize..=3,
+            n in 1usize..=2,
+            cg in SHIFTED_MIN_CHANNELS..=SHIFTED_MIN_CHANNELS + 4,
+            mg in 1usize..=9,
+            group in 1usize..=2,
+            dims in prop::collection::vec(1usize..=9, 3),
+            ks in prop::collection::vec(1usize..=3, 3),
+            dl in prop::collection::vec(1usize..=2, 3),
+            pads in prop::collection::vec(0usize..=2, 6),
+            with_bias in any::<bool>(),
+            f64s_ in any::<bool>(),
+            big in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (c, m) = (cg * group, mg * group);
+            // `big`: a 2-D plane large enough that one pair's products
+            // reach `GEMM_PAR_MIN` and run as tiles on the pool.
+            let (s, dims) = if big { (2, vec![120, 130, 1]) } else { (s, dims) };
+            let mg = if big { 48 } else { mg };
+            let m = if big { mg * group } else { m };
+            let mut x_shape = vec![n, c];
+            x_shape.extend(&dims[..s]);
+            let mut w_shape = vec![m, cg];
+            w_shape.extend(&ks[..s]);
+            let mut p = pads[..s].to_vec();
+            p.extend(&pads[3..3 + s]);
+            let ones = vec![1; s];
+            let dl: Vec<i64> = dl[..s].iter().map(|&d| d as i64).collect();
+            let p: Vec<i64> = p.iter().map(|&d| d as i64).collect();
+            let at = conv_attrs(group as i64, &ones, &dl, &p, with_bias);
+            let (x, w, b) = if f64s_ {
+                (float_tensor::<f64>(&x_shape, seed, false), float_tensor::<f64>(&w_shape, seed ^ 1, false), float_tensor::<f64>(&[m], seed ^ 2, false))
+            } else {
+                (float_tensor::<f32>(&x_shape, seed, false), float_tensor::<f32>(&w_shape, seed ^ 1, false), float_tensor::<f32>(&[m], seed ^ 2, false))
+            };
+            let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+            let Ok(r) = launch("conv@1", &at, &inputs, Impl::Reference) else {
+                prop_assert!(launch("conv@1", &at, &inputs, Impl::Optimized).is_err());
+                return Ok(());
+            };
+            let o = launch("conv@1", &at, &inputs, Impl::Optimized).unwrap();
+            let eps = if f64s_ { f64::EPSILON } else { f32::EPSILON as f64 };
+            let terms = (cg * 27 + 1) as f64;
             assert_close(&r, &o, 0.0, eps * terms * 100.0 * 4.0);
         }
 

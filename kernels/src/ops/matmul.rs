@@ -14,7 +14,8 @@
 //! rayon's global pool, cut into tiles (one single-threaded gemm call
 //! each); batches of small products are spread over the pool instead. A `b`
 //! shared by every batch is folded into one tall product. `conv.rs` makes
-//! its products through the same function.
+//! its products through the same function, and sums of products through
+//! [`gemm_sum_into`].
 //! Summation order differs from the reference, so results agree to a
 //! tolerance scaled by `sum |a_ik b_kj|`, not bitwise.
 
@@ -149,17 +150,37 @@ pub(crate) fn gemm_tiled_into<T: Float>(
     accumulate: bool,
     parallel: bool,
 ) -> Result<(), String> {
-    let (m, n) = (a.rows, b.cols);
-    if Some(dst.len()) != m.checked_mul(n) {
-        return Err(inconsistent(a, b, dst.len()));
+    gemm_sum_into(&[(a, b)], dst, accumulate, parallel)
+}
+
+/// `dst = Σ a_t · b_t`, or `dst += Σ a_t · b_t` with `accumulate`, over
+/// `terms` of equal shapes: [`gemm_tiled_into`] for a sum of products (a
+/// convolution makes one per kernel position). With `parallel`, each tile
+/// adds every term in turn while its part of `dst` is in cache.
+pub(crate) fn gemm_sum_into<T: Float>(
+    terms: &[(MatRef<T>, MatRef<T>)],
+    dst: &mut [T],
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), String> {
+    let Some(&(a0, b0)) = terms.first() else {
+        return Err("internal: a sum of no products".to_string());
+    };
+    let (m, n) = (a0.rows, b0.cols);
+    if Some(dst.len()) != m.checked_mul(n) || terms.iter().any(|(a, b)| a.rows != m || b.cols != n)
+    {
+        return Err(inconsistent(a0, b0, dst.len()));
     }
     let threads = rayon::current_num_threads();
     let (tile_rows, tile_cols) = tile_shape(m, n, threads);
     let tiles = m.div_ceil(tile_rows).saturating_mul(n.div_ceil(tile_cols));
     if !parallel || tiles < 2 || threads < 2 {
-        return gemm_view(a, b, dst, n, accumulate, gemm::Parallelism::None);
+        for (t, &(a, b)) in terms.iter().enumerate() {
+            gemm_view(a, b, dst, n, accumulate || t > 0, gemm::Parallelism::None)?;
+        }
+        return Ok(());
     }
-    gemm_tiles(a, b, dst, accumulate, tile_rows, tile_cols)
+    gemm_tiles(terms, dst, accumulate, tile_rows, tile_cols)
 }
 
 /// The error for views that do not fit their slices or each other.
@@ -245,39 +266,47 @@ unsafe impl<T: Send> Send for TilePtr<T> {}
 #[allow(unsafe_code)]
 unsafe impl<T: Send> Sync for TilePtr<T> {}
 
-/// The product into the row-major `a.rows × b.cols` matrix at the start of
-/// `dst`, as tiles of `tile_rows × tile_cols` on rayon's global pool,
-/// one single-threaded gemm call each.
+/// The sum of `terms`' products into the row-major `m × n` matrix at the
+/// start of `dst`, as tiles of `tile_rows × tile_cols` on rayon's global
+/// pool, one single-threaded gemm call per tile and term.
 fn gemm_tiles<T: Float>(
-    a: MatRef<T>,
-    b: MatRef<T>,
+    terms: &[(MatRef<T>, MatRef<T>)],
     dst: &mut [T],
     accumulate: bool,
     tile_rows: usize,
     tile_cols: usize,
 ) -> Result<(), String> {
-    checked_strides(a, b, dst.len(), b.cols)?;
-    let columns =
-        |c0: usize, cols: usize| tail(b.data, c0, b.cs).map(|data| MatRef { data, cols, ..b });
-    gemm_tiles_of(a, columns, b.cols, dst, accumulate, tile_rows, tile_cols)
+    let n = terms.first().map_or(0, |(_, b)| b.cols);
+    let mut a = Vec::with_capacity(terms.len());
+    for &(a_t, b_t) in terms {
+        checked_strides(a_t, b_t, dst.len(), n)?;
+        a.push(a_t);
+    }
+    let columns = |t: usize, c0: usize, cols: usize| {
+        let b = terms.get(t)?.1;
+        tail(b.data, c0, b.cs).map(|data| MatRef { data, cols, ..b })
+    };
+    gemm_tiles_of(&a, columns, n, dst, accumulate, tile_rows, tile_cols)
 }
 
-/// [`gemm_tiles`] for a `b` of `n` columns that `columns(c0, cols)` views
-/// tile by tile: columns `c0..c0 + cols` of `b`, for `c0` a multiple of
-/// `tile_cols` and `cols <= tile_cols`.
+/// [`gemm_tiles`] for terms `a[t] · b_t` whose `b_t` of `n` columns
+/// `columns(t, c0, cols)` views tile by tile: columns `c0..c0 + cols` of
+/// `b_t`, for `c0` a multiple of `tile_cols` and `cols <= tile_cols`. Every
+/// `a[t]` has the same number of rows.
 #[allow(unsafe_code)]
 fn gemm_tiles_of<'b, T: Float>(
-    a: MatRef<T>,
-    columns: impl Fn(usize, usize) -> Option<MatRef<'b, T>> + Sync,
+    a: &[MatRef<T>],
+    columns: impl Fn(usize, usize, usize) -> Option<MatRef<'b, T>> + Sync,
     n: usize,
     dst: &mut [T],
     accumulate: bool,
     tile_rows: usize,
     tile_cols: usize,
 ) -> Result<(), String> {
-    let (m, len) = (a.rows, dst.len());
+    let (m, len) = (a.first().map_or(0, |a| a.rows), dst.len());
     let bad = || format!("internal: inconsistent gemm tiles ({m}x{n} into {len})");
-    if m.checked_mul(n).is_none_or(|mn| mn > len) || !a.in_bounds() {
+    if m.checked_mul(n).is_none_or(|mn| mn > len) || a.iter().any(|a| a.rows != m || !a.in_bounds())
+    {
         return Err(bad());
     }
     if m == 0 || n == 0 {
@@ -292,42 +321,45 @@ fn gemm_tiles_of<'b, T: Float>(
     (0..tiles).into_par_iter().try_for_each(|t| {
         let (r0, c0) = (t / col_tiles * tile_rows, t % col_tiles * tile_cols);
         let (rows, cols) = (tile_rows.min(m - r0), tile_cols.min(n - c0));
-        // Sub-views of `a` (rows r0..) and `b` (columns c0..); slicing and
-        // `checked_strides` re-check them against the parent slices.
-        let a_t = MatRef {
-            data: tail(a.data, r0, a.rs).ok_or_else(bad)?,
-            rows,
-            ..a
-        };
-        let b_t = columns(c0, cols).ok_or_else(bad)?;
-        if b_t.cols != cols {
-            return Err(bad());
-        }
-        let strides = checked_strides(a_t, b_t, len - (r0 * n + c0), n)?;
-        // SAFETY: the tile's view of `dst` is rows r0..r0+rows and columns
-        // c0..c0+cols of the row-major m×n matrix, that is the offsets
-        // (r0+i)*n + c0+j for i < rows, j < cols:
-        // - they lie inside `dst`: `checked_strides` proved the largest,
-        //   relative to r0*n + c0, is below len - (r0*n + c0), the number of
-        //   elements of `dst` from the tile's origin on;
-        // - tiles cover disjoint row ranges or disjoint column ranges (each
-        //   t gives a distinct (row block, column block), and `b_t` has
-        //   exactly the tile's `cols` columns), so no two tasks touch the
-        //   same element;
-        // - `dst` stays mutably borrowed until every task has returned
-        //   (`try_for_each` joins them), so nothing else reads or writes it
-        //   meanwhile, and `a`, `b` are shared borrows that cannot alias it;
-        // - r0*n + c0 < m*n <= len (checked above), so `add` stays inside
-        //   the allocation.
-        unsafe {
-            gemm_raw(
-                a_t,
-                b_t,
-                base.ptr().add(r0 * n + c0),
-                strides,
-                accumulate,
-                gemm::Parallelism::None,
-            );
+        for (term, a) in a.iter().enumerate() {
+            // Sub-views of `a` (rows r0..) and `b` (columns c0..); slicing
+            // and `checked_strides` re-check them against the parent slices.
+            let a_t = MatRef {
+                data: tail(a.data, r0, a.rs).ok_or_else(bad)?,
+                rows,
+                ..*a
+            };
+            let b_t = columns(term, c0, cols).ok_or_else(bad)?;
+            if b_t.cols != cols {
+                return Err(bad());
+            }
+            let strides = checked_strides(a_t, b_t, len - (r0 * n + c0), n)?;
+            // SAFETY: the tile's view of `dst` is rows r0..r0+rows and
+            // columns c0..c0+cols of the row-major m×n matrix, that is the
+            // offsets (r0+i)*n + c0+j for i < rows, j < cols:
+            // - they lie inside `dst`: `checked_strides` proved the largest,
+            //   relative to r0*n + c0, is below len - (r0*n + c0), the
+            //   number of elements of `dst` from the tile's origin on;
+            // - tiles cover disjoint row ranges or disjoint column ranges
+            //   (each t gives a distinct (row block, column block), and `b_t`
+            //   has exactly the tile's `cols` columns), so no two tasks touch
+            //   the same element (a task's terms run one after another);
+            // - `dst` stays mutably borrowed until every task has returned
+            //   (`try_for_each` joins them), so nothing else reads or writes
+            //   it meanwhile, and `a`, `b` are shared borrows that cannot
+            //   alias it;
+            // - r0*n + c0 < m*n <= len (checked above), so `add` stays
+            //   inside the allocation.
+            unsafe {
+                gemm_raw(
+                    a_t,
+                    b_t,
+                    base.ptr().add(r0 * n + c0),
+                    strides,
+                    accumulate || term > 0,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         Ok::<(), String>(())
     })
@@ -957,7 +989,15 @@ impl LinearPanels {
         let threads = rayon::current_num_threads();
         if imp == Impl::Optimized && parallel && threads > 1 {
             let tile_rows = tile_shape(m, n, threads).0;
-            return gemm_tiles_of(a, columns, n, y, accumulate, tile_rows, width);
+            return gemm_tiles_of(
+                &[a],
+                |_, c0, cols| columns(c0, cols),
+                n,
+                y,
+                accumulate,
+                tile_rows,
+                width,
+            );
         }
         for c0 in (0..n).step_by(width) {
             let b = columns(c0, width.min(n - c0)).ok_or_else(missing)?;
@@ -1293,7 +1333,7 @@ mod tests {
         for (tile_rows, tile_cols) in [(5, 16), (23, 16), (1, 45), (100, 100)] {
             for accumulate in [false, true] {
                 let mut dst = vec![1000.0; m * n];
-                gemm_tiles(a, b, &mut dst, accumulate, tile_rows, tile_cols).unwrap();
+                gemm_tiles(&[(a, b)], &mut dst, accumulate, tile_rows, tile_cols).unwrap();
                 for (idx, got) in dst.iter().enumerate() {
                     let (r, c) = (idx / n, idx % n);
                     let dot: f64 = (0..k).map(|p| av[r * k + p] * bv[p * n + c]).sum();
@@ -1308,8 +1348,8 @@ mod tests {
             ..b
         };
         let mut dst = vec![0.0; m * n];
-        assert!(gemm_tiles(a, short, &mut dst, false, 5, 16).is_err());
-        assert!(gemm_tiles(a, b, &mut dst[..m * n - 1], false, 5, 16).is_err());
+        assert!(gemm_tiles(&[(a, short)], &mut dst, false, 5, 16).is_err());
+        assert!(gemm_tiles(&[(a, b)], &mut dst[..m * n - 1], false, 5, 16).is_err());
         assert!(gemm_tiled_into(a, b, &mut dst[..m * n - 1], false, true).is_err());
     }
 
