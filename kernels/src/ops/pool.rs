@@ -381,6 +381,19 @@ impl Pool {
         let taps = (0..kw)
             .map(|k| Tap::new(axes, last, k, ow, in_sp[last]))
             .collect::<Result<Vec<_>, _>>()?;
+        // Windows of 2 with step 2 along rows whose taps both reach every
+        // output (no padding there): the input position of the first.
+        let pairs = match taps.as_slice() {
+            [t0, t1]
+                if self.kind != Kind::MaxIndex
+                    && step == 2
+                    && axes.dil[last] == 1
+                    && (t0.begin, t0.end, t1.begin, t1.end) == (0, ow, 0, ow) =>
+            {
+                Some(t0.first)
+            }
+            _ => None,
+        };
         let init = if self.kind == Kind::Avg {
             T::ZERO
         } else {
@@ -419,6 +432,17 @@ impl Pool {
                     best.fill(NONE);
                 }
                 for &r in &rows {
+                    if let Some(first) = pairs {
+                        // Both taps in one pass, in tap order.
+                        let src = xp
+                            .get(r + first..r + first + 2 * ow)
+                            .ok_or("internal: pool window outside x")?;
+                        match self.kind {
+                            Kind::Max => fold_pairs(&mut acc, src, max_step),
+                            _ => fold_pairs(&mut acc, src, T::add),
+                        }
+                        continue;
+                    }
                     for tap in &taps {
                         let n = tap.end - tap.begin;
                         if n == 0 {
@@ -477,6 +501,13 @@ impl Pool {
             Ok(())
         };
         let work = y.len().saturating_mul(k_len);
+        // The row loops, compiled for the CPU's vector width.
+        let plane = |p: usize, yp: &mut [T], op: Option<&mut [usize]>| {
+            super::simd::vectorized(
+                #[inline(always)]
+                || plane(p, yp, op),
+            )
+        };
         for_planes(work >= PAR_MIN, out_len, y, offs, plane)
     }
 }
@@ -557,6 +588,16 @@ fn fold_row<T: Copy>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) -> 
                 *a = f(*a, v);
             }
         }
+    }
+}
+
+/// `acc[j] = f(f(acc[j], src[2 j]), src[2 j + 1])`: both taps of windows
+/// of 2 with step 2, in tap order, in one pass over `src` (whose loads pair
+/// up, which vectorizes).
+#[inline(always)]
+fn fold_pairs<T: Copy>(acc: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
+    for (a, p) in acc.iter_mut().zip(src.chunks_exact(2)) {
+        *a = f(f(*a, p[0]), p[1]);
     }
 }
 
@@ -659,6 +700,42 @@ mod tests {
         let o = launch("pool@1", &attrs(at), &[x], Impl::Optimized).unwrap();
         assert_same_bits(&r, &o);
         r
+    }
+
+    /// Windows of 2 with step 2 along rows (the one-pass path), on rows
+    /// long enough for vector loops, with NaN, infinities and signed zeros:
+    /// bitwise the reference's, max and avg, f32 and f64, also with a
+    /// padded or ceil-mode last window (which take the tap-by-tap path).
+    #[test]
+    fn windows_of_two_match_reference_bitwise() {
+        for x in [
+            float_tensor::<f32>(&[2, 3, 5, 41], 5, true),
+            float_tensor::<f64>(&[1, 2, 4, 40], 6, true),
+        ] {
+            for (k, pads, ceil) in [
+                ([2, 2], [0, 0, 0, 0], 0),
+                ([1, 2], [0, 0, 0, 0], 0),
+                ([2, 2], [0, 1, 0, 0], 0),
+                ([1, 2], [0, 0, 0, 0], 1),
+            ] {
+                for op in ["max", "avg"] {
+                    let y = pool(
+                        &x,
+                        &[
+                            ("op", s(op)),
+                            ("kernel_shape", ints(&k)),
+                            ("strides", ints(&k)),
+                            ("pads", ints(&pads)),
+                            ("ceil_mode", i(ceil)),
+                        ],
+                    );
+                    assert_eq!(
+                        y.shape()[3],
+                        (x.shape()[3] + pads[1] as usize + ceil as usize) / 2
+                    );
+                }
+            }
+        }
     }
 
     #[test]
