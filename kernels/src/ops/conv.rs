@@ -53,7 +53,8 @@
 //!   (a `[K, 1]` kernel) no copy of the input or the output at all.
 //! - Other `conv@1`s multiply each (batch, group) pair's weights
 //!   `[M/g, C/g·K]` by an im2col matrix `[C/g·K, O]` with `gemm`; a 1x1
-//!   window with stride 1 and no padding uses the input itself. im2col rows
+//!   window with stride 1 and no padding, or an unpadded 1-D window over
+//!   one input channel, uses the input itself. im2col rows
 //!   are copies (stride 1) or strided gathers with zeroed ends, built on
 //!   rayon's pool when the product is.
 //! - `conv_transpose@1` multiplies the transposed weights `[M/g·K, C/g]` by
@@ -1187,6 +1188,20 @@ fn conv_pair<T: Float>(
         };
         return gemm_tiled_into(wm, xm, ychunk, acc, par);
     }
+    let unpadded = g.axes.pad_b.iter().chain(&g.axes.pad_e).all(|&p| p == 0);
+    if let ([stride], [dil], 1, true) = (&g.axes.stride[..], &g.axes.dil[..], g.cg, unpadded) {
+        // A 1-D window over one input channel (framing, as in an STFT):
+        // im2col's column t is the input from t·stride on, every dilation,
+        // so the matrix is a strided view of the input itself.
+        let xm = MatRef {
+            data: xg,
+            rows: k_len,
+            cols: out_len,
+            rs: *dil,
+            cs: *stride,
+        };
+        return gemm_tiled_into(wm, xm, ychunk, acc, par);
+    }
     let row = g.out_sp.last().copied().unwrap_or(1);
     let tile = tile_len(ck, out_len, row);
     // Adds (or, without `acc`, copies) a tile's product `part [M/g, tl]`
@@ -2280,6 +2295,31 @@ mod tests {
     #[test]
     fn optimized_matches_reference_on_special_geometries() {
         let c = "conv@1";
+        // Framing: unpadded 1-D windows over one input channel per group
+        // (a strided view of x), with stride and dilation, groups of more
+        // than 4 outputs (not depthwise), and a padded one (im2col).
+        for (dil, pads) in [(1, 0), (2, 0), (1, 3)] {
+            optimized_agrees(
+                c,
+                &[2, 1, 100],
+                &[7, 1, 9],
+                1,
+                &[4],
+                &[dil],
+                &[pads, pads],
+                true,
+            );
+            optimized_agrees(
+                c,
+                &[1, 2, 60],
+                &[10, 1, 5],
+                2,
+                &[3],
+                &[dil],
+                &[0, pads],
+                false,
+            );
+        }
         // [K, 1] kernels on planes narrower than a vector: padded rows,
         // dilation, groups.
         optimized_agrees(
