@@ -2045,6 +2045,29 @@ mod tests {
         }
     }
 
+    /// Seeded `x`, `w` and a bias of `m`, in f64 or f32.
+    fn operands(
+        x: &[usize],
+        w: &[usize],
+        m: usize,
+        f64s: bool,
+        seed: u64,
+    ) -> (Tensor, Tensor, Tensor) {
+        if f64s {
+            (
+                float_tensor::<f64>(x, seed, false),
+                float_tensor::<f64>(w, seed ^ 1, false),
+                float_tensor::<f64>(&[m], seed ^ 2, false),
+            )
+        } else {
+            (
+                float_tensor::<f32>(x, seed, false),
+                float_tensor::<f32>(w, seed ^ 1, false),
+                float_tensor::<f32>(&[m], seed ^ 2, false),
+            )
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -2086,11 +2109,7 @@ mod tests {
                 let op: Vec<usize> = op[..s].iter().zip(&st).map(|(&o, &st)| o.min(st - 1)).collect();
                 at.insert("output_padding".into(), v(&op));
             }
-            let (x, w, b) = if f64s_ {
-                (float_tensor::<f64>(&x_shape, seed, false), float_tensor::<f64>(&w_shape, seed ^ 1, false), float_tensor::<f64>(&[m], seed ^ 2, false))
-            } else {
-                (float_tensor::<f32>(&x_shape, seed, false), float_tensor::<f32>(&w_shape, seed ^ 1, false), float_tensor::<f32>(&[m], seed ^ 2, false))
-            };
+            let (x, w, b) = operands(&x_shape, &w_shape, m, f64s_, seed);
             let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
             let id = if transpose { "conv_transpose@1" } else { "conv@1" };
             let Ok(r) = launch(id, &at, &inputs, Impl::Reference) else {
@@ -2127,12 +2146,10 @@ mod tests {
             big in any::<bool>(),
             seed in any::<u64>(),
         ) {
-            let (c, m) = (cg * group, mg * group);
             // `big`: a 2-D plane large enough that one pair's products
             // reach `GEMM_PAR_MIN` and run as tiles on the pool.
-            let (s, dims) = if big { (2, vec![120, 130, 1]) } else { (s, dims) };
-            let mg = if big { 48 } else { mg };
-            let m = if big { mg * group } else { m };
+            let (s, dims, mg) = if big { (2, vec![120, 130, 1], 48) } else { (s, dims, mg) };
+            let (c, m) = (cg * group, mg * group);
             let mut x_shape = vec![n, c];
             x_shape.extend(&dims[..s]);
             let mut w_shape = vec![m, cg];
@@ -2143,11 +2160,7 @@ mod tests {
             let dl: Vec<i64> = dl[..s].iter().map(|&d| d as i64).collect();
             let p: Vec<i64> = p.iter().map(|&d| d as i64).collect();
             let at = conv_attrs(group as i64, &ones, &dl, &p, with_bias);
-            let (x, w, b) = if f64s_ {
-                (float_tensor::<f64>(&x_shape, seed, false), float_tensor::<f64>(&w_shape, seed ^ 1, false), float_tensor::<f64>(&[m], seed ^ 2, false))
-            } else {
-                (float_tensor::<f32>(&x_shape, seed, false), float_tensor::<f32>(&w_shape, seed ^ 1, false), float_tensor::<f32>(&[m], seed ^ 2, false))
-            };
+            let (x, w, b) = operands(&x_shape, &w_shape, m, f64s_, seed);
             let inputs: Vec<&Tensor> = if with_bias { vec![&x, &w, &b] } else { vec![&x, &w] };
             let Ok(r) = launch("conv@1", &at, &inputs, Impl::Reference) else {
                 prop_assert!(launch("conv@1", &at, &inputs, Impl::Optimized).is_err());
