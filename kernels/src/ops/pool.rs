@@ -437,9 +437,16 @@ impl Pool {
                         let src = xp
                             .get(r + first..r + first + 2 * ow)
                             .ok_or("internal: pool window outside x")?;
+                        let acc = &mut acc[..];
                         match self.kind {
-                            Kind::Max => fold_pairs(&mut acc, src, max_step),
-                            _ => fold_pairs(&mut acc, src, T::add),
+                            Kind::Max => super::simd::vectorized(
+                                #[inline(always)]
+                                || fold_pairs(acc, src, max_step),
+                            ),
+                            _ => super::simd::vectorized(
+                                #[inline(always)]
+                                || fold_pairs(acc, src, T::add),
+                            ),
                         }
                         continue;
                     }
@@ -501,13 +508,6 @@ impl Pool {
             Ok(())
         };
         let work = y.len().saturating_mul(k_len);
-        // The row loops, compiled for the CPU's vector width.
-        let plane = |p: usize, yp: &mut [T], op: Option<&mut [usize]>| {
-            super::simd::vectorized(
-                #[inline(always)]
-                || plane(p, yp, op),
-            )
-        };
         for_planes(work >= PAR_MIN, out_len, y, offs, plane)
     }
 }
@@ -593,7 +593,7 @@ fn fold_row<T: Copy>(acc: &mut [T], src: &[T], step: usize, f: impl Fn(T, T) -> 
 
 /// `acc[j] = f(f(acc[j], src[2 j]), src[2 j + 1])`: both taps of windows
 /// of 2 with step 2, in tap order, in one pass over `src` (whose loads pair
-/// up, which vectorizes).
+/// up, which vectorizes; callers compile it for the CPU's vector width).
 #[inline(always)]
 fn fold_pairs<T: Copy>(acc: &mut [T], src: &[T], f: impl Fn(T, T) -> T) {
     for (a, p) in acc.iter_mut().zip(src.chunks_exact(2)) {
