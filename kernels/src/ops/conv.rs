@@ -422,6 +422,14 @@ impl Geom {
     fn in_len(&self) -> usize {
         self.in_sp.iter().product()
     }
+    /// Whether no axis is padded.
+    fn unpadded(&self) -> bool {
+        self.axes
+            .pad_b
+            .iter()
+            .chain(&self.axes.pad_e)
+            .all(|&p| p == 0)
+    }
     fn k_len(&self) -> usize {
         self.k_sp.iter().product()
     }
@@ -1174,9 +1182,9 @@ fn conv_pair<T: Float>(
         rs: ck,
         cs: 1,
     };
-    let pointwise = g.k_sp.iter().all(|&k| k == 1)
-        && g.axes.stride.iter().all(|&s| s == 1)
-        && g.axes.pad_b.iter().chain(&g.axes.pad_e).all(|&p| p == 0);
+    let unpadded = g.unpadded();
+    let pointwise =
+        g.k_sp.iter().all(|&k| k == 1) && g.axes.stride.iter().all(|&s| s == 1) && unpadded;
     if pointwise {
         // im2col of a 1x1 window is the input itself.
         let xm = MatRef {
@@ -1188,7 +1196,6 @@ fn conv_pair<T: Float>(
         };
         return gemm_tiled_into(wm, xm, ychunk, acc, par);
     }
-    let unpadded = g.axes.pad_b.iter().chain(&g.axes.pad_e).all(|&p| p == 0);
     if let ([stride], [dil], 1, true) = (&g.axes.stride[..], &g.axes.dil[..], g.cg, unpadded) {
         // A 1-D window over one input channel (framing, as in an STFT):
         // im2col's column t is the input from t·stride on, every dilation,
@@ -1346,7 +1353,7 @@ impl Shifted {
                     .sum()
             })
             .collect();
-        let unpadded = a.pad_b.iter().chain(&a.pad_e).all(|&p| p == 0);
+        let unpadded = g.unpadded();
         let dense = (1..padded.len()).all(|i| g.out_sp[i] == padded[i]);
         Some(Shifted {
             padded,
@@ -1362,6 +1369,18 @@ impl Shifted {
 /// `dims` split into its leading axes and the extent of its last one.
 fn rows_of(dims: &[usize]) -> (&[usize], usize) {
     dims.split_last().map_or((&[][..], 1), |(l, r)| (r, *l))
+}
+
+/// The offsets, in a grid of strides `s`, of the rows of a block whose
+/// leading extents are `lead`, in row-major order (endless: zip it with
+/// the rows).
+fn row_offsets<'a>(lead: &'a [usize], s: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+    let mut idx = vec![0; lead.len()];
+    std::iter::from_fn(move || {
+        let at = idx.iter().zip(s).map(|(i, st)| i * st).sum();
+        advance(&mut idx, lead);
+        Some(at)
+    })
 }
 
 /// One (batch, group) pair of the optimized `conv@1` as the sum of shifted
@@ -1392,13 +1411,10 @@ fn conv_pair_shifted<T: Float>(
         let (lead, row) = rows_of(&g.in_sp);
         let first: usize = g.axes.pad_b.iter().zip(&s).map(|(p, st)| p * st).sum();
         for (src, dst) in xg.chunks_exact(in_len).zip(xp.chunks_exact_mut(sh.plane)) {
-            let mut idx = vec![0; lead.len()];
-            for r in src.chunks_exact(row) {
-                let at = first + idx.iter().zip(&s).map(|(i, st)| i * st).sum::<usize>();
-                dst.get_mut(at..at + row)
+            for (r, at) in src.chunks_exact(row).zip(row_offsets(lead, &s)) {
+                dst.get_mut(first + at..first + at + row)
                     .ok_or("internal: conv row outside its padded plane")?
                     .copy_from_slice(r);
-                advance(&mut idx, lead);
             }
         }
         xp
@@ -1437,9 +1453,7 @@ fn conv_pair_shifted<T: Float>(
         .chunks_exact(sh.wide)
         .zip(ychunk.chunks_exact_mut(out_len))
     {
-        let mut idx = vec![0; lead.len()];
-        for d in dst.chunks_exact_mut(row) {
-            let at: usize = idx.iter().zip(&s).map(|(i, st)| i * st).sum();
+        for (d, at) in dst.chunks_exact_mut(row).zip(row_offsets(lead, &s)) {
             let v = src
                 .get(at..at + row)
                 .ok_or("internal: conv row outside the wide output")?;
@@ -1450,7 +1464,6 @@ fn conv_pair_shifted<T: Float>(
             } else {
                 d.copy_from_slice(v);
             }
-            advance(&mut idx, lead);
         }
     }
     Ok(())
