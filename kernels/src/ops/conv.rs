@@ -78,7 +78,7 @@ use super::matmul::{gemm_sum_into, gemm_tiled_into, MatRef, GEMM_PAR_MIN};
 use super::num::{Arith, Float};
 use super::scratch::Scratch;
 use super::shape::{broadcast, numel, strides};
-use super::{bound, check_float, check_same_dtype, data, data_mut, Op, PAR_MIN};
+use super::{bound, check_float, check_same_dtype, data, data_mut, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta, MAX_OPERANDS, MAX_RANK};
 
 /// The largest stride, dilation, pad or output padding accepted: far above
@@ -724,7 +724,7 @@ impl Conv {
                     y.len().saturating_mul(g.cg)
                 }
                 .saturating_mul(g.k_len());
-                let big = work >= GEMM_PAR_MIN;
+                let big = worth_splitting(work, GEMM_PAR_MIN);
                 if chunk == 0 {
                     return Ok(false);
                 }
@@ -749,7 +749,7 @@ impl Conv {
                 };
                 if let (true, Some((p, x, w, b))) = (depthwise, direct_in) {
                     let y = bytemuck::try_cast_slice_mut(y).map_err(f32s)?;
-                    let par = y.len().saturating_mul(g.k_len()) >= PAR_MIN;
+                    let par = worth_splitting(y.len().saturating_mul(g.k_len()), PAR_MIN);
                     direct::depthwise(p, &g, x, w, b, band_post, y, par)?;
                     return Ok(band_post.is_some());
                 }
@@ -1549,7 +1549,7 @@ fn conv_depthwise<T: Float>(
             }),
         }
     };
-    if y.len().saturating_mul(k_len) >= PAR_MIN {
+    if worth_splitting(y.len().saturating_mul(k_len), PAR_MIN) {
         y.par_chunks_mut(out_len).enumerate().try_for_each(plane)
     } else {
         y.chunks_mut(out_len).enumerate().try_for_each(plane)

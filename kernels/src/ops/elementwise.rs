@@ -22,7 +22,9 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::Arith;
 use super::shape::{broadcast, broadcast_strides, offset_of, Rows};
-use super::{bound, check_same_dtype, data, data_mut, operands, raw, raw_mut, Op, PAR_MIN};
+use super::{
+    bound, check_same_dtype, data, data_mut, operands, raw, raw_mut, worth_splitting, Op, PAR_MIN,
+};
 use crate::{Attrs, Bool8, Bound, DType, Element, Impl, KernelError, Tensor, TensorMeta};
 
 /// Elements per parallel piece of a long row.
@@ -315,7 +317,7 @@ impl<A: Copy + Sync, B: Copy + Sync> Launch2<'_, A, B> {
         if inner == 0 {
             return Err("internal: empty rows in a non-empty output".to_string());
         }
-        let parallel = y.len() >= PAR_MIN;
+        let parallel = worth_splitting(y.len(), PAR_MIN);
         let row = |(r, yrow): (usize, &mut [R])| -> Result<(), String> {
             let (ao, bo) = (rows.row_offset(r, 0), rows.row_offset(r, 1));
             if parallel && yrow.len() >= 2 * PIECE {
@@ -500,7 +502,7 @@ fn select<T: bytemuck::Pod + Send + Sync>(
                 }
                 Ok(())
             };
-            if dst.len() >= PAR_MIN {
+            if worth_splitting(dst.len(), PAR_MIN) {
                 let min_rows = (PIECE / rows.inner).max(1);
                 dst.par_chunks_mut(rows.inner)
                     .with_min_len(min_rows)

@@ -45,7 +45,7 @@ use super::elementwise::{BinaryOp, BINARY_OPS};
 use super::num::{Arith, Float};
 use super::shape::{broadcast, broadcast_strides, offset_of, Rows};
 use super::unary::{fixed_params, param_count, unary_typed, UnaryOp, OPS};
-use super::{bound, data_mut, Op, PAR_MIN};
+use super::{bound, data_mut, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 /// The most instructions a program holds.
@@ -431,7 +431,7 @@ impl<T: Float + Arith> Spans<'_, T> {
     /// pieces spread over rayon's pool from [`PAR_MIN`] elements.
     pub(crate) fn run(&self, start: usize, part: &mut [T]) -> Result<(), String> {
         let run = |(c, piece): (usize, &mut [T])| self.run_piece(start + c * PIECE, piece);
-        if part.len() >= PAR_MIN {
+        if worth_splitting(part.len(), PAR_MIN) {
             part.par_chunks_mut(PIECE).enumerate().try_for_each(run)
         } else {
             part.chunks_mut(PIECE).enumerate().try_for_each(run)

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::Float;
 use super::shape::{broadcast, broadcast_strides, numel, offset_of};
-use super::{bound, check_float, check_same_dtype, data, data_mut, Op};
+use super::{bound, check_float, check_same_dtype, data, data_mut, worth_splitting, Op};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 /// Products with at least this many multiply-adds use gemm's rayon
@@ -603,10 +603,10 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
                     rs: n,
                     cs: 1,
                 };
-                let parallel = work.saturating_mul(batches) >= GEMM_PAR_MIN;
+                let parallel = worth_splitting(work.saturating_mul(batches), GEMM_PAR_MIN);
                 return gemm_tiled_into(a, b, y, false, parallel);
             }
-            if work < GEMM_PAR_MIN && work.saturating_mul(batches) >= GEMM_PAR_MIN {
+            if work < GEMM_PAR_MIN && worth_splitting(work.saturating_mul(batches), GEMM_PAR_MIN) {
                 return y.par_chunks_mut(mn).enumerate().try_for_each(|(bi, dst)| {
                     gemm_tiled_into(
                         mat_a(bi).ok_or_else(missing)?,
@@ -622,7 +622,7 @@ fn matmul_typed<T: Float>(imp: Impl, inputs: &[&Tensor], out: &mut Tensor) -> Re
                     mat_a(bi).ok_or_else(missing)?,
                     mat_b(bi).ok_or_else(missing)?,
                 );
-                gemm_tiled_into(a, b, dst, false, work >= GEMM_PAR_MIN)?;
+                gemm_tiled_into(a, b, dst, false, worth_splitting(work, GEMM_PAR_MIN))?;
             }
             Ok(())
         }
@@ -817,7 +817,7 @@ impl Linear {
         match imp {
             Impl::Reference => dot_loops(a, b, y, n, accumulate),
             Impl::Optimized => {
-                let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
+                let parallel = worth_splitting(m.saturating_mul(k).saturating_mul(n), GEMM_PAR_MIN);
                 gemm_tiled_into(a, b, y, accumulate, parallel)
             }
         }
@@ -985,10 +985,10 @@ impl LinearPanels {
             })
         };
         let missing = || "internal: panel outside the weight".to_string();
-        let parallel = m.saturating_mul(k).saturating_mul(n) >= GEMM_PAR_MIN;
-        let threads = rayon::current_num_threads();
-        if imp == Impl::Optimized && parallel && threads > 1 {
-            let tile_rows = tile_shape(m, n, threads).0;
+        if imp == Impl::Optimized
+            && worth_splitting(m.saturating_mul(k).saturating_mul(n), GEMM_PAR_MIN)
+        {
+            let tile_rows = tile_shape(m, n, rayon::current_num_threads()).0;
             return gemm_tiles_of(
                 &[a],
                 |_, c0, cols| columns(c0, cols),

@@ -50,6 +50,14 @@ use crate::{
 /// pool by the optimized implementations.
 pub(crate) const PAR_MIN: usize = 1 << 17;
 
+/// Whether `work` units are worth splitting across rayon's pool: at least
+/// `min` of them, and a pool of more than one thread. Splitting for a pool
+/// of one would only hand the work to that thread and wait for it: two
+/// thread wake-ups and no speed-up.
+pub(crate) fn worth_splitting(work: usize, min: usize) -> bool {
+    work >= min && rayon::current_num_threads() > 1
+}
+
 /// Registers every kernel of the catalog.
 pub(crate) fn register_all(r: &mut Registry) {
     let families: [(&'static str, BindFn); 26] = [
@@ -468,6 +476,22 @@ mod tests {
 
     use super::testutil::*;
     use crate::{AttrValue, DType, Impl, KernelError, Registry, Tensor, TensorMeta};
+
+    /// Work is split only on a pool of two threads or more, and only from
+    /// its minimum on.
+    #[test]
+    fn splitting_needs_two_threads_and_enough_work() {
+        let on = |threads: usize, work: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| super::worth_splitting(work, super::PAR_MIN))
+        };
+        assert!(on(2, super::PAR_MIN));
+        assert!(!on(2, super::PAR_MIN - 1));
+        assert!(!on(1, usize::MAX));
+    }
 
     /// Minimal valid attributes for every kernel of the catalog.
     fn catalog() -> Vec<(&'static str, crate::Attrs)> {

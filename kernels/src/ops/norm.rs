@@ -26,7 +26,9 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::{fmax, Float};
 use super::shape::normalize_axis;
-use super::{bound, check_float, check_same_dtype, data, data_mut, operands, Op, PAR_MIN};
+use super::{
+    bound, check_float, check_same_dtype, data, data_mut, operands, worth_splitting, Op, PAR_MIN,
+};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 pub(crate) fn bind_softmax(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
@@ -72,7 +74,7 @@ fn for_rows<T: Float>(y: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Syn
     if len == 0 {
         return;
     }
-    if y.len() >= PAR_MIN {
+    if worth_splitting(y.len(), PAR_MIN) {
         y.par_chunks_mut(len)
             .with_min_len((PAR_MIN / 4 / len).max(1))
             .enumerate()

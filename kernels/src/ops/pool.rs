@@ -48,7 +48,7 @@ use super::attrs::AttrReader;
 use super::conv::{advance, window_list, Axes, WindowAttrs, MAX_WINDOW};
 use super::num::{Arith, Float};
 use super::shape::{numel, strides};
-use super::{bound, check_float, data, data_mut, operands, Op, PAR_MIN};
+use super::{bound, check_float, data, data_mut, operands, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -508,7 +508,7 @@ impl Pool {
             Ok(())
         };
         let work = y.len().saturating_mul(k_len);
-        for_planes(work >= PAR_MIN, out_len, y, offs, plane)
+        for_planes(worth_splitting(work, PAR_MIN), out_len, y, offs, plane)
     }
 }
 

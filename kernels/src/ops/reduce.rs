@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::{Arith, Float};
 use super::shape::{normalize_axis, offset_of, strides};
-use super::{bound, data, data_mut, operands, raw, raw_mut, Op, PAR_MIN};
+use super::{bound, data, data_mut, operands, raw, raw_mut, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, DType, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -300,7 +300,7 @@ fn optimized<T: Arith>(
             "internal: reduce layout {outer}x{len}x{inner} does not fit the operands"
         ));
     }
-    let parallel = x.len() >= PAR_MIN;
+    let parallel = worth_splitting(x.len(), PAR_MIN);
     if inner == 1 {
         let row = |(slot, xr): (&mut T, &[T])| *slot = lane_fold(xr, init, f);
         if parallel {

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::attrs::AttrReader;
 use super::num::Arith;
 use super::shape::{normalize_axis, numel};
-use super::{bound, data, data_mut, operands, Op, PAR_MIN};
+use super::{bound, data, data_mut, operands, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, DType, Element, Impl, KernelError, Tensor, TensorMeta};
 
 pub(crate) fn bind_arg_reduce(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {
@@ -154,7 +154,7 @@ impl ArgReduce {
             }
             Ok(())
         };
-        if imp == Impl::Optimized && xv.len() >= PAR_MIN {
+        if imp == Impl::Optimized && worth_splitting(xv.len(), PAR_MIN) {
             y.par_chunks_mut(inner).enumerate().try_for_each(slab)
         } else {
             y.chunks_mut(inner).enumerate().try_for_each(slab)
@@ -225,7 +225,7 @@ impl CumSum {
             }
             Ok(())
         };
-        if imp == Impl::Optimized && xv.len() >= PAR_MIN {
+        if imp == Impl::Optimized && worth_splitting(xv.len(), PAR_MIN) {
             y.par_chunks_mut(len).enumerate().try_for_each(slab)
         } else {
             y.chunks_mut(len).enumerate().try_for_each(slab)

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 
 use super::attrs::AttrReader;
 use super::num::{fmax, fmin, Float};
-use super::{bound, check_float, data, data_mut, operands, Op, PAR_MIN};
+use super::{bound, check_float, data, data_mut, operands, worth_splitting, Op, PAR_MIN};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -254,7 +254,7 @@ fn map<T: Float>(
         }
         Impl::Optimized => {
             let tight = |(y, x): (&mut [T], &[T])| super::simd::map(y, x, f);
-            if y.len() >= PAR_MIN {
+            if worth_splitting(y.len(), PAR_MIN) {
                 y.par_chunks_mut(PIECE)
                     .zip(x.par_chunks(PIECE))
                     .for_each(tight);
