@@ -107,6 +107,80 @@ fn child_process_half() {
     ampoule::npy::write(&Path::new(&out).join("pooled.npy"), &y[1]).unwrap();
 }
 
+/// A call that took long runs the next one whole on rayon's pool (on a pool
+/// of two threads or more), and gives the same bits either way. The first
+/// call (wrapper compile and instantiation included) runs on this thread;
+/// the next ones go to the pool, unless another test's call holds the
+/// process's one turn there, so this calls until two have. A 256×512 by
+/// 512×256 product is 33 M multiply-adds: far over the 500 µs a call needs
+/// to move, on any machine.
+#[test]
+fn long_calls_move_to_the_pool_with_the_same_bits() {
+    let (m, k, n) = (256, 512, 256);
+    let seq = |len: usize, f: f32| (0..len).map(|i| ((i as f32) * f).sin()).collect::<Vec<_>>();
+    let w = f32s(&[k, n], seq(k * n, 0.013));
+    let x = f32s(&[m, k], seq(m * k, 0.007));
+    let wc = w.clone();
+    let def = function("product", move |cx, x| {
+        let w = cx.capture("w", &wc)?;
+        Ok(vec![cx.matmul(x[0], w)?])
+    })
+    .inputs(["x"])
+    .outputs(["y"]);
+    let host = test_host();
+    let mut f = CompiledFunction::new(host.clone(), def).unwrap();
+    let first = f.call(std::slice::from_ref(&x)).unwrap().remove(0);
+    assert_eq!(host.stats().pool_calls, 0, "the first call moved");
+    let wanted = if rayon::current_num_threads() > 1 {
+        2
+    } else {
+        0
+    };
+    for _ in 0..50 {
+        if host.stats().pool_calls >= wanted {
+            break;
+        }
+        let again = f.call(std::slice::from_ref(&x)).unwrap().remove(0);
+        assert_eq!(again.bytes(), first.bytes(), "a call on the pool differs");
+    }
+    assert_eq!(host.stats().pool_calls, wanted);
+    // Calls from several threads at once: one holds the pool's turn, the
+    // others run on their own threads; all give the same bits.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("product.ampoule");
+    f.save(&dir).unwrap();
+    let pkg = host.open(&dir, Bindings::new()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (pkg, x, first) = (&pkg, &x, &first);
+            s.spawn(move || {
+                for _ in 0..3 {
+                    let y = pkg
+                        .call("product", std::slice::from_ref(x))
+                        .unwrap()
+                        .remove(0);
+                    assert_eq!(y.bytes(), first.bytes(), "a concurrent call differs");
+                }
+            });
+        }
+    });
+    let (xv, wv, y) = (
+        x.data::<f32>().unwrap(),
+        w.data::<f32>().unwrap(),
+        first.data::<f32>().unwrap(),
+    );
+    for (i, j) in [(0, 0), (17, 200), (255, 255), (128, 3)] {
+        let direct: f64 = (0..k)
+            .map(|t| f64::from(xv[i * k + t]) * f64::from(wv[t * n + j]))
+            .sum();
+        let got = f64::from(y[i * n + j]);
+        assert!(
+            (got - direct).abs() <= 1e-3 * (1.0 + direct.abs()),
+            "y[{i},{j}] = {got}, direct {direct}"
+        );
+    }
+}
+
 #[test]
 fn saved_package_runs_in_a_fresh_process_without_compiling() {
     let tmp = tempfile::tempdir().unwrap();

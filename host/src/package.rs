@@ -28,12 +28,32 @@
 //!
 //! Thread safety: [`Package`] is `Send + Sync`; calls from many threads run
 //! at once, each on its own instance.
+//!
+//! **Where a call runs.** Kernels that split their work run it on rayon's
+//! pool. Launched from a thread outside the pool, each such kernel hands its
+//! work over and blocks until it comes back: two thread wake-ups per launch,
+//! which dominated models made of many small layers. A call run whole on a
+//! pool thread starts each split in place while the other threads steal
+//! their shares, and pays the hand-over once. That hand-over (tens of
+//! microseconds on a busy machine) would cost short calls more than they
+//! gain, so each entry remembers how long its last call took, and only
+//! entries whose last call took `POOL_CALL_MIN` (500 µs) or more, on a pool of two
+//! threads or more, run there. Either way the results are the same: no
+//! kernel's arithmetic depends on which thread runs it.
+//!
+//! Only one call in the process runs on the pool at a time; the others run
+//! on their callers' threads, as short calls do. A pool thread that waits
+//! for a kernel's stolen work steals other work meanwhile, and if that were
+//! a second call, its wrapper would run on the same native stack as the
+//! first: enough nested calls, each with its wrapper's stack, would
+//! overflow it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ampoule_kernels::{Bound, Tensor, TensorMeta};
 use cap_std::fs::Dir;
@@ -121,6 +141,8 @@ pub struct Stats {
     pub cache_hits: u64,
     pub instantiations: u64,
     pub calls: u64,
+    /// Calls run whole on rayon's pool (see [`crate::package`]'s docs).
+    pub pool_calls: u64,
     pub traps: u64,
 }
 
@@ -133,6 +155,33 @@ struct EntryState {
     buffers: Vec<TensorMeta>,
     pre: OnceLock<Result<WrapperPre<InstanceState>, String>>,
     pool: Mutex<Vec<Instance>>,
+    /// How long the last call took, in nanoseconds (see the module docs).
+    last_call_ns: AtomicU64,
+}
+
+/// Entries whose last call took at least this long run their next call on
+/// rayon's pool (see the module docs).
+const POOL_CALL_MIN: Duration = Duration::from_micros(500);
+
+/// Set while a call runs on rayon's pool (see the module docs).
+static POOL_TURN: AtomicBool = AtomicBool::new(false);
+
+/// The one call on the pool; gives the turn back when dropped.
+struct PoolTurn;
+
+impl PoolTurn {
+    fn take() -> Option<PoolTurn> {
+        POOL_TURN
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(PoolTurn)
+    }
+}
+
+impl Drop for PoolTurn {
+    fn drop(&mut self) {
+        POOL_TURN.store(false, Ordering::Release);
+    }
 }
 
 /// An opened, verified package, ready to serve calls.
@@ -295,6 +344,7 @@ impl Host {
                     buffers,
                     pre: OnceLock::new(),
                     pool: Mutex::new(Vec::new()),
+                    last_call_ns: AtomicU64::new(0),
                 });
             }
             entries.push(states);
@@ -328,6 +378,7 @@ impl Host {
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             instantiations: c.instantiations.load(Ordering::Relaxed),
             calls: c.calls.load(Ordering::Relaxed),
+            pool_calls: c.pool_calls.load(Ordering::Relaxed),
             traps: c.traps.load(Ordering::Relaxed),
         }
     }
@@ -975,7 +1026,37 @@ impl Package {
         Ok(Instance { store, wrapper })
     }
 
+    /// Runs entry `ei` of function `fi`, on rayon's pool if its last call
+    /// was long (see the module docs).
     fn run_entry(
+        &self,
+        fi: usize,
+        ei: usize,
+        inputs: &[Tensor],
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>), Error> {
+        let last = &self.entries[fi][ei].last_call_ns;
+        let turn = (Duration::from_nanos(last.load(Ordering::Relaxed)) >= POOL_CALL_MIN
+            && rayon::current_thread_index().is_none()
+            && rayon::current_num_threads() > 1)
+            .then(PoolTurn::take)
+            .flatten();
+        let start = Instant::now();
+        let r = if let Some(_turn) = turn {
+            self.host
+                .inner
+                .counters
+                .pool_calls
+                .fetch_add(1, Ordering::Relaxed);
+            rayon::scope(|_| self.run_entry_here(fi, ei, inputs))
+        } else {
+            self.run_entry_here(fi, ei, inputs)
+        };
+        let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        last.store(took, Ordering::Relaxed);
+        r
+    }
+
+    fn run_entry_here(
         &self,
         fi: usize,
         ei: usize,

@@ -115,6 +115,7 @@ pub(crate) struct Counters {
     pub cache_hits: AtomicU64,
     pub instantiations: AtomicU64,
     pub calls: AtomicU64,
+    pub pool_calls: AtomicU64,
     pub traps: AtomicU64,
 }
 
