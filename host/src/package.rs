@@ -37,9 +37,9 @@
 //! their shares, and pays the hand-over once. That hand-over (tens of
 //! microseconds on a busy machine) would cost short calls more than they
 //! gain, so each entry remembers how long its last call took, and only
-//! entries whose last call took `POOL_CALL_MIN` (500 µs) or more, on a pool of two
-//! threads or more, run there. Either way the results are the same: no
-//! kernel's arithmetic depends on which thread runs it.
+//! entries whose last call took `POOL_CALL_MIN` (500 µs) or more, on a pool
+//! of two threads or more, run there. Either way the results are the same:
+//! no kernel's arithmetic depends on which thread runs it.
 //!
 //! Only one call in the process runs on the pool at a time; the others run
 //! on their callers' threads, as short calls do. A pool thread that waits
