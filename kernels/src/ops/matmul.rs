@@ -11,7 +11,7 @@
 //! vectorized microkernels) through [`gemm_tiled_into`], whose helpers are the crate's `unsafe` code: every view (of `a`, `b` and
 //! of the destination, whole or tile) is checked against its slice before
 //! the call. Products of at least [`GEMM_PAR_MIN`] multiply-adds run on
-//! rayon's global pool, cut into tiles (one single-threaded gemm call
+//! rayon's pool (of two threads or more), cut into tiles (one single-threaded gemm call
 //! each); batches of small products are spread over the pool instead. A `b`
 //! shared by every batch is folded into one tall product. `conv.rs` makes
 //! its products through the same function, and sums of products through
@@ -29,8 +29,9 @@ use super::shape::{broadcast, broadcast_strides, numel, offset_of};
 use super::{bound, check_float, check_same_dtype, data, data_mut, worth_splitting, Op};
 use crate::{Attrs, Bound, Impl, KernelError, Tensor, TensorMeta};
 
-/// Products with at least this many multiply-adds use gemm's rayon
-/// parallelism.
+/// Products with at least this many multiply-adds are cut into tiles on
+/// rayon's pool, when it has two threads or more
+/// ([`worth_splitting`](super::worth_splitting)).
 pub(crate) const GEMM_PAR_MIN: usize = 1 << 22;
 
 pub(crate) fn bind_matmul(attrs: &Attrs) -> Result<Arc<dyn Bound>, KernelError> {

@@ -46,8 +46,9 @@ use crate::{
     Arity, Attrs, Bound, Element, Impl, Kernel, KernelError, Registry, Tensor, TensorMeta, MAX_RANK,
 };
 
-/// Tensors with at least this many elements are split across rayon's global
-/// pool by the optimized implementations.
+/// Tensors with at least this many elements are split across rayon's pool
+/// by the optimized implementations, when it has two threads or more
+/// ([`worth_splitting`]).
 pub(crate) const PAR_MIN: usize = 1 << 17;
 
 /// Whether `work` units are worth splitting across rayon's pool: at least
