@@ -887,6 +887,14 @@ mod tests {
             }
             other => unreachable!("{other}"),
         };
+        // `_get_neighbor` pads `data` by its edges and picks the taps
+        // nearest to `x' + pad`. Take the ratio from that same sum, so that
+        // a coordinate too close to an integer to survive the addition
+        // (2.8e-17 + 2 == 2) gets the weights of the taps it is given.
+        // (The number of taps does not depend on the ratio.)
+        let pad = coeffs(p, 0.0, scale).len().div_ceil(2);
+        let xp = x_ori + pad as f64;
+        let x_ori = xp - pad as f64;
         let ratio = if x_ori == x_ori.floor() {
             1.0
         } else {
@@ -895,12 +903,10 @@ mod tests {
         let mut c = coeffs(p, ratio, scale);
         // `_get_neighbor`: pad `data` by its edges, then take the `c.len()`
         // indexes nearest to `x'`, preferring the smaller ones.
-        let pad = c.len().div_ceil(2);
         let len = data.len() as i64;
         let padded: Vec<f64> = (0..len + 2 * pad as i64)
             .map(|k| data[(k - pad as i64).clamp(0, len - 1) as usize])
             .collect();
-        let xp = x_ori + pad as f64;
         let mut idx: Vec<usize> = (0..padded.len()).collect();
         idx.sort_by(|&u, &v| {
             ((xp - u as f64).abs(), u)
