@@ -28,7 +28,9 @@
 //! a band reads stay in the core's L2, times groups of `R`-channel
 //! blocks; (band, group) items run on rayon's pool. Within an item, input
 //! channels are taken [`CHANNELS`] at a time, and for each tile every
-//! block is computed in turn while the tile's input is in L1.
+//! block is computed in turn while the tile's input is in L1; or, when a
+//! whole row's input fits in L1 (few input channels), each block along the
+//! row in turn, so that the stores go to a few planes in order.
 //!
 //! Depthwise convolutions use the same tiles with one output channel
 //! (`R = 1`): the sums stay in registers across the kernel positions.
@@ -53,6 +55,10 @@ const VMAX: usize = 3;
 /// Input channels per pass over a band: a tile's input rows for that many
 /// channels stay in L1 (partial sums go through `y` between passes).
 const CHANNELS: usize = 32;
+/// A dense band walks each output row block by block (rather than tile by
+/// tile) when the input the row reads, over a pass's channels, is at most
+/// this many bytes: half of a 32 KiB L1.
+const L1_ROW_BYTES: usize = 16 << 10;
 /// On AVX2, the fewest kernel positions of a dense convolution for the
 /// direct path (see [`Plane::new`]).
 const AVX2_DENSE_K_MIN: usize = 9;
@@ -474,7 +480,7 @@ struct Tile<'a> {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Band, Tile, CHANNELS, MR};
+    use super::{Band, Tile, CHANNELS, L1_ROW_BYTES, MR};
 
     /// An f32 vector of one instruction set. Masks hold one bit per lane.
     pub(super) trait Vector: Copy {
@@ -603,7 +609,8 @@ mod x86 {
     /// holds). For each chunk of [`CHANNELS`]
     /// input channels, each row and each tile along it, every block of `R`
     /// planes is computed in turn, so the tile's input stays in L1 across
-    /// blocks.
+    /// blocks; when the row's input is at most [`L1_ROW_BYTES`], each block
+    /// along the whole row instead.
     ///
     /// # Safety
     /// The CPU runs `S`'s instructions, and `tiles` are `row_tiles` of `p`
@@ -649,53 +656,70 @@ mod x86 {
                         rows.push((i, ih * p.w_in));
                     }
                 }
-                for t in tiles {
-                    for (b, block) in outs.chunks_mut(R).enumerate() {
-                        // The first pass over the channels starts from the
-                        // bias and overwrites; later passes add to it.
-                        let start = std::array::from_fn(|r| match bias {
-                            Some(bias) if c0 == 0 => bias.get(b * R + r).copied().unwrap_or(0.0),
-                            _ => 0.0,
-                        });
-                        let mut dst = [std::ptr::null_mut(); MR];
-                        for (d, o) in dst.iter_mut().zip(block.iter_mut()) {
-                            *d = o[r * p.w_out + t.ow0..].as_mut_ptr();
-                        }
-                        let tile = Tile {
-                            x: xg[c0 * in_len..].as_ptr(),
-                            in_len,
-                            cg: cn,
-                            rows: &rows,
-                            kw: p.kw,
-                            dw: p.dw,
-                            col0: t.col0,
-                            masks: &t.masks,
-                            panel: panels[(b * cg + c0) * k_len * R..].as_ptr(),
-                            k_len,
-                            dst,
-                            store: t.store,
-                            outs: block.len(),
-                            start,
-                            acc: c0 > 0,
-                        };
-                        // SAFETY: the CPU runs `S` (the caller's). Memory:
-                        // see `Tile`'s contract, which this loop
-                        // establishes: `rows` only lists kernel rows inside
-                        // the input; `t` masks lanes as `row_tiles`
-                        // documents; `dst` points at this tile's first
-                        // output in rows of `outs`, which hold `rows_here`
-                        // whole output rows; the panels and the input are
-                        // at least as long as the tile reads (checked
-                        // above).
-                        unsafe {
-                            match (t.v, t.interior) {
-                                (3, true) => tile.run::<S, R, 3, false>(),
-                                (3, false) => tile.run::<S, R, 3, true>(),
-                                (2, true) => tile.run::<S, R, 2, false>(),
-                                (2, false) => tile.run::<S, R, 2, true>(),
-                                (_, true) => tile.run::<S, R, 1, false>(),
-                                (_, false) => tile.run::<S, R, 1, true>(),
-                            }
+                // Tile by tile, each block in turn (the tile's input stays
+                // in L1 across blocks); or, when the whole row's input fits
+                // there anyway, block by block along the row, so that the
+                // stores go to a block's planes in order rather than to
+                // every plane at each tile.
+                let blocks = outs.len().div_ceil(R);
+                let block_major = R > 1 && cn * rows.len() * p.w_in * 4 <= L1_ROW_BYTES;
+                let (outer, inner) = if block_major {
+                    (blocks, tiles.len())
+                } else {
+                    (tiles.len(), blocks)
+                };
+                for (a, z) in (0..outer).flat_map(|a| (0..inner).map(move |z| (a, z))) {
+                    let (t, b) = if block_major {
+                        (&tiles[z], a)
+                    } else {
+                        (&tiles[a], z)
+                    };
+                    let planes = outs.len();
+                    let block = &mut outs[b * R..planes.min(b * R + R)];
+                    // The first pass over the channels starts from the
+                    // bias and overwrites; later passes add to it.
+                    let start = std::array::from_fn(|r| match bias {
+                        Some(bias) if c0 == 0 => bias.get(b * R + r).copied().unwrap_or(0.0),
+                        _ => 0.0,
+                    });
+                    let mut dst = [std::ptr::null_mut(); MR];
+                    for (d, o) in dst.iter_mut().zip(block.iter_mut()) {
+                        *d = o[r * p.w_out + t.ow0..].as_mut_ptr();
+                    }
+                    let tile = Tile {
+                        x: xg[c0 * in_len..].as_ptr(),
+                        in_len,
+                        cg: cn,
+                        rows: &rows,
+                        kw: p.kw,
+                        dw: p.dw,
+                        col0: t.col0,
+                        masks: &t.masks,
+                        panel: panels[(b * cg + c0) * k_len * R..].as_ptr(),
+                        k_len,
+                        dst,
+                        store: t.store,
+                        outs: block.len(),
+                        start,
+                        acc: c0 > 0,
+                    };
+                    // SAFETY: the CPU runs `S` (the caller's). Memory:
+                    // see `Tile`'s contract, which this loop
+                    // establishes: `rows` only lists kernel rows inside
+                    // the input; `t` masks lanes as `row_tiles`
+                    // documents; `dst` points at this tile's first
+                    // output in rows of `outs`, which hold `rows_here`
+                    // whole output rows; the panels and the input are
+                    // at least as long as the tile reads (checked
+                    // above).
+                    unsafe {
+                        match (t.v, t.interior) {
+                            (3, true) => tile.run::<S, R, 3, false>(),
+                            (3, false) => tile.run::<S, R, 3, true>(),
+                            (2, true) => tile.run::<S, R, 2, false>(),
+                            (2, false) => tile.run::<S, R, 2, true>(),
+                            (_, true) => tile.run::<S, R, 1, false>(),
+                            (_, false) => tile.run::<S, R, 1, true>(),
                         }
                     }
                 }
@@ -865,7 +889,8 @@ mod tests {
         /// (`conv.rs`'s tests reach only the widest the CPU runs): channel
         /// counts around the 6- and 8-channel blocks, depthwise planes, border
         /// tiles (pads, dilation, rows ending mid-vector), kernel rows in
-        /// the padding, and more than one pass over the input channels.
+        /// the padding, more than one pass over the input channels, and rows
+        /// narrow and wide enough for both orders of tiles and blocks.
         #[test]
         fn every_instruction_set_matches_reference(
             two_d in proptest::prelude::any::<bool>(),
@@ -874,7 +899,7 @@ mod tests {
             mg in 1usize..=19,
             group in 1usize..=3,
             h in 1usize..=5,
-            wi in 2usize..=41,
+            wi in 2usize..=170,
             kh in 1usize..=3,
             kw in 1usize..=5,
             dil in 1usize..=2,
