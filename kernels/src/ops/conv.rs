@@ -701,9 +701,11 @@ impl Conv {
         let band_post: Option<direct::Epilogue> = on_band.as_ref().map(|f| f as direct::Epilogue);
         // The paths that add into y need it to start at the bias (or 0);
         // im2col products without a bias, and the direct path (which starts
-        // its sums at the bias), write every element themselves.
+        // its sums at the bias), write every element themselves; the
+        // optimized depthwise path fills each plane just before adding to it,
+        // while it is in cache.
         let prefill = plane.is_none()
-            && (bias.is_some() || imp == Impl::Reference || self.transpose || depthwise);
+            && (imp == Impl::Reference || (!depthwise && (bias.is_some() || self.transpose)));
         if prefill {
             for (row, v) in y.chunks_mut(out_len).enumerate() {
                 let b = bias.and_then(|b| b.get(row % g.m)).copied();
@@ -754,7 +756,7 @@ impl Conv {
                     return Ok(band_post.is_some());
                 }
                 if depthwise {
-                    return conv_depthwise(&g, &win, xv, wv, y).map(|()| false);
+                    return conv_depthwise(&g, &win, xv, wv, bias, y).map(|()| false);
                 }
                 let shifted = if transpose || plane.is_some() {
                     None
@@ -1470,15 +1472,16 @@ fn conv_pair_shifted<T: Float>(
 }
 
 /// The optimized `conv@1` when every output channel reads one input
-/// channel (`C/g = 1`, depthwise): each output plane `(n, m)` is computed
-/// directly, `y += w[m, kk] · x[n, m / (M/g)]` shifted, one kernel position
-/// at a time along each output row. Planes run on rayon's pool when the
-/// work is large.
+/// channel (`C/g = 1`, depthwise): each output plane `(n, m)` starts at
+/// `bias[m]` (or zero) and is computed directly, `y += w[m, kk] · x[n, m /
+/// (M/g)]` shifted, one kernel position at a time along each output row.
+/// Planes run on rayon's pool when the work is large.
 fn conv_depthwise<T: Float>(
     g: &Geom,
     win: &RowWindow,
     x: &[T],
     w: &[T],
+    bias: Option<&[T]>,
     y: &mut [T],
 ) -> Result<(), String> {
     let (in_len, k_len, out_len) = (g.in_len(), g.k_len(), g.out_len());
@@ -1498,7 +1501,12 @@ fn conv_depthwise<T: Float>(
         None
     };
     let plane = |(q, yp): (usize, &mut [T])| {
-        let (_, xc, wk) = g.depthwise_plane(x, w, q)?;
+        let (m, xc, wk) = g.depthwise_plane(x, w, q)?;
+        let start = match bias {
+            Some(b) => *b.get(m).ok_or("internal: depthwise bias outside b")?,
+            None => T::ZERO,
+        };
+        yp.fill(start);
         // With a stride along rows, read a phase-split copy of the plane
         // so that every run is contiguous.
         let split;
