@@ -531,7 +531,7 @@ impl Op for Resize {
                 super::with_float!(dtype, T => weighted_direct::<T>(x, &taps, T::from_f64(ev), out))
             }
             (Impl::Optimized, Mode::Nearest) => {
-                super::with_width!(dtype, T => separable::<T>(x, &taps, fill_word(dtype, ev), out, pick::<T>))
+                super::with_width!(dtype, T => nearest_rows::<T>(x, &taps, fill_word(dtype, ev), out))
             }
             (Impl::Optimized, _) => {
                 super::with_float!(dtype, T => separable::<T>(x, &taps, T::from_f64(ev), out, weigh::<T>))
@@ -567,11 +567,88 @@ fn pass_order(shape: &[usize], taps: &[AxisTaps]) -> Vec<usize> {
     axes
 }
 
-fn pick<T: Copy>(src: &[T], taps: &[Tap], inner: usize, dst: &mut [T]) {
-    if let [(i, _)] = taps {
-        if let Some(s) = src.get(i * inner..(i + 1) * inner) {
-            dst.copy_from_slice(s);
+/// The optimized nearest resize. Each output row (along the last axis)
+/// reads the one input row its outer coordinates pick, through a table of
+/// input columns built once; a row that picks the same input row as the
+/// row before it copies that row. Output planes (the last two axes) run on
+/// rayon's pool when the output is large.
+fn nearest_rows<T: bytemuck::Pod + Send + Sync>(
+    x: &Tensor,
+    taps: &[AxisTaps],
+    fill: T,
+    out: &mut Tensor,
+) -> Result<(), String> {
+    let src = raw::<T>(x, "input 0 (x)")?;
+    let y = raw_mut::<T>(out)?;
+    let (Some((last, outer)), Some(&w_in)) = (taps.split_last(), x.shape().last()) else {
+        // A scalar: its one element.
+        return match (y.first_mut(), src.first()) {
+            (Some(d), Some(&v)) => {
+                *d = v;
+                Ok(())
+            }
+            _ => Err("internal: scalar resize without its element".to_string()),
+        };
+    };
+    let w = last.len();
+    if w == 0 || y.is_empty() {
+        return Ok(());
+    }
+    let cols: Vec<Option<usize>> = (0..w)
+        .map(|j| match last.get(j) {
+            [(i, _)] if *i < w_in => Some(*i),
+            _ => None,
+        })
+        .collect();
+    // Each output row's input row (its first element), or None where an
+    // outer axis extrapolates.
+    let xs = strides(x.shape());
+    let dims: Vec<usize> = outer.iter().map(AxisTaps::len).collect();
+    let mut c = vec![0usize; dims.len()];
+    let mut rows = Vec::with_capacity(y.len() / w);
+    for _ in 0..y.len() / w {
+        let mut off = Some(0usize);
+        for ((&j, t), &s) in c.iter().zip(outer).zip(&xs) {
+            off = match (off, t.get(j)) {
+                (Some(o), [(i, _)]) => Some(o + i * s),
+                _ => None,
+            };
         }
+        rows.push(off);
+        step(&mut c, &dims);
+    }
+    let plane_rows = dims.last().copied().unwrap_or(1).max(1);
+    let plane = |(p, yp): (usize, &mut [T])| {
+        let mut prev: Option<(usize, usize)> = None;
+        for r in 0..yp.len() / w {
+            let (done, rest) = yp.split_at_mut(r * w);
+            let d_row = &mut rest[..w];
+            let Some(off) = rows.get(p * plane_rows + r).copied().flatten() else {
+                d_row.fill(fill);
+                continue;
+            };
+            if let Some((po, pr)) = prev {
+                if po == off {
+                    d_row.copy_from_slice(&done[pr * w..(pr + 1) * w]);
+                    continue;
+                }
+            }
+            let s = src
+                .get(off..off + w_in)
+                .ok_or("internal: resize read outside x")?;
+            for (d, c) in d_row.iter_mut().zip(&cols) {
+                *d = c.map_or(fill, |c| s[c]);
+            }
+            prev = Some((off, r));
+        }
+        Ok::<(), String>(())
+    };
+    let plane_len = plane_rows * w;
+    if super::worth_splitting(y.len(), super::PAR_MIN) {
+        use rayon::prelude::*;
+        y.par_chunks_mut(plane_len).enumerate().try_for_each(plane)
+    } else {
+        y.chunks_mut(plane_len).enumerate().try_for_each(plane)
     }
 }
 
