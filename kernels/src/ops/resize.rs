@@ -60,11 +60,13 @@
 //! taps of every output coordinate (none for an extrapolated one). The
 //! reference computes each output element directly, as the sum over the
 //! product of its axes' taps with the product of their weights. The
-//! optimized implementation resamples one axis at a time, shrinking axes
-//! first so that no intermediate is larger than the input or the output,
-//! skips axes it would copy, and writes the extrapolated elements last.
-//! `nearest` agrees bit for bit; for the weighted modes the summation order
-//! differs, so the two agree to rounding.
+//! optimized implementation of the weighted modes resamples one axis at a
+//! time, shrinking axes first so that no intermediate is larger than the
+//! input or the output, skips axes it would copy, and writes the
+//! extrapolated elements last; its summation order differs, so the two
+//! agree to rounding. The optimized `nearest` gathers each output row from
+//! the one input row it picks (repeated rows are copies), and agrees bit
+//! for bit.
 
 use std::sync::Arc;
 
