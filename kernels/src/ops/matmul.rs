@@ -8,14 +8,15 @@
 //!
 //! The reference implementations are plain dot-product loops accumulating in
 //! the element type. The optimized ones call the `gemm` crate (packed,
-//! vectorized microkernels) through [`gemm_tiled_into`], whose helpers are the crate's `unsafe` code: every view (of `a`, `b` and
-//! of the destination, whole or tile) is checked against its slice before
-//! the call. Products of at least [`GEMM_PAR_MIN`] multiply-adds run on
-//! rayon's pool (of two threads or more), cut into tiles (one single-threaded gemm call
-//! each); batches of small products are spread over the pool instead. A `b`
-//! shared by every batch is folded into one tall product. `conv.rs` makes
-//! its products through the same function, and sums of products through
-//! [`gemm_sum_into`].
+//! vectorized microkernels) through [`gemm_tiled_into`], whose helpers are
+//! the crate's `unsafe` code: every view (of `a`, `b` and of the
+//! destination, whole or tile) is checked against its slice before the
+//! call. Products of at least [`GEMM_PAR_MIN`] multiply-adds run on rayon's
+//! pool (of two threads or more), cut into tiles (one single-threaded gemm
+//! call each); batches of small products are spread over the pool instead.
+//! A `b` shared by every batch is folded into one tall product. `conv.rs`
+//! makes its products through the same function, and sums of products
+//! through [`gemm_sum_into`].
 //! Summation order differs from the reference, so results agree to a
 //! tolerance scaled by `sum |a_ik b_kj|`, not bitwise.
 

@@ -661,20 +661,15 @@ mod x86 {
                 // there anyway, block by block along the row, so that the
                 // stores go to a block's planes in order rather than to
                 // every plane at each tile.
-                let blocks = outs.len().div_ceil(R);
+                let (planes, nt) = (outs.len(), tiles.len());
+                let blocks = planes.div_ceil(R);
                 let block_major = R > 1 && cn * rows.len() * p.w_in * 4 <= L1_ROW_BYTES;
-                let (outer, inner) = if block_major {
-                    (blocks, tiles.len())
-                } else {
-                    (tiles.len(), blocks)
-                };
-                for (a, z) in (0..outer).flat_map(|a| (0..inner).map(move |z| (a, z))) {
+                for k in 0..blocks * nt {
                     let (t, b) = if block_major {
-                        (&tiles[z], a)
+                        (&tiles[k % nt], k / nt)
                     } else {
-                        (&tiles[a], z)
+                        (&tiles[k / blocks], k % blocks)
                     };
-                    let planes = outs.len();
                     let block = &mut outs[b * R..planes.min(b * R + R)];
                     // The first pass over the channels starts from the
                     // bias and overwrites; later passes add to it.
